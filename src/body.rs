@@ -1,0 +1,187 @@
+//! The one response body type every server in the crate produces, and small constructors for
+//! the fixed (non-streaming) replies: plain text, HTML, JSON, empty.
+//!
+//! Streaming bodies (object data) are built where they are streamed and boxed into [`Body`];
+//! nothing here buffers a request body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+
+/// Error type carried by streaming bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body of every handler: a boxed stream of `Bytes` frames.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body with no bytes.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body holding `bytes`, sent as one frame.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response with `status`, the given content type and a fixed body.
+pub fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A `text/plain` response, the shape Swift uses for its error bodies.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+/// A `text/html` response.
+pub fn html(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    with_type(status, "text/html; charset=utf-8", body)
+}
+
+/// An `application/json` response from an already serialised document.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    with_type(status, "application/json", body)
+}
+
+/// A response with `status` and no body.
+pub fn status(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// A `302 Found` to `location`; an unusable location becomes a 500 rather than a panic.
+pub fn redirect(location: &str) -> Response<Body> {
+    match HeaderValue::from_str(location) {
+        Ok(value) => {
+            let mut resp = html(StatusCode::FOUND, "<html><body>Redirecting</body></html>");
+            resp.headers_mut().insert(header::LOCATION, value);
+            resp
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "invalid redirect location\n",
+        ),
+    }
+}
+
+/// Escapes `s` for use in HTML text and attribute values.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reads a whole request body up to `limit` bytes; for small control-plane bodies only
+/// (forms, JSON), never for object data.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ReadError::TooLarge)
+            } else {
+                Err(ReadError::Io)
+            }
+        }
+    }
+}
+
+/// Why a small body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The body is larger than the limit the caller set.
+    #[error("request body too large")]
+    TooLarge,
+    /// The connection failed while the body was read.
+    #[error("request body could not be read")]
+    Io,
+}
+
+impl ReadError {
+    /// The status a handler answers with for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ReadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReadError::Io => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Parses an `application/x-www-form-urlencoded` document (or query string) into pairs.
+pub fn form_pairs(input: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(input).into_owned().collect()
+}
+
+/// The first value of `key` in `pairs`.
+pub fn form_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn form_parsing_decodes_plus_and_percent() {
+        let pairs = form_pairs(b"a=1+2&b=%2Fx&a=3");
+        assert_eq!(form_get(&pairs, "a"), Some("1 2"));
+        assert_eq!(form_get(&pairs, "b"), Some("/x"));
+        assert_eq!(form_get(&pairs, "c"), None);
+    }
+
+    #[tokio::test]
+    async fn read_limited_rejects_oversized_bodies() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert!(matches!(
+            read_limited(body, 4).await,
+            Err(ReadError::TooLarge)
+        ));
+        let body = Full::new(Bytes::from_static(b"0123"));
+        assert_eq!(
+            read_limited(body, 4).await.unwrap(),
+            Bytes::from_static(b"0123")
+        );
+    }
+}

@@ -1,0 +1,518 @@
+//! The gateway's configuration: the TOML shape, environment overrides, secrets read from files,
+//! and a validation that names the offending key.
+//!
+//! Precedence is flags > environment > file; `main` applies flags after [`Config::load`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// How v1.0 auth answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Hand out the upstream storage URL and upstream token (hubic2swiftgate's behaviour).
+    #[default]
+    Redirect,
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The URL clients and HubiC reach the gateway at (redirect_uri and storage URLs are built
+    /// from it); defaults to `http(s)://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Directory for persistent state (refresh tokens).
+    pub state_dir: PathBuf,
+    /// `redirect` (default).
+    #[serde(default)]
+    pub mode: Mode,
+    /// TLS certificate and key; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The HubiC application.
+    pub hubic: HubicConfig,
+    /// Gateway users.
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserConfig>,
+}
+
+/// TLS files (PEM).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The HubiC OAuth2 application the gateway is registered as.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubicConfig {
+    /// API base URL.
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// The application's client_id.
+    pub client_id: String,
+    /// The application's client_secret (or use `client_secret_file`).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// A file holding the client_secret.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Scope requested at registration.
+    #[serde(default = "default_scope")]
+    pub scope: String,
+}
+
+/// One gateway user: the v1.0 credentials a Swift client presents, bound to one account.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The `X-Auth-User` value.
+    pub name: String,
+    /// Argon2 PHC hash of the key (`swiftgate hash-key`), or use `key_hash_file`.
+    #[serde(default)]
+    pub key_hash: Option<String>,
+    /// A file holding the hash.
+    #[serde(default)]
+    pub key_hash_file: Option<PathBuf>,
+    /// The HubiC account this user reaches; defaults to the user name with unsafe characters
+    /// replaced by `_`.
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_api_base() -> String {
+    "https://api.hubic.com".to_owned()
+}
+
+/// The scope asked of HubiC unless configured otherwise.
+pub fn default_scope() -> String {
+    "credentials.r,usage.r,account.r".to_owned()
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not fit the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
+    /// A value is present but wrong.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `user[1].key_hash`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A user with every optional field resolved.
+#[derive(Clone, Debug)]
+pub struct ResolvedUser {
+    /// The `X-Auth-User` value.
+    pub name: String,
+    /// The argon2 PHC hash.
+    pub key_hash: String,
+    /// The account name (safe as a file name).
+    pub account: String,
+}
+
+impl Config {
+    /// Reads `path`, applies `SWIFTGATE_*` environment overrides from `env`, and validates.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.apply_env(env)?;
+        // Relative paths in the file are relative to the file, not to the working directory.
+        if let Some(dir) = path.parent() {
+            config.rebase(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without environment or validation.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("SWIFTGATE_LISTEN") {
+            self.listen = v
+                .parse()
+                .map_err(|_| invalid("SWIFTGATE_LISTEN", "not an address like 127.0.0.1:8080"))?;
+        }
+        if let Some(v) = env("SWIFTGATE_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = env("SWIFTGATE_STATE_DIR") {
+            self.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("SWIFTGATE_HUBIC_API_BASE") {
+            self.hubic.api_base = v;
+        }
+        if let Some(v) = env("SWIFTGATE_HUBIC_CLIENT_ID") {
+            self.hubic.client_id = v;
+        }
+        if let Some(v) = env("SWIFTGATE_HUBIC_CLIENT_SECRET") {
+            self.hubic.client_secret = Some(Secret::new(v));
+            self.hubic.client_secret_file = None;
+        }
+        if let Some(v) = env("SWIFTGATE_HUBIC_CLIENT_SECRET_FILE") {
+            self.hubic.client_secret_file = Some(PathBuf::from(v));
+            self.hubic.client_secret = None;
+        }
+        Ok(())
+    }
+
+    fn rebase(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !dir.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        if let Some(f) = &mut self.hubic.client_secret_file {
+            fix(f);
+        }
+        for user in &mut self.users {
+            if let Some(f) = &mut user.key_hash_file {
+                fix(f);
+            }
+        }
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.public_url {
+            check_url("public_url", url)?;
+        }
+        check_url("hubic.api_base", &self.hubic.api_base)?;
+        if self.hubic.client_id.trim().is_empty() {
+            return Err(invalid("hubic.client_id", "must not be empty"));
+        }
+        match (&self.hubic.client_secret, &self.hubic.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "hubic.client_secret",
+                    "set either client_secret or client_secret_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "hubic.client_secret",
+                    "missing (or set hubic.client_secret_file)",
+                ))
+            }
+            (Some(s), None) if s.is_empty() => {
+                return Err(invalid("hubic.client_secret", "must not be empty"))
+            }
+            _ => {}
+        }
+        if self
+            .hubic
+            .scope
+            .split(',')
+            .all(|s| s.trim() != "credentials.r")
+        {
+            return Err(invalid(
+                "hubic.scope",
+                "must include credentials.r (needed to obtain Swift credentials)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = |field: &str| format!("user[{i}].{field}");
+            if user.name.is_empty() || user.name.chars().any(|c| c.is_control()) {
+                return Err(invalid(key("name"), "must be non-empty printable text"));
+            }
+            if !seen.insert(user.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate user {:?}", user.name),
+                ));
+            }
+            match (&user.key_hash, &user.key_hash_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("key_hash"),
+                        "set either key_hash or key_hash_file, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        key("key_hash"),
+                        "missing (generate one with `swiftgate hash-key`)",
+                    ))
+                }
+                (Some(h), None) => check_hash(&key("key_hash"), h)?,
+                (None, Some(_)) => {}
+            }
+            if let Some(account) = &user.account {
+                check_account(&key("account"), account)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen)
+            }
+        }
+    }
+
+    /// The client secret, read from its file if configured that way.
+    pub fn client_secret(&self) -> Result<Secret, ConfigError> {
+        if let Some(secret) = &self.hubic.client_secret {
+            return Ok(secret.clone());
+        }
+        let path = self
+            .hubic
+            .client_secret_file
+            .as_deref()
+            .unwrap_or(Path::new(""));
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(invalid("hubic.client_secret_file", "file is empty"));
+        }
+        Ok(Secret::new(secret))
+    }
+
+    /// Users with hashes read from files and account names resolved.
+    pub fn resolved_users(&self) -> Result<Vec<ResolvedUser>, ConfigError> {
+        self.users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| {
+                let key_hash = match (&user.key_hash, &user.key_hash_file) {
+                    (Some(h), _) => h.clone(),
+                    (None, Some(path)) => {
+                        let text =
+                            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                                path: path.display().to_string(),
+                                source,
+                            })?;
+                        let h = text.trim().to_owned();
+                        check_hash(&format!("user[{i}].key_hash_file"), &h)?;
+                        h
+                    }
+                    (None, None) => return Err(invalid(format!("user[{i}].key_hash"), "missing")),
+                };
+                let account = user
+                    .account
+                    .clone()
+                    .unwrap_or_else(|| account_from_name(&user.name));
+                Ok(ResolvedUser {
+                    name: user.name.clone(),
+                    key_hash,
+                    account,
+                })
+            })
+            .collect()
+    }
+}
+
+/// An account name derived from a user name: safe characters kept, others replaced by `_`.
+pub fn account_from_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        s.push('_');
+    }
+    s
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some() && u.query().is_none());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{url:?} is not an http(s) URL without query"),
+        ))
+    }
+}
+
+fn check_hash(key: &str, hash: &str) -> Result<(), ConfigError> {
+    match argon2::PasswordHash::new(hash) {
+        Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => Ok(()),
+        _ => Err(invalid(
+            key,
+            "not an argon2 PHC string (generate one with `swiftgate hash-key`)",
+        )),
+    }
+}
+
+fn check_account(key: &str, account: &str) -> Result<(), ConfigError> {
+    let ok = !account.is_empty()
+        && account.len() <= 128
+        && !account.starts_with('.')
+        && account
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "use 1-128 characters from A-Z a-z 0-9 . _ - (not starting with '.')",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$mJ0qvFOCgnHq4SYxJ0e8Ig";
+
+    fn base() -> String {
+        format!(
+            "state_dir = \"/tmp/x\"\n[hubic]\nclient_id = \"api_hubic_x\"\nclient_secret = \"s\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{HASH}\"\n"
+        )
+    }
+
+    #[test]
+    fn a_minimal_file_validates() {
+        let config = Config::parse(&base(), "t").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.public_url(), "http://127.0.0.1:8080");
+        assert_eq!(config.resolved_users().unwrap()[0].account, "alice");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                base().replace("client_id = \"api_hubic_x\"", "client_id = \"\""),
+                "hubic.client_id",
+            ),
+            (base().replace(HASH, "plain"), "user[0].key_hash"),
+            (
+                base() + "[[user]]\nname = \"alice\"\nkey_hash = \"" + HASH + "\"\n",
+                "user[1].name",
+            ),
+            (
+                base().replace("client_secret = \"s\"\n", ""),
+                "hubic.client_secret",
+            ),
+            (base() + "public_url = \"ftp://x\"\n", "public_url"),
+            (
+                base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""),
+                "user[0].account",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text, "t")
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::parse(&(base() + "colour = \"blue\"\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, base()).unwrap();
+        let env = |k: &str| match k {
+            "SWIFTGATE_LISTEN" => Some("127.0.0.1:9999".to_owned()),
+            "SWIFTGATE_HUBIC_CLIENT_SECRET" => Some("from-env".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(&path, env).unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.client_secret().unwrap().expose(), "from-env");
+        assert!(
+            !format!("{config:?}").contains("from-env"),
+            "secret in Debug output"
+        );
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "file-secret\n").unwrap();
+        let text = base().replace("client_secret = \"s\"", "client_secret_file = \"secret\"");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path, |_| None).unwrap();
+        assert_eq!(config.client_secret().unwrap().expose(), "file-secret");
+    }
+}

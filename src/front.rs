@@ -1,0 +1,306 @@
+//! What clients authenticate with: gateway users, their argon2-hashed keys, and the Swift v1.0
+//! auth endpoint.
+//!
+//! Argon2 is slow on purpose, so a key that verified once is remembered as an HMAC under a
+//! per-process random key: later auths cost one HMAC, and the plain key is never kept. This
+//! module decides who the client is; the token manager decides what upstream credentials to
+//! hand out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use argon2::{password_hash::PasswordHash, Argon2, PasswordHasher, PasswordVerifier};
+use hmac::{Hmac, Mac};
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::body::{self, Body};
+use crate::clock::secs_until;
+use crate::config::ResolvedUser;
+use crate::provider::ProviderError;
+use crate::tokens::{TokenError, TokenManager};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A configured gateway user.
+#[derive(Debug)]
+struct User {
+    key_hash: String,
+    account: String,
+}
+
+/// The gateway's users and the cache of keys already verified.
+pub struct Users {
+    users: HashMap<String, User>,
+    cache_key: [u8; 32],
+    /// user name → HMAC of the last key that verified; short critical sections only.
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("names", &self.users.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Users {
+    /// Users from the resolved configuration.
+    pub fn new(users: &[ResolvedUser]) -> Self {
+        let mut cache_key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut cache_key);
+        let users = users
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    User {
+                        key_hash: u.key_hash.clone(),
+                        account: u.account.clone(),
+                    },
+                )
+            })
+            .collect();
+        Users {
+            users,
+            cache_key,
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The account `user` is bound to.
+    pub fn account_of(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(|u| u.account.as_str())
+    }
+
+    fn mac(&self, key: &str) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.cache_key)
+            .unwrap_or_else(|_| unreachable!("any key length"));
+        mac.update(key.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Checks `user`'s `key`; returns the bound account on success.
+    pub async fn verify(&self, user: &str, key: &str) -> Option<String> {
+        let entry = self.users.get(user)?;
+        let mac = self.mac(key);
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied();
+        if cached.is_some_and(|c| bool::from(c.ct_eq(&mac))) {
+            return Some(entry.account.clone());
+        }
+        let hash = entry.key_hash.clone();
+        let key = key.to_owned();
+        let ok = tokio::task::spawn_blocking(move || verify_key(&hash, &key))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(user.to_owned(), mac);
+            Some(entry.account.clone())
+        } else {
+            None
+        }
+    }
+}
+
+fn verify_key(hash: &str, key: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(key.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// An argon2id PHC hash of `key` with a random salt, for the configuration file.
+pub fn hash_key(key: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt =
+        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(Argon2::default()
+        .hash_password(key.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// The v1.0 credentials a request carries: `X-Auth-User`/`X-Auth-Key`, else
+/// `X-Storage-User`/`X-Storage-Pass` (tempauth's preference).
+pub fn v1_credentials(headers: &HeaderMap) -> Option<(&str, &str)> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let user = get("x-auth-user").or_else(|| get("x-storage-user"))?;
+    let key = get("x-auth-key").or_else(|| get("x-storage-pass"))?;
+    Some((user, key))
+}
+
+/// True for the paths v1.0 auth is answered on.
+pub fn is_auth_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/auth/v1.0"
+            | "/auth/v1.0/"
+            | "/v1.0"
+            | "/v1.0/"
+            | "/auth"
+            | "/auth/"
+            | "/auth/1.0"
+            | "/auth/1.0/"
+    ) || (path.starts_with("/auth/v1/") && path.ends_with("/auth"))
+}
+
+/// A Swift-style 401 for bad or missing credentials.
+pub fn unauthorized() -> Response<Body> {
+    let mut resp = body::html(
+        StatusCode::UNAUTHORIZED,
+        "<html><h1>Unauthorized</h1><p>This server could not verify that you are authorized to access the document you requested.</p></html>",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Swift realm=\"swiftgate\""),
+    );
+    resp
+}
+
+/// Maps a token-manager failure to what a Swift client should see.
+pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body> {
+    let provider = match err {
+        TokenError::UnknownAccount => {
+            return body::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gateway user is bound to an unknown account\n",
+            )
+        }
+        TokenError::Provider(p) => p,
+    };
+    match &**provider {
+        ProviderError::NotRegistered => body::text(
+            StatusCode::FORBIDDEN,
+            format!("this account is not registered with HubiC yet: open {public_url}/register in a browser, or run `swiftgate register`\n"),
+        ),
+        ProviderError::GrantRefused { .. } => body::text(
+            StatusCode::FORBIDDEN,
+            format!("HubiC no longer accepts this account's authorisation: register again at {public_url}/register\n"),
+        ),
+        ProviderError::ClientRefused { .. } => body::text(
+            StatusCode::BAD_GATEWAY,
+            "HubiC refused the gateway's application credentials; the operator must check client_id/client_secret\n",
+        ),
+        ProviderError::Transient(_) => {
+            let mut resp = body::text(StatusCode::SERVICE_UNAVAILABLE, "HubiC is temporarily unavailable; retry shortly\n");
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            resp
+        }
+        ProviderError::Protocol(_) | ProviderError::Store(_) => {
+            body::text(StatusCode::BAD_GATEWAY, "the gateway could not obtain storage credentials; see its log\n")
+        }
+    }
+}
+
+/// Answers a v1.0 auth request in redirect mode: the upstream storage URL and token.
+pub async fn v1_auth(
+    method: &Method,
+    headers: &HeaderMap,
+    users: &Users,
+    tokens: &Arc<TokenManager>,
+    public_url: &str,
+) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = body::text(StatusCode::METHOD_NOT_ALLOWED, "v1.0 auth takes GET\n");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let Some((user, key)) = v1_credentials(headers) else {
+        return unauthorized();
+    };
+    let Some(account) = users.verify(user, key).await else {
+        tracing::info!(user = %user, "v1.0 auth refused: bad credentials");
+        return unauthorized();
+    };
+    let cached = match tokens.credentials(&account).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(user = %user, account = %account, cause = %e, "v1.0 auth: no upstream credentials");
+            return token_error_response(&e, public_url);
+        }
+    };
+    let creds = &cached.creds;
+    let (Ok(url), Ok(token)) = (
+        HeaderValue::from_str(&creds.endpoint),
+        HeaderValue::from_str(creds.token.expose()),
+    ) else {
+        return body::text(
+            StatusCode::BAD_GATEWAY,
+            "upstream credentials are not valid header values\n",
+        );
+    };
+    let left = secs_until(tokens.clock().now(), creds.expires);
+    let mut resp = body::status(StatusCode::OK);
+    let h = resp.headers_mut();
+    h.insert("x-storage-url", url);
+    h.insert("x-auth-token", token.clone());
+    h.insert("x-storage-token", token);
+    h.insert("x-auth-token-expires", HeaderValue::from(left));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_paths() {
+        for p in [
+            "/auth/v1.0",
+            "/auth/v1.0/",
+            "/v1.0",
+            "/auth",
+            "/auth/1.0",
+            "/auth/v1/test/auth",
+        ] {
+            assert!(is_auth_path(p), "{p}");
+        }
+        for p in ["/v1/AUTH_x", "/auth/v2.0", "/", "/auth/v1.00", "/register"] {
+            assert!(!is_auth_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn credentials_prefer_x_auth_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(v1_credentials(&h), None);
+        h.insert("x-storage-user", HeaderValue::from_static("su"));
+        h.insert("x-storage-pass", HeaderValue::from_static("sp"));
+        assert_eq!(v1_credentials(&h), Some(("su", "sp")));
+        h.insert("x-auth-user", HeaderValue::from_static("au"));
+        h.insert("x-auth-key", HeaderValue::from_static("ak"));
+        assert_eq!(v1_credentials(&h), Some(("au", "ak")));
+    }
+
+    #[tokio::test]
+    async fn keys_verify_against_argon2_hashes_and_are_cached() {
+        let hash = hash_key("s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        let users = Users::new(&[ResolvedUser {
+            name: "u".into(),
+            key_hash: hash,
+            account: "acct".into(),
+        }]);
+        assert_eq!(users.verify("u", "s3cret").await.as_deref(), Some("acct"));
+        assert_eq!(users.verify("u", "s3cret").await.as_deref(), Some("acct"));
+        assert_eq!(users.verify("u", "wrong").await, None);
+        assert_eq!(users.verify("nobody", "s3cret").await, None);
+        assert!(!format!("{users:?}").contains("argon2"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The gateway assembled from its configuration, and its router: the one place that maps a
+//! request's path and method to a handler.
+//!
+//! Everything per-request that can be computed once (public URL, users, sources) is computed
+//! in [`Gateway::new`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
+use crate::front::{self, Users};
+use crate::ops;
+use crate::provider::hubic::{HubicAccount, HubicClient};
+use crate::provider::{CredentialSource, ProviderError};
+use crate::register::{outcome_page, Registrar};
+use crate::secret::Secret;
+use crate::server::Handler;
+use crate::store::{FileStore, GrantStore, StoreError};
+use crate::tokens::{RenewPolicy, TokenManager};
+
+/// Largest form body accepted on the registration endpoints.
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// Why the gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state directory is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HubiC client could not be set up.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+/// A running gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    users: Users,
+    tokens: Arc<TokenManager>,
+    registrar: Registrar,
+    public_url: String,
+}
+
+impl Gateway {
+    /// Builds the gateway: users, store, HubiC sources, token manager, registrar.
+    pub fn new(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        policy: RenewPolicy,
+    ) -> Result<Arc<Gateway>, BuildError> {
+        let users = config.resolved_users()?;
+        let store: Arc<dyn GrantStore> = Arc::new(FileStore::open(&config.state_dir)?);
+        let client = Arc::new(HubicClient::new(
+            &config.hubic.api_base,
+            &config.hubic.client_id,
+            config.client_secret()?,
+            clock.clone(),
+        )?);
+        let mut accounts: Vec<&str> = users.iter().map(|u| u.account.as_str()).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let sources = accounts.into_iter().map(|account| {
+            let source: Arc<dyn CredentialSource> =
+                Arc::new(HubicAccount::new(client.clone(), store.clone(), account));
+            (account.to_owned(), source)
+        });
+        let tokens = Arc::new(TokenManager::new(sources, clock, policy));
+        let public_url = config.public_url();
+        let registrar = Registrar::new(
+            client,
+            store,
+            tokens.clone(),
+            &public_url,
+            &config.hubic.scope,
+        );
+        Ok(Arc::new(Gateway {
+            users: Users::new(&users),
+            tokens,
+            registrar,
+            public_url,
+        }))
+    }
+
+    /// The token manager (the proxy and tests ask it for credentials).
+    pub fn tokens(&self) -> &Arc<TokenManager> {
+        &self.tokens
+    }
+
+    /// The registrar.
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// The gateway's users.
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    async fn register_post(&self, req: Request<Incoming>) -> Response<Body> {
+        let form = match body::read_limited(req.into_body(), FORM_LIMIT).await {
+            Ok(b) => body::form_pairs(&b),
+            Err(e) => return body::text(e.status(), "registration form could not be read\n"),
+        };
+        let (user, key) = (
+            body::form_get(&form, "user").unwrap_or(""),
+            body::form_get(&form, "key").unwrap_or(""),
+        );
+        let Some(account) = self.users.verify(user, key).await else {
+            let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            return resp;
+        };
+        let (_, url) = self.registrar.begin(&account);
+        body::redirect(&url)
+    }
+
+    async fn autoregister_post(&self, req: Request<Incoming>) -> Response<Body> {
+        let form = match body::read_limited(req.into_body(), FORM_LIMIT).await {
+            Ok(b) => body::form_pairs(&b),
+            Err(e) => return body::text(e.status(), "registration form could not be read\n"),
+        };
+        let field = |k| body::form_get(&form, k).unwrap_or("");
+        let Some(account) = self.users.verify(field("user"), field("key")).await else {
+            let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            return resp;
+        };
+        let result = self
+            .registrar
+            .autoregister(&account, field("login"), &Secret::new(field("password")))
+            .await
+            .map(|()| account);
+        outcome_page(&result)
+    }
+
+    /// The router: path and method to handler, nothing else decides.
+    pub async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if front::is_auth_path(path) {
+            return front::v1_auth(
+                req.method(),
+                req.headers(),
+                &self.users,
+                &self.tokens,
+                &self.public_url,
+            )
+            .await;
+        }
+        match (req.method(), path) {
+            (&Method::GET | &Method::HEAD, "/healthz") => ops::healthz(),
+            (&Method::GET | &Method::HEAD, "/info") => ops::info(),
+            (&Method::GET, "/usage" | "/usage/") => {
+                ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url).await
+            }
+            (&Method::GET, "/register" | "/register/" | "/") => self.registrar.form_page(None),
+            (&Method::POST, "/register" | "/register/") => self.register_post(req).await,
+            (&Method::POST, "/autoregister" | "/autoregister/") => {
+                self.autoregister_post(req).await
+            }
+            (&Method::GET, "/callback" | "/callback/") => {
+                let query = req.uri().query().unwrap_or("").to_owned();
+                outcome_page(&self.registrar.complete(&query).await)
+            }
+            (_, "/healthz" | "/info" | "/usage" | "/register" | "/autoregister" | "/callback") => {
+                body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => body::text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        self.route(req).await
+    }
+}

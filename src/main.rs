@@ -1,0 +1,399 @@
+//! The `swiftgate` command: flags, logging, configuration, then one of `serve`, `demo`,
+//! `emulate`, `register`, `hash-key`, `check-config`. Thin: the work is in the library.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use swiftgate::clock::SystemClock;
+use swiftgate::config::Config;
+use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, StorageConfig, UserSpec};
+use swiftgate::gateway::Gateway;
+use swiftgate::secret::Secret;
+use swiftgate::server::{self, ServeOptions};
+use swiftgate::tokens::RenewPolicy;
+
+#[derive(Parser)]
+#[command(
+    name = "swiftgate",
+    version,
+    about = "Swift v1.0 auth gateway for HubiC-style OAuth2 storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen address, overriding the file and SWIFTGATE_LISTEN.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print an argon2 hash of a key (read from stdin) for the `key_hash` of a user.
+    HashKey,
+    /// Register a user's HubiC account without the gateway's web pages.
+    Register {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The gateway user whose account to register.
+        #[arg(long)]
+        user: String,
+        /// Fill HubiC's login form with this HubiC e-mail (the password is prompted for).
+        #[arg(long)]
+        login: Option<String>,
+        /// Do not listen for the callback; only accept the pasted redirect URL.
+        #[arg(long)]
+        no_listen: bool,
+    },
+    /// Run the HubiC emulator.
+    Emulate {
+        /// Listen address; the base URL is printed as the first line of stdout.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        emulator: EmulatorFlags,
+        /// Register an app: CLIENT_ID:CLIENT_SECRET:REDIRECT_URI (repeatable).
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// Create a user: LOGIN:PASSWORD (repeatable).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// Keep object data here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Largest object the built-in storage accepts, in bytes.
+        #[arg(long, default_value_t = 5 * 1024 * 1024 * 1024 + 2)]
+        max_file_size: u64,
+        /// Answer 509 to a consent POST sooner than this many seconds after the page.
+        #[arg(long)]
+        min_post_delay: Option<u64>,
+    },
+    /// Run the emulator and the gateway together with a registered demo user.
+    Demo {
+        /// Gateway listen address (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        emulator: EmulatorFlags,
+    },
+}
+
+#[derive(Args)]
+struct EmulatorFlags {
+    /// Access-token lifetime in seconds.
+    #[arg(long, default_value_t = 21600)]
+    access_token_ttl: u64,
+    /// Swift-token lifetime in seconds.
+    #[arg(long, default_value_t = 86400)]
+    swift_token_ttl: u64,
+    /// Hand out tokens of this external Swift (v1.0 auth URL) instead of the built-in storage.
+    #[arg(long, requires_all = ["swift_user", "swift_key"])]
+    swift_auth: Option<String>,
+    /// User for --swift-auth.
+    #[arg(long)]
+    swift_user: Option<String>,
+    /// Key for --swift-auth.
+    #[arg(long)]
+    swift_key: Option<String>,
+}
+
+impl EmulatorFlags {
+    fn storage(&self, data_dir: Option<PathBuf>, max_file_size: u64) -> StorageConfig {
+        match (&self.swift_auth, &self.swift_user, &self.swift_key) {
+            (Some(auth_url), Some(user), Some(key)) => StorageConfig::External {
+                auth_url: auth_url.clone(),
+                user: user.clone(),
+                key: Secret::new(key.clone()),
+            },
+            _ => StorageConfig::BuiltIn {
+                data_dir,
+                max_file_size,
+            },
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWIFTGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("swiftgate: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swiftgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path, |k| std::env::var(k).ok())?)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config, listen } => {
+            let mut config = load(&config)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            serve(config).await
+        }
+        Command::CheckConfig { config } => {
+            let config = load(&config)?;
+            config.client_secret()?;
+            let users = config.resolved_users()?;
+            if let Some(tls) = &config.tls {
+                server::tls_acceptor(&tls.cert, &tls.key)?;
+            }
+            println!(
+                "configuration OK: {} user(s), public URL {}",
+                users.len(),
+                config.public_url()
+            );
+            Ok(())
+        }
+        Command::HashKey => {
+            let key = read_secret("Key to hash: ")?;
+            if key.is_empty() {
+                bail!("the key is empty");
+            }
+            println!(
+                "{}",
+                swiftgate::front::hash_key(&key).map_err(|e| anyhow!("hashing failed: {e}"))?
+            );
+            Ok(())
+        }
+        Command::Register {
+            config,
+            user,
+            login,
+            no_listen,
+        } => register(load(&config)?, &user, login, no_listen).await,
+        Command::Emulate {
+            listen,
+            emulator,
+            apps,
+            users,
+            data_dir,
+            max_file_size,
+            min_post_delay,
+        } => {
+            let mut app_specs = Vec::new();
+            for a in &apps {
+                let mut parts = a.splitn(3, ':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(id), Some(secret), Some(redirect)) if !id.is_empty() => {
+                        app_specs.push(AppSpec {
+                            client_id: id.to_owned(),
+                            client_secret: Secret::new(secret),
+                            redirect_uri: redirect.to_owned(),
+                        })
+                    }
+                    _ => bail!("--app {a:?}: expected CLIENT_ID:CLIENT_SECRET:REDIRECT_URI"),
+                }
+            }
+            let mut user_specs = Vec::new();
+            for u in &users {
+                match u.split_once(':') {
+                    Some((login, password)) if !login.is_empty() => user_specs.push(UserSpec {
+                        login: login.to_owned(),
+                        password: Secret::new(password),
+                    }),
+                    _ => bail!("--user {u:?}: expected LOGIN:PASSWORD"),
+                }
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let config = EmulatorConfig {
+                access_token_ttl: Duration::from_secs(emulator.access_token_ttl),
+                swift_token_ttl: Duration::from_secs(emulator.swift_token_ttl),
+                min_post_delay: min_post_delay.map(Duration::from_secs),
+                storage: emulator.storage(data_dir, max_file_size),
+                apps: app_specs,
+                users: user_specs,
+                ..EmulatorConfig::default()
+            };
+            let handle = Emulator::start(config, listener).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", handle.base_url())?;
+            out.flush()?;
+            drop(out);
+            server::shutdown_signal().await;
+            handle.stop().await;
+            Ok(())
+        }
+        Command::Demo { listen, emulator } => {
+            let options = swiftgate::demo::DemoOptions {
+                listen,
+                swift_token_ttl: Duration::from_secs(emulator.swift_token_ttl),
+                access_token_ttl: Duration::from_secs(emulator.access_token_ttl),
+                storage: emulator.storage(None, 5 * 1024 * 1024 * 1024 + 2),
+            };
+            let mut stdout = std::io::stdout();
+            swiftgate::demo::run(options, &mut stdout, server::shutdown_signal()).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        Some(t) => Some(server::tls_acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url(), "swiftgate serving");
+    server::run(
+        listener,
+        gateway,
+        ServeOptions {
+            tls,
+            http1_only: false,
+        },
+        server::shutdown_signal(),
+    )
+    .await;
+    tracing::info!("swiftgate stopped");
+    Ok(())
+}
+
+/// Reads a secret: a no-echo prompt on a terminal, one line of stdin otherwise.
+fn read_secret(prompt: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn register(
+    config: Config,
+    user: &str,
+    login: Option<String>,
+    no_listen: bool,
+) -> anyhow::Result<()> {
+    let users = config.resolved_users()?;
+    let account = users
+        .iter()
+        .find(|u| u.name == user)
+        .map(|u| u.account.clone())
+        .ok_or_else(|| anyhow!("no user {user:?} in the configuration"))?;
+    let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
+    if let Some(login) = login {
+        let password = Secret::new(read_secret(&format!("HubiC password for {login}: "))?);
+        gateway
+            .registrar()
+            .autoregister(&account, &login, &password)
+            .await?;
+        println!("registered account {account}");
+        return Ok(());
+    }
+    let mut done = gateway.registrar().subscribe();
+    let (_, url) = gateway.registrar().begin(&account);
+    println!("Open this URL in a browser and authorise the application:\n\n  {url}\n");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = if no_listen {
+        None
+    } else {
+        match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => {
+                println!("Waiting for HubiC's redirect to {}/callback, or paste the URL you were sent to:", config.public_url());
+                Some(tokio::spawn(server::run(
+                    listener,
+                    gateway.clone(),
+                    ServeOptions::default(),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                )))
+            }
+            Err(e) => {
+                println!(
+                    "Cannot listen on {} ({e}); paste the URL you were redirected to:",
+                    config.listen
+                );
+                None
+            }
+        }
+    };
+    if server.is_none() && no_listen {
+        println!("Paste the URL you were redirected to:");
+    }
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if line_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result: anyhow::Result<()> = loop {
+        tokio::select! {
+            registered = done.recv() => match registered {
+                Ok(a) if a == account => break Ok(()),
+                Ok(_) => continue,
+                Err(_) => break Err(anyhow!("registration channel closed")),
+            },
+            line = line_rx.recv() => match line {
+                Some(line) => {
+                    let line = line.trim();
+                    let Some((_, query)) = line.split_once('?') else {
+                        println!("That is not the redirect URL (it has no query string); paste the whole URL:");
+                        continue;
+                    };
+                    match gateway.registrar().complete(query).await {
+                        Ok(_) => break Ok(()),
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                None => break Err(anyhow!("standard input closed before the registration completed")),
+            },
+        }
+    };
+    let _ = stop_tx.send(());
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result?;
+    println!("registered account {account}");
+    Ok(())
+}

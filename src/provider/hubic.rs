@@ -1,0 +1,523 @@
+//! HubiC as a credential source: the OAuth2 client (authorize URL, code exchange, refresh) and
+//! the `/1.0/account/*` calls, plus the per-account source that keeps the access token.
+//!
+//! Follows the wire facts of `hubic-api.md`: Basic client authentication with a
+//! form-urlencoded body, no new refresh token on refresh, `400 invalid_request "invalid refresh
+//! token"` meaning the grant is gone, `expires` in Paris local time with an offset. This file
+//! does not retry or cache Swift credentials; the token manager does.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{CredentialSource, ProviderError, SwiftCredentials, Usage};
+use crate::clock::{parse_rfc3339, Clock};
+use crate::secret::Secret;
+use crate::store::{Grant, GrantStore};
+
+/// Upper bound on any single HubiC API call, so a hung provider cannot hold an account's
+/// renewal lock forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An OAuth2 access token and when it stops working, on the local clock.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    /// The bearer token.
+    pub token: Secret,
+    /// Local expiry instant (issue time + `expires_in`).
+    pub expires: SystemTime,
+    /// When to stop reusing it: a tenth of its life (at most a minute) before `expires`.
+    pub renew_at: SystemTime,
+}
+
+/// The outcome of an authorization-code exchange.
+#[derive(Debug)]
+pub struct CodeGrant {
+    /// The long-lived refresh token to store.
+    pub refresh_token: Secret,
+    /// The first access token.
+    pub access: AccessToken,
+}
+
+/// The HubiC OAuth2 application: API base URL and client credentials.
+#[derive(Debug)]
+pub struct HubicClient {
+    http: reqwest::Client,
+    base: String,
+    client_id: String,
+    client_secret: Secret,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: String,
+    expires_in: u64,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    token_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+#[derive(Deserialize)]
+struct CredentialsBody {
+    token: String,
+    endpoint: String,
+    expires: String,
+}
+
+/// What an `/1.0` API call failed with, before classification.
+enum ApiFailure {
+    /// The access token was not accepted (expired, unknown, revoked): refresh and retry.
+    AccessRejected,
+    Other(ProviderError),
+}
+
+impl HubicClient {
+    /// A client for the API at `base` (e.g. `https://api.hubic.com`, no trailing slash needed).
+    pub fn new(
+        base: &str,
+        client_id: &str,
+        client_secret: Secret,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(CALL_TIMEOUT)
+            .user_agent(concat!("swiftgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Protocol(format!("HTTP client setup failed: {e}")))?;
+        Ok(HubicClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret,
+            clock,
+        })
+    }
+
+    /// The API base URL without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The HTTP client (no redirects followed), shared with the autoregister scraper.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The URL a user's browser is sent to for consent.
+    pub fn authorize_url(&self, redirect_uri: &str, scope: &str, state: &str) -> String {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", scope)
+            .append_pair("response_type", "code")
+            .append_pair("state", state)
+            .finish();
+        format!("{}/oauth/auth/?{query}", self.base)
+    }
+
+    fn basic_auth(&self) -> String {
+        let raw = format!("{}:{}", self.client_id, self.client_secret.expose());
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+
+    async fn token_call(&self, form: String) -> Result<(TokenBody, SystemTime), ProviderError> {
+        let issued = self.clock.now();
+        let resp = self
+            .http
+            .post(format!("{}/oauth/token/", self.base))
+            .header(reqwest::header::AUTHORIZATION, self.basic_auth())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(transport)?;
+        if status.is_success() {
+            let parsed: TokenBody = serde_json::from_slice(&body).map_err(|e| {
+                ProviderError::Protocol(format!("token response is not the expected JSON: {e}"))
+            })?;
+            if parsed
+                .token_type
+                .as_deref()
+                .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+            {
+                return Err(ProviderError::Protocol("token_type is not Bearer".into()));
+            }
+            return Ok((parsed, issued));
+        }
+        Err(classify_oauth_error(status, &body))
+    }
+
+    fn access_from(&self, body: &TokenBody, issued: SystemTime) -> AccessToken {
+        let life = Duration::from_secs(body.expires_in);
+        let expires = issued + life;
+        AccessToken {
+            token: Secret::new(body.access_token.clone()),
+            expires,
+            renew_at: expires - (life / 10).min(Duration::from_secs(60)),
+        }
+    }
+
+    /// Exchanges an authorization code for a refresh token and a first access token.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+    ) -> Result<CodeGrant, ProviderError> {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("code", code)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("grant_type", "authorization_code")
+            .finish();
+        let (body, issued) = self.token_call(form).await?;
+        let refresh = body
+            .refresh_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ProviderError::Protocol("code exchange returned no refresh_token".into())
+            })?;
+        Ok(CodeGrant {
+            refresh_token: Secret::new(refresh),
+            access: self.access_from(&body, issued),
+        })
+    }
+
+    /// Trades the refresh token for a new access token. HubiC does not rotate refresh tokens,
+    /// so the stored one stays as it is.
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<AccessToken, ProviderError> {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("refresh_token", refresh_token.expose())
+            .append_pair("grant_type", "refresh_token")
+            .finish();
+        let (body, issued) = self.token_call(form).await?;
+        Ok(self.access_from(&body, issued))
+    }
+
+    async fn api_get(
+        &self,
+        access: &AccessToken,
+        path: &str,
+    ) -> Result<(bytes::Bytes, Option<SystemTime>), ApiFailure> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", access.token.expose()),
+            )
+            .send()
+            .await
+            .map_err(|e| ApiFailure::Other(transport(e)))?;
+        let status = resp.status();
+        let server_date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiFailure::Other(transport(e)))?;
+        if status.is_success() {
+            return Ok((body, server_date));
+        }
+        let parsed: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+        let error = parsed.as_ref().map_or("", |b| b.error.as_str());
+        if (status == 401 || status == 403) && error == "invalid_token" {
+            return Err(ApiFailure::AccessRejected);
+        }
+        Err(ApiFailure::Other(classify_oauth_error(status, &body)))
+    }
+
+    /// `GET /1.0/account/credentials` with `access`.
+    async fn credentials(&self, access: &AccessToken) -> Result<SwiftCredentials, ApiFailure> {
+        let (body, server_date) = self.api_get(access, "/1.0/account/credentials").await?;
+        let parsed: CredentialsBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiFailure::Other(ProviderError::Protocol(format!(
+                "credentials response is not the expected JSON: {e}"
+            )))
+        })?;
+        let expires_at = parse_rfc3339(&parsed.expires).ok_or_else(|| {
+            ApiFailure::Other(ProviderError::Protocol(format!(
+                "credentials `expires` is not RFC 3339: {:?}",
+                parsed.expires
+            )))
+        })?;
+        if parsed.token.is_empty()
+            || !(parsed.endpoint.starts_with("http://") || parsed.endpoint.starts_with("https://"))
+        {
+            return Err(ApiFailure::Other(ProviderError::Protocol(
+                "credentials lack a token or an http(s) endpoint".into(),
+            )));
+        }
+        // Measure the lifetime against the server's own clock when it says what time it is, so a
+        // skewed local clock neither renews too late nor spins.
+        let now = self.clock.now();
+        let expires = match server_date {
+            Some(date) => now + expires_at.duration_since(date).unwrap_or_default(),
+            None => expires_at,
+        };
+        Ok(SwiftCredentials {
+            token: Secret::new(parsed.token),
+            endpoint: parsed.endpoint,
+            expires,
+        })
+    }
+
+    async fn usage_with(&self, access: &AccessToken) -> Result<Usage, ApiFailure> {
+        let (body, _) = self.api_get(access, "/1.0/account/usage").await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiFailure::Other(ProviderError::Protocol(format!(
+                "usage response is not the expected JSON: {e}"
+            )))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            used: u64,
+            quota: u64,
+        }
+        let raw = Raw::deserialize(d)?;
+        Ok(Usage {
+            used: raw.used,
+            quota: raw.quota,
+        })
+    }
+}
+
+fn transport(e: reqwest::Error) -> ProviderError {
+    // reqwest's Display can include the URL, which never carries a secret here (tokens travel
+    // in headers and bodies only).
+    ProviderError::Transient(format!("HubiC API unreachable: {e}"))
+}
+
+/// Maps a non-2xx OAuth2 or API answer to an error, keeping HubiC's `error` and description.
+fn classify_oauth_error(status: reqwest::StatusCode, body: &[u8]) -> ProviderError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (error, description) = parsed.map_or_else(
+        || (String::new(), String::new()),
+        |b| (b.error, b.error_description),
+    );
+    if status.is_server_error() || status.as_u16() == 509 || status.as_u16() == 429 {
+        return ProviderError::Transient(
+            format!("HubiC answered {status} {error} {description}")
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    if status == 401 && error == "unauthorized_client" {
+        return ProviderError::ClientRefused { error, description };
+    }
+    // HubiC says `invalid_request "invalid refresh token"` where RFC 6749 says `invalid_grant`;
+    // both, and a grant lacking a needed scope, mean only a new registration helps.
+    if error == "invalid_grant"
+        || error == "insufficient_scope"
+        || (error == "invalid_request" && description.contains("refresh token"))
+        || (error == "invalid_request" && description.contains("code"))
+    {
+        return ProviderError::GrantRefused { error, description };
+    }
+    if error.is_empty() {
+        return ProviderError::Protocol(format!(
+            "HubiC answered {status} without an OAuth2 error body"
+        ));
+    }
+    ProviderError::Protocol(format!("HubiC answered {status}: {error}: {description}"))
+}
+
+/// One HubiC account as a credential source: loads the refresh token from the store, keeps the
+/// access token, and fetches Swift credentials.
+#[derive(Debug)]
+pub struct HubicAccount {
+    client: Arc<HubicClient>,
+    store: Arc<dyn GrantStore>,
+    account: String,
+    /// Held only to read or replace the token, never across an await.
+    access: Mutex<Option<AccessToken>>,
+}
+
+impl HubicAccount {
+    /// The source for `account`, whose grant lives in `store`.
+    pub fn new(client: Arc<HubicClient>, store: Arc<dyn GrantStore>, account: &str) -> Self {
+        HubicAccount {
+            client,
+            store,
+            account: account.to_owned(),
+            access: Mutex::new(None),
+        }
+    }
+
+    fn cached_access(&self) -> Option<AccessToken> {
+        let now = self.client.clock.now();
+        let guard = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|a| usable(a, now)).cloned()
+    }
+
+    async fn fresh_access(&self) -> Result<AccessToken, ProviderError> {
+        let grant: Grant = self
+            .store
+            .load(&self.account)
+            .await?
+            .ok_or(ProviderError::NotRegistered)?;
+        let access = self.client.refresh(&grant.refresh_token).await?;
+        tracing::info!(account = %self.account, token = access.token.prefix(), "access token refreshed");
+        *self.access.lock().unwrap_or_else(|p| p.into_inner()) = Some(access.clone());
+        Ok(access)
+    }
+
+    /// Runs `call` with a valid access token, refreshing it once if HubiC rejects it.
+    async fn with_access<T, F, Fut>(&self, call: F) -> Result<T, ProviderError>
+    where
+        F: Fn(AccessToken) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiFailure>>,
+    {
+        let (access, fresh) = match self.cached_access() {
+            Some(a) => (a, false),
+            None => (self.fresh_access().await?, true),
+        };
+        match call(access).await {
+            Ok(v) => Ok(v),
+            Err(ApiFailure::Other(e)) => Err(e),
+            Err(ApiFailure::AccessRejected) if fresh => Err(ProviderError::Protocol(
+                "HubiC rejected a freshly issued access token".into(),
+            )),
+            Err(ApiFailure::AccessRejected) => {
+                let access = self.fresh_access().await?;
+                match call(access).await {
+                    Ok(v) => Ok(v),
+                    Err(ApiFailure::Other(e)) => Err(e),
+                    Err(ApiFailure::AccessRejected) => Err(ProviderError::Protocol(
+                        "HubiC rejected a freshly issued access token".into(),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn usable(access: &AccessToken, now: SystemTime) -> bool {
+    now < access.renew_at
+}
+
+#[async_trait::async_trait]
+impl CredentialSource for HubicAccount {
+    async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
+        let client = &self.client;
+        self.with_access(|access| async move { client.credentials(&access).await })
+            .await
+    }
+
+    async fn usage(&self) -> Result<Usage, ProviderError> {
+        let client = &self.client;
+        self.with_access(|access| async move { client.usage_with(&access).await })
+            .await
+    }
+
+    fn reset(&self) {
+        *self.access.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oauth_errors_are_classified() {
+        type Check = fn(&ProviderError) -> bool;
+        let cases: [(u16, &str, Check); 7] = [
+            (
+                400,
+                r#"{"error_description":"invalid refresh token","error":"invalid_request"}"#,
+                |e| matches!(e, ProviderError::GrantRefused { .. }),
+            ),
+            (
+                400,
+                r#"{"error_description":"x","error":"invalid_grant"}"#,
+                |e| matches!(e, ProviderError::GrantRefused { .. }),
+            ),
+            (
+                401,
+                r#"{"error_description":"please verify credentials","error":"unauthorized_client"}"#,
+                |e| matches!(e, ProviderError::ClientRefused { .. }),
+            ),
+            (
+                500,
+                r#"{"error_description":"please retry","error":"server_error"}"#,
+                |e| e.is_transient(),
+            ),
+            (509, "Bandwidth Limit Exceeded", |e| e.is_transient()),
+            (400, "<html>", |e| matches!(e, ProviderError::Protocol(_))),
+            (
+                400,
+                r#"{"error_description":"missing parameters","error":"invalid_request"}"#,
+                |e| matches!(e, ProviderError::Protocol(_)),
+            ),
+        ];
+        for (status, body, check) in cases {
+            let err = classify_oauth_error(
+                reqwest::StatusCode::from_u16(status).unwrap(),
+                body.as_bytes(),
+            );
+            assert!(check(&err), "{status} {body} -> {err:?}");
+        }
+    }
+
+    #[test]
+    fn access_tokens_are_renewed_early() {
+        let clock = Arc::new(crate::clock::ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        ));
+        let client =
+            HubicClient::new("http://127.0.0.1:1", "id", Secret::new("s"), clock.clone()).unwrap();
+        let now = clock.now();
+        let body = |expires_in| TokenBody {
+            access_token: "t".into(),
+            expires_in,
+            refresh_token: None,
+            token_type: None,
+        };
+        // (lifetime, seconds later, still usable)
+        let cases = [
+            (21600, 21539, true),
+            (21600, 21540, false),
+            (10, 8, true),
+            (10, 9, false),
+            (10, 11, false),
+        ];
+        for (life, later, want) in cases {
+            let access = client.access_from(&body(life), now);
+            assert_eq!(access.expires, now + Duration::from_secs(life));
+            assert_eq!(
+                usable(&access, now + Duration::from_secs(later)),
+                want,
+                "life {life} at +{later}"
+            );
+        }
+    }
+}

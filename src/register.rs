@@ -1,0 +1,409 @@
+//! Registration of a gateway user's HubiC account: the browser flow (`/register` →
+//! HubiC consent → `/callback`), the headless flows (`swiftgate register` and autoregister,
+//! where the gateway fills HubiC's login form itself), and the table of pending `state`s.
+//!
+//! Each flow ends the same way: the authorization code is exchanged, the refresh token is
+//! saved through the store, and the token manager forgets what it had cached for the account.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::{Response, StatusCode};
+
+use crate::body::{self, escape_html, Body};
+use crate::clock::Clock;
+use crate::provider::hubic::HubicClient;
+use crate::provider::ProviderError;
+use crate::secret::{random_hex, Secret};
+use crate::store::{Grant, GrantStore, StoreError};
+use crate::tokens::TokenManager;
+
+/// How long a `state` handed to HubiC stays valid.
+pub const STATE_TTL: Duration = Duration::from_secs(600);
+
+/// Why a registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The callback's `state` is unknown, already used, or expired.
+    #[error(
+        "this registration link is unknown, already used or expired; start the registration again"
+    )]
+    BadState,
+    /// HubiC redirected back with an error.
+    #[error("HubiC refused the authorisation: {error}: {description}")]
+    Denied {
+        /// HubiC's `error`.
+        error: String,
+        /// HubiC's `error_description`.
+        description: String,
+    },
+    /// The callback carried neither a code nor an error.
+    #[error("the callback carries no authorization code")]
+    MissingCode,
+    /// HubiC's login page refused the login and password.
+    #[error("HubiC refused the login: {0}")]
+    LoginFailed(String),
+    /// HubiC's pages were not what the gateway expects to scrape.
+    #[error("unexpected answer from HubiC's login page: {0}")]
+    UnexpectedPage(String),
+    /// Exchanging the code failed.
+    #[error("exchanging the authorization code failed: {0}")]
+    Exchange(#[from] ProviderError),
+    /// The refresh token could not be saved.
+    #[error("saving the refresh token failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+struct Pending {
+    account: String,
+    expires: SystemTime,
+}
+
+/// Runs registrations for the gateway's accounts.
+pub struct Registrar {
+    client: Arc<HubicClient>,
+    store: Arc<dyn GrantStore>,
+    tokens: Arc<TokenManager>,
+    clock: Arc<dyn Clock>,
+    redirect_uri: String,
+    scope: String,
+    /// state → pending registration; short critical sections only.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Announces each account whose registration completed.
+    done: tokio::sync::broadcast::Sender<String>,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("redirect_uri", &self.redirect_uri)
+            .finish()
+    }
+}
+
+impl Registrar {
+    /// A registrar whose callback is `<public_url>/callback`.
+    pub fn new(
+        client: Arc<HubicClient>,
+        store: Arc<dyn GrantStore>,
+        tokens: Arc<TokenManager>,
+        public_url: &str,
+        scope: &str,
+    ) -> Self {
+        let clock = tokens.clock().clone();
+        Registrar {
+            client,
+            store,
+            tokens,
+            clock,
+            redirect_uri: format!("{public_url}/callback"),
+            scope: scope.to_owned(),
+            pending: Mutex::new(HashMap::new()),
+            done: tokio::sync::broadcast::channel(16).0,
+        }
+    }
+
+    /// Notifies of every registration completed from now on (by account name).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.done.subscribe()
+    }
+
+    /// The redirect_uri registered with HubiC.
+    pub fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+
+    /// Starts a registration of `account`: a single-use state, and the URL to send the user to.
+    pub fn begin(&self, account: &str) -> (String, String) {
+        let state = random_hex(16);
+        let now = self.clock.now();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|_, p| p.expires > now);
+        pending.insert(
+            state.clone(),
+            Pending {
+                account: account.to_owned(),
+                expires: now + STATE_TTL,
+            },
+        );
+        drop(pending);
+        let url = self
+            .client
+            .authorize_url(&self.redirect_uri, &self.scope, &state);
+        (state, url)
+    }
+
+    fn take_state(&self, state: &str) -> Option<String> {
+        let now = self.clock.now();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .remove(state)
+            .filter(|p| p.expires > now)
+            .map(|p| p.account)
+    }
+
+    /// Completes a registration from the callback's query string; returns the account.
+    pub async fn complete(&self, query: &str) -> Result<String, RegisterError> {
+        let pairs = body::form_pairs(query.as_bytes());
+        let get = |k| body::form_get(&pairs, k);
+        // The state is consumed first, whatever the outcome, so a link works once.
+        let account = get("state")
+            .and_then(|s| self.take_state(s))
+            .ok_or(RegisterError::BadState)?;
+        if let Some(error) = get("error") {
+            return Err(RegisterError::Denied {
+                error: error.to_owned(),
+                description: get("error_description").unwrap_or("").to_owned(),
+            });
+        }
+        let code = get("code")
+            .filter(|c| !c.is_empty())
+            .ok_or(RegisterError::MissingCode)?;
+        let scope = get("scope").unwrap_or(&self.scope).to_owned();
+        self.finish(&account, code, scope).await?;
+        Ok(account)
+    }
+
+    async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
+        let grant = self.client.exchange_code(code, &self.redirect_uri).await?;
+        let registered_at = self
+            .clock
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.store
+            .save(
+                account,
+                &Grant {
+                    refresh_token: grant.refresh_token,
+                    scope,
+                    registered_at,
+                },
+            )
+            .await?;
+        self.tokens.reset(account);
+        tracing::info!(account = %account, "account registered");
+        let _ = self.done.send(account.to_owned());
+        Ok(())
+    }
+
+    /// Registers `account` without a browser: fetches HubiC's consent page, posts the login
+    /// form with `login` and `password`, and exchanges the code it is redirected with.
+    pub async fn autoregister(
+        &self,
+        account: &str,
+        login: &str,
+        password: &Secret,
+    ) -> Result<(), RegisterError> {
+        let (state, url) = self.begin(account);
+        let http = self.client.http();
+        let page = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
+        let status = page.status();
+        if status.is_redirection() {
+            let location = page
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            self.take_state(&state);
+            return Err(redirect_error(location).unwrap_or_else(|| {
+                RegisterError::UnexpectedPage(format!(
+                    "consent page answered {status} to {location:?}"
+                ))
+            }));
+        }
+        let html = page
+            .text()
+            .await
+            .map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
+        let oauth = scrape_oauth_id(&html).ok_or_else(|| {
+            RegisterError::UnexpectedPage(format!(
+                "consent page ({status}) has no hidden `oauth` input"
+            ))
+        })?;
+        let form = consent_form(&oauth, login, password, &self.scope);
+        let post_url = format!("{}/oauth/auth/", self.client.base());
+        // HubiC answered 509 to a POST that followed the GET too closely; wait and retry.
+        let mut attempt = 0;
+        let resp = loop {
+            let resp = http
+                .post(&post_url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.clone())
+                .send()
+                .await
+                .map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
+            if resp.status().as_u16() == 509 && attempt < 3 {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            break resp;
+        };
+        let status = resp.status();
+        if status == StatusCode::FOUND || status == StatusCode::SEE_OTHER {
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let query = location.split_once('?').map_or("", |(_, q)| q);
+            return self.complete(query).await.map(|_| ());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        self.take_state(&state);
+        if status == StatusCode::OK {
+            if let Some(message) = scrape_error(&text) {
+                return Err(RegisterError::LoginFailed(message));
+            }
+        }
+        Err(RegisterError::UnexpectedPage(format!(
+            "login form answered {status}"
+        )))
+    }
+
+    /// The `/register` form page.
+    pub fn form_page(&self, message: Option<&str>) -> Response<Body> {
+        let note = message.map_or(String::new(), |m| {
+            format!("<p class=\"error\">{}</p>", escape_html(m))
+        });
+        body::html(StatusCode::OK, page("Register a HubiC account", &format!(
+            "{note}<p>Sign in with your gateway user name and key; you will then be sent to HubiC to authorise swiftgate.</p>\
+             <form method=\"post\" action=\"register\"><label>User <input name=\"user\" autocomplete=\"username\"></label>\
+             <label>Key <input name=\"key\" type=\"password\" autocomplete=\"current-password\"></label>\
+             <button type=\"submit\">Continue to HubiC</button></form>\
+             <h2>Or let the gateway sign in to HubiC for you</h2>\
+             <form method=\"post\" action=\"autoregister\"><label>User <input name=\"user\"></label>\
+             <label>Key <input name=\"key\" type=\"password\"></label>\
+             <label>HubiC e-mail <input name=\"login\"></label><label>HubiC password <input name=\"password\" type=\"password\"></label>\
+             <button type=\"submit\">Register</button></form>"
+        )))
+    }
+}
+
+/// A small complete HTML page.
+pub fn page(title: &str, content: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}label{{display:block;margin:.5em 0}}.error{{color:#b00}}</style>\
+         </head><body><h1>{t}</h1>{content}</body></html>\n",
+        t = escape_html(title)
+    )
+}
+
+/// The page shown when a registration ends.
+pub fn outcome_page(result: &Result<String, RegisterError>) -> Response<Body> {
+    match result {
+        Ok(account) => body::html(
+            StatusCode::OK,
+            page("Registration complete", &format!(
+                "<p>The HubiC account <b>{}</b> is registered. Swift clients can now authenticate with your gateway user name and key.</p>",
+                escape_html(account)
+            )),
+        ),
+        Err(e) => {
+            let status = match e {
+                RegisterError::BadState | RegisterError::MissingCode | RegisterError::Denied { .. } | RegisterError::LoginFailed(_) => StatusCode::BAD_REQUEST,
+                RegisterError::Exchange(p) if !p.is_transient() => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            body::html(status, page("Registration failed", &format!("<p class=\"error\">{}</p><p><a href=\"register\">Try again</a></p>", escape_html(&e.to_string()))))
+        }
+    }
+}
+
+/// The consent form as a browser posts it: one field per granted perimeter (`links=drw`).
+fn consent_form(oauth: &str, login: &str, password: &Secret, scope: &str) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("oauth", oauth)
+        .append_pair("action", "accepted")
+        .append_pair("login", login)
+        .append_pair("user_pwd", password.expose());
+    for item in scope.split(',') {
+        if let Some((perimeter, rights)) = item.trim().split_once('.') {
+            form.append_pair(perimeter, rights);
+        }
+    }
+    form.finish()
+}
+
+fn transport(e: reqwest::Error) -> String {
+    format!("HubiC unreachable: {e}")
+}
+
+fn redirect_error(location: &str) -> Option<RegisterError> {
+    let query = location.split_once('?')?.1;
+    let pairs = body::form_pairs(query.as_bytes());
+    let error = body::form_get(&pairs, "error")?;
+    Some(RegisterError::Denied {
+        error: error.to_owned(),
+        description: body::form_get(&pairs, "error_description")
+            .unwrap_or("")
+            .to_owned(),
+    })
+}
+
+/// The numeric value of the hidden `oauth` input, as every HubiC scraper found it.
+pub fn scrape_oauth_id(html: &str) -> Option<String> {
+    const NEEDLE: &str = "name=\"oauth\" value=\"";
+    let start = html.find(NEEDLE)? + NEEDLE.len();
+    let digits: String = html[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!digits.is_empty() && html[start + digits.len()..].starts_with('"')).then_some(digits)
+}
+
+/// The message on the line after `class="text-error"`, as HubiC showed a failed login.
+fn scrape_error(html: &str) -> Option<String> {
+    let mut lines = html.lines();
+    lines
+        .by_ref()
+        .find(|l| l.contains("class=\"text-error\""))?;
+    let message = lines.next()?.trim();
+    let message = message.split('<').next().unwrap_or("").trim();
+    (!message.is_empty()).then(|| message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrapes_the_oauth_id_like_real_clients() {
+        let ok = r#"<form><input type="hidden" name="oauth" value="168341"><input type="hidden" name="action" value="accepted">"#;
+        assert_eq!(scrape_oauth_id(ok).as_deref(), Some("168341"));
+        assert_eq!(scrape_oauth_id(r#"name="oauth" value="abc""#), None);
+        assert_eq!(scrape_oauth_id(r#"name="oauth" value="12x""#), None);
+        assert_eq!(scrape_oauth_id("<html></html>"), None);
+    }
+
+    #[test]
+    fn scrapes_the_login_error_from_the_next_line() {
+        let page = "<p class=\"text-error\">\n   Authentication failed, please check your credentials\n</p>";
+        assert_eq!(
+            scrape_error(page).as_deref(),
+            Some("Authentication failed, please check your credentials")
+        );
+        assert_eq!(scrape_error("<p>fine</p>"), None);
+    }
+
+    #[test]
+    fn error_redirects_keep_hubic_words() {
+        let e = redirect_error(
+            "http://gw/callback?error=invalid_scope&error_description=please+verify+scope",
+        )
+        .unwrap();
+        assert!(
+            matches!(e, RegisterError::Denied { ref error, ref description } if error == "invalid_scope" && description == "please verify scope")
+        );
+        assert!(redirect_error("http://gw/callback?code=1").is_none());
+    }
+}

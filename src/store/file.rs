@@ -1,0 +1,212 @@
+//! The file store: one JSON file per account under `<state_dir>/accounts/`, mode 0600, written
+//! by temp file + fsync + rename + directory fsync so a crash never loses the previous grant.
+//!
+//! Not a database: one gateway instance owns a state directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Grant, GrantStore, StoreError};
+use crate::secret::Secret;
+
+/// Version of the on-disk record; bumped on incompatible changes.
+const FORMAT_VERSION: u32 = 1;
+
+/// Grants stored as files in a directory.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    version: u32,
+    provider: String,
+    refresh_token: String,
+    scope: String,
+    registered_at: u64,
+}
+
+impl FileStore {
+    /// A store under `state_dir/accounts`, created (mode 0700) when missing.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let dir = state_dir.join("accounts");
+        std::fs::create_dir_all(&dir).map_err(|source| io_err(&dir, source))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|source| io_err(&dir, source))?;
+        }
+        Ok(FileStore { dir })
+    }
+
+    /// The file that holds `account`'s grant. Account names are validated by the config
+    /// (`[A-Za-z0-9._-]`, not starting with '.'), so they are safe as file names.
+    pub fn path_of(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{account}.json"))
+    }
+
+    fn load_sync(path: &Path) -> Result<Option<Grant>, StoreError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_err(path, source)),
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        };
+        let record: Record = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(format!("not a grant record: {e}")))?;
+        if record.version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "unsupported format version {}",
+                record.version
+            )));
+        }
+        if record.refresh_token.is_empty() {
+            return Err(corrupt("empty refresh token".into()));
+        }
+        Ok(Some(Grant {
+            refresh_token: Secret::new(record.refresh_token),
+            scope: record.scope,
+            registered_at: record.registered_at,
+        }))
+    }
+
+    fn save_sync(dir: &Path, path: &Path, grant: &Grant) -> Result<(), StoreError> {
+        let record = Record {
+            version: FORMAT_VERSION,
+            provider: "hubic".into(),
+            refresh_token: grant.refresh_token.expose().to_owned(),
+            scope: grant.scope.clone(),
+            registered_at: grant.registered_at,
+        };
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let tmp = dir.join(format!(".{}.tmp", crate::secret::random_hex(8)));
+        let result = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, path)?;
+            // The rename is durable only once the directory entry is on disk.
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if let Err(source) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(path, source));
+        }
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[async_trait::async_trait]
+impl GrantStore for FileStore {
+    async fn load(&self, account: &str) -> Result<Option<Grant>, StoreError> {
+        let path = self.path_of(account);
+        run_blocking(move || Self::load_sync(&path)).await
+    }
+
+    async fn save(&self, account: &str, grant: &Grant) -> Result<(), StoreError> {
+        let dir = self.dir.clone();
+        let path = self.path_of(account);
+        let grant = grant.clone();
+        run_blocking(move || Self::save_sync(&dir, &path, &grant)).await
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|join| {
+        Err(StoreError::Io {
+            path: "<state store>".into(),
+            source: std::io::Error::other(join.to_string()),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(token: &str) -> Grant {
+        Grant {
+            refresh_token: Secret::new(token),
+            scope: "credentials.r".into(),
+            registered_at: 7,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_overwrites_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.load("alice").await.unwrap(), None);
+        store.save("alice", &grant("one")).await.unwrap();
+        store.save("alice", &grant("two")).await.unwrap();
+        assert_eq!(store.load("alice").await.unwrap(), Some(grant("two")));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(store.path_of("alice"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // No temp files are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("accounts"))
+            .unwrap()
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn corrupt_and_truncated_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        store
+            .save("bob", &grant("secret-token-value"))
+            .await
+            .unwrap();
+        let path = store.path_of("bob");
+        let full = std::fs::read(&path).unwrap();
+        for bad in [
+            &full[..full.len() / 2],
+            b"",
+            b"{\"version\":9}",
+            b"\xff\xfe",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = store.load("bob").await.unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
+            assert!(msg.contains("bob.json"), "{msg}");
+            assert!(!msg.contains("secret-token-value"), "secret leaked: {msg}");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The token manager: per account, the cached upstream Swift credentials, renewed ahead of
+//! expiry, with exactly one renewal in flight however many requests wait.
+//!
+//! The fast path takes one short `std` mutex to clone an `Arc`; the slow path queues on the
+//! account's async renewal lock and re-checks the cache once it holds it, so a burst of requests
+//! after expiry costs one provider round trip. It does not know how credentials are obtained
+//! (that is the [`CredentialSource`]) nor where grants live (the store).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::Clock;
+use crate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
+
+/// When to renew and how hard to retry.
+#[derive(Clone, Debug)]
+pub struct RenewPolicy {
+    /// Start a background renewal this long before expiry (capped at a quarter of the lifetime).
+    pub renew_ahead: Duration,
+    /// Stop handing out credentials this long before expiry (capped at a tenth of the lifetime).
+    pub expiry_margin: Duration,
+    /// Attempts per renewal for transient errors.
+    pub attempts: u32,
+    /// Delay before the second attempt; doubled for each further one.
+    pub backoff: Duration,
+    /// How long a transient failure is answered from cache, so a queue of waiters does not
+    /// retry one after another against a provider that is down.
+    pub failure_hold: Duration,
+}
+
+impl Default for RenewPolicy {
+    fn default() -> Self {
+        RenewPolicy {
+            renew_ahead: Duration::from_secs(300),
+            expiry_margin: Duration::from_secs(10),
+            attempts: 3,
+            backoff: Duration::from_millis(250),
+            failure_hold: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the manager could not hand out credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// No account of that name is configured.
+    #[error("unknown account")]
+    UnknownAccount,
+    /// The source failed; the error is shared by every waiter of that renewal.
+    #[error(transparent)]
+    Provider(Arc<ProviderError>),
+}
+
+/// Credentials as cached, with the instants derived from their lifetime.
+#[derive(Debug)]
+pub struct Cached {
+    /// The credentials.
+    pub creds: SwiftCredentials,
+    renew_at: SystemTime,
+    stale_at: SystemTime,
+}
+
+enum Entry {
+    Empty,
+    Fresh(Arc<Cached>),
+    /// A failure answered from cache until `until` (None: until the account is reset).
+    Failed {
+        error: Arc<ProviderError>,
+        until: Option<SystemTime>,
+    },
+}
+
+struct Slot {
+    source: Arc<dyn CredentialSource>,
+    /// Held only to read or swap the entry, never across an await.
+    entry: Mutex<Entry>,
+    renewal: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Per-account credential cache with single-flight renewal.
+pub struct TokenManager {
+    slots: HashMap<String, Slot>,
+    clock: Arc<dyn Clock>,
+    policy: RenewPolicy,
+}
+
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenManager")
+            .field("accounts", &self.slots.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+enum Lookup {
+    Use(Arc<Cached>, bool),
+    Fail(Arc<ProviderError>),
+    Renew,
+}
+
+impl TokenManager {
+    /// A manager for the given accounts and their sources.
+    pub fn new(
+        sources: impl IntoIterator<Item = (String, Arc<dyn CredentialSource>)>,
+        clock: Arc<dyn Clock>,
+        policy: RenewPolicy,
+    ) -> Self {
+        let slots = sources
+            .into_iter()
+            .map(|(name, source)| {
+                let slot = Slot {
+                    source,
+                    entry: Mutex::new(Entry::Empty),
+                    renewal: Arc::new(tokio::sync::Mutex::new(())),
+                };
+                (name, slot)
+            })
+            .collect();
+        TokenManager {
+            slots,
+            clock,
+            policy,
+        }
+    }
+
+    fn slot(&self, account: &str) -> Result<&Slot, TokenError> {
+        self.slots.get(account).ok_or(TokenError::UnknownAccount)
+    }
+
+    fn lookup(&self, slot: &Slot) -> Lookup {
+        let now = self.clock.now();
+        let entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
+        match &*entry {
+            Entry::Fresh(c) if now < c.stale_at => Lookup::Use(c.clone(), now >= c.renew_at),
+            Entry::Failed { error, until } if until.is_none_or(|u| now < u) => {
+                Lookup::Fail(error.clone())
+            }
+            _ => Lookup::Renew,
+        }
+    }
+
+    /// Valid Swift credentials for `account`, renewing them first if they are missing or stale.
+    pub async fn credentials(self: &Arc<Self>, account: &str) -> Result<Arc<Cached>, TokenError> {
+        let slot = self.slot(account)?;
+        match self.lookup(slot) {
+            Lookup::Use(cached, renew_soon) => {
+                if renew_soon {
+                    self.renew_in_background(account, slot);
+                }
+                return Ok(cached);
+            }
+            Lookup::Fail(error) => return Err(TokenError::Provider(error)),
+            Lookup::Renew => {}
+        }
+        let _guard = slot.renewal.lock().await;
+        // Whoever held the lock before us may have renewed already.
+        match self.lookup(slot) {
+            Lookup::Use(cached, _) => Ok(cached),
+            Lookup::Fail(error) => Err(TokenError::Provider(error)),
+            Lookup::Renew => self.renew_locked(slot).await,
+        }
+    }
+
+    fn renew_in_background(self: &Arc<Self>, account: &str, slot: &Slot) {
+        // Only one background renewal: if the lock is taken, a renewal is already under way.
+        let Ok(guard) = slot.renewal.clone().try_lock_owned() else {
+            return;
+        };
+        let manager = self.clone();
+        let account = account.to_owned();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Ok(slot) = manager.slot(&account) {
+                if let Lookup::Use(_, true) = manager.lookup(slot) {
+                    let _ = manager.renew_locked(slot).await;
+                }
+            }
+        });
+    }
+
+    /// Renews with the renewal lock held; retries transient errors with backoff.
+    async fn renew_locked(&self, slot: &Slot) -> Result<Arc<Cached>, TokenError> {
+        let mut delay = self.policy.backoff;
+        let mut attempt = 1;
+        let result = loop {
+            match slot.source.fetch().await {
+                Ok(creds) => break Ok(creds),
+                Err(e) if e.is_transient() && attempt < self.policy.attempts => {
+                    tracing::warn!(attempt, cause = %e, "credential renewal failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let now = self.clock.now();
+        let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(creds) => {
+                let life = creds.expires.duration_since(now).unwrap_or_default();
+                let cached = Arc::new(Cached {
+                    renew_at: creds.expires - self.policy.renew_ahead.min(life / 4),
+                    stale_at: creds.expires - self.policy.expiry_margin.min(life / 10),
+                    creds,
+                });
+                *entry = Entry::Fresh(cached.clone());
+                Ok(cached)
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "credential renewal failed");
+                let error = Arc::new(e);
+                let until = error.is_transient().then(|| now + self.policy.failure_hold);
+                *entry = Entry::Failed {
+                    error: error.clone(),
+                    until,
+                };
+                Err(TokenError::Provider(error))
+            }
+        }
+    }
+
+    /// Drops the cached credentials if they still carry `token`, which upstream just refused;
+    /// the next [`credentials`](Self::credentials) call renews. Concurrent refusals of the same
+    /// token cause one renewal, not one each.
+    pub fn invalidate(&self, account: &str, token: &crate::secret::Secret) {
+        if let Ok(slot) = self.slot(account) {
+            let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(&*entry, Entry::Fresh(c) if &c.creds.token == token) {
+                *entry = Entry::Empty;
+            }
+        }
+    }
+
+    /// Forgets everything cached for `account`, e.g. after it was registered again.
+    pub fn reset(&self, account: &str) {
+        if let Ok(slot) = self.slot(account) {
+            slot.source.reset();
+            *slot.entry.lock().unwrap_or_else(|p| p.into_inner()) = Entry::Empty;
+        }
+    }
+
+    /// The account's storage usage, asked of the source directly.
+    pub async fn usage(&self, account: &str) -> Result<Usage, TokenError> {
+        let slot = self.slot(account)?;
+        slot.source
+            .usage()
+            .await
+            .map_err(|e| TokenError::Provider(Arc::new(e)))
+    }
+
+    /// True while a renewal for `account` is under way (for readiness checks and metrics).
+    pub fn is_renewing(&self, account: &str) -> bool {
+        self.slot(account)
+            .is_ok_and(|slot| slot.renewal.try_lock().is_err())
+    }
+
+    /// The clock this manager reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::secret::Secret;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A source that counts calls, mints a new token each time and can be told to fail.
+    #[derive(Debug)]
+    struct Counting {
+        clock: Arc<ManualClock>,
+        calls: AtomicU32,
+        life: Duration,
+        fail_next: AtomicU32,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl CredentialSource for Counting {
+        async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
+            let _permit = self.gate.acquire().await.expect("gate open");
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.fail_next.load(Ordering::SeqCst) > 0 {
+                self.fail_next.fetch_sub(1, Ordering::SeqCst);
+                return Err(ProviderError::Transient("down".into()));
+            }
+            Ok(SwiftCredentials {
+                token: Secret::new(format!("tok{n}")),
+                endpoint: "http://up/v1/AUTH_x".into(),
+                expires: self.clock.now() + self.life,
+            })
+        }
+        async fn usage(&self) -> Result<Usage, ProviderError> {
+            Ok(Usage { used: 1, quota: 2 })
+        }
+        fn reset(&self) {}
+    }
+
+    fn setup(life: Duration) -> (Arc<TokenManager>, Arc<Counting>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        ));
+        let source = Arc::new(Counting {
+            clock: clock.clone(),
+            calls: AtomicU32::new(0),
+            life,
+            fail_next: AtomicU32::new(0),
+            gate: tokio::sync::Semaphore::new(1000),
+        });
+        let policy = RenewPolicy {
+            backoff: Duration::from_millis(1),
+            ..RenewPolicy::default()
+        };
+        let manager = Arc::new(TokenManager::new(
+            [("a".to_owned(), source.clone() as Arc<dyn CredentialSource>)],
+            clock.clone(),
+            policy,
+        ));
+        (manager, source, clock)
+    }
+
+    #[tokio::test]
+    async fn caches_until_stale_then_renews_once() {
+        let (manager, source, clock) = setup(Duration::from_secs(3600));
+        let first = manager.credentials("a").await.unwrap();
+        assert_eq!(first.creds.token.expose(), "tok1");
+        clock.advance(Duration::from_secs(3000)); // before renew_at (3600 - 300)
+        assert_eq!(
+            manager.credentials("a").await.unwrap().creds.token.expose(),
+            "tok1"
+        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(595)); // 5 s left: inside the 10 s margin
+        assert_eq!(
+            manager.credentials("a").await.unwrap().creds.token.expose(),
+            "tok2"
+        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn early_renewal_runs_in_background_and_serves_the_old_token_meanwhile() {
+        let (manager, source, clock) = setup(Duration::from_secs(3600));
+        manager.credentials("a").await.unwrap();
+        clock.advance(Duration::from_secs(3400)); // inside renew_ahead, still valid
+        let held = source.gate.acquire_many(1000).await.unwrap(); // hold the renewal in fetch
+        let during = manager.credentials("a").await.unwrap();
+        assert_eq!(
+            during.creds.token.expose(),
+            "tok1",
+            "valid token served while renewing"
+        );
+        drop(held);
+        // Poll with a deadline for the background renewal to land.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if manager.credentials("a").await.unwrap().creds.token.expose() == "tok2" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "background renewal never landed"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_waiters_share_one_renewal() {
+        let (manager, source, _clock) = setup(Duration::from_secs(3600));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let m = manager.clone();
+                tokio::spawn(async move {
+                    m.credentials("a")
+                        .await
+                        .map(|c| c.creds.token.expose().to_owned())
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "tok1");
+        }
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn invalidate_only_drops_the_refused_token() {
+        let (manager, source, _clock) = setup(Duration::from_secs(3600));
+        manager.credentials("a").await.unwrap();
+        manager.invalidate("a", &Secret::new("someone-else"));
+        assert_eq!(
+            manager.credentials("a").await.unwrap().creds.token.expose(),
+            "tok1"
+        );
+        manager.invalidate("a", &Secret::new("tok1"));
+        manager.invalidate("a", &Secret::new("tok1"));
+        assert_eq!(
+            manager.credentials("a").await.unwrap().creds.token.expose(),
+            "tok2"
+        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_then_held_briefly() {
+        let (manager, source, clock) = setup(Duration::from_secs(3600));
+        source.fail_next.store(2, Ordering::SeqCst);
+        assert_eq!(
+            manager.credentials("a").await.unwrap().creds.token.expose(),
+            "tok3"
+        );
+        manager.invalidate("a", &Secret::new("tok3"));
+        source.fail_next.store(10, Ordering::SeqCst);
+        let err = manager.credentials("a").await.unwrap_err();
+        assert!(
+            matches!(err, TokenError::Provider(ref e) if e.is_transient()),
+            "{err:?}"
+        );
+        let calls = source.calls.load(Ordering::SeqCst);
+        assert!(manager.credentials("a").await.is_err());
+        assert_eq!(
+            source.calls.load(Ordering::SeqCst),
+            calls,
+            "held failure must not call again"
+        );
+        clock.advance(Duration::from_secs(3));
+        source.fail_next.store(0, Ordering::SeqCst);
+        assert!(manager.credentials("a").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_are_refused() {
+        let (manager, _, _) = setup(Duration::from_secs(10));
+        assert!(matches!(
+            manager.credentials("zz").await,
+            Err(TokenError::UnknownAccount)
+        ));
+    }
+}

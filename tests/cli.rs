@@ -1,0 +1,231 @@
+//! The `swiftgate` binary as users run it: `demo` driven by python-swiftclient's `swift` CLI,
+//! `hash-key`, `check-config`, and `emulate`'s first stdout line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_swiftgate");
+
+/// A child process that is killed and reaped when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `swiftgate args…` and returns it with its first `n` stdout lines (60 s deadline).
+fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("SWIFTGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("swiftgate starts");
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines = (0..n)
+        .map(|i| {
+            rx.recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("line {i} of {args:?} never came"))
+        })
+        .collect();
+    (running, lines)
+}
+
+fn swift_cli_available() -> bool {
+    let found = Command::new("swift")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(),
+            "the `swift` CLI is required (tests/all.sh installs python3-swiftclient)"
+        );
+        eprintln!("SKIPPED: python-swiftclient's `swift` is not installed; `bash tests/all.sh` installs it");
+    }
+    found
+}
+
+fn swift(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("swift");
+    cmd.args(args).current_dir(dir);
+    for var in [
+        "OS_AUTH_URL",
+        "OS_USERNAME",
+        "OS_PASSWORD",
+        "OS_STORAGE_URL",
+        "OS_AUTH_TOKEN",
+        "ST_AUTH_VERSION",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("swift runs")
+}
+
+#[test]
+fn swift_cli_against_demo_in_redirect_mode() {
+    if !swift_cli_available() {
+        return;
+    }
+    let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0"], 3);
+    let mut env = Vec::new();
+    for (line, name) in lines.iter().zip(["ST_AUTH", "ST_USER", "ST_KEY"]) {
+        let value = line
+            .strip_prefix(&format!("export {name}="))
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    assert!(env[0].1.starts_with("http://127.0.0.1:") && env[0].1.ends_with("/auth/v1.0"));
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.path().join("blob.bin"), &data).unwrap();
+    let ok = |out: std::process::Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stat = ok(swift(dir.path(), &env, &["stat"]), "stat");
+    assert!(stat.contains("Containers: 2"), "{stat}");
+    ok(
+        swift(dir.path(), &env, &["upload", "c1", "blob.bin"]),
+        "upload",
+    );
+    let list = ok(swift(dir.path(), &env, &["list", "c1"]), "list");
+    assert_eq!(list.trim(), "blob.bin");
+    ok(
+        swift(
+            dir.path(),
+            &env,
+            &["download", "c1", "blob.bin", "-o", "back.bin"],
+        ),
+        "download",
+    );
+    assert!(
+        std::fs::read(dir.path().join("back.bin")).unwrap() == data,
+        "downloaded bytes differ"
+    );
+    let mut wrong = env.clone();
+    wrong[2].1.push('x');
+    let out = swift(dir.path(), &wrong, &["stat"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+}
+
+#[test]
+fn hash_key_prints_a_verifiable_argon2_hash() {
+    let mut child = Command::new(BIN)
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"my key\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.trim().starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("my key"));
+}
+
+#[test]
+fn check_config_accepts_good_files_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$mJ0qvFOCgnHq4SYxJ0e8Ig";
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
+    let good = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\n[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[hubic]\nclient_id = \"api_hubic_x\"\nclient_secret_file = \"secret\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{hash}\"\n",
+        c = certs.display()
+    );
+    std::fs::write(dir.path().join("secret"), "s3cr3t\n").unwrap();
+    let run = |text: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("SWIFTGATE_LISTEN")
+            .output()
+            .unwrap()
+    };
+    let out = run(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("public URL https://127.0.0.1:0"));
+    for (text, key) in [
+        (good.replace("[[user]]", "[[users]]"), "users"),
+        (
+            good.replace("client_id = \"api_hubic_x\"", "client_id = \"\""),
+            "hubic.client_id",
+        ),
+        (
+            good.replace("secret\"\n[[user]]", "missing\"\n[[user]]"),
+            "missing",
+        ),
+    ] {
+        let out = run(&text);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(!stderr.contains("s3cr3t"));
+    }
+}
+
+#[test]
+fn emulate_prints_its_base_url_first() {
+    let (_emu, lines) = start(
+        &[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "u@example.com:pw",
+        ],
+        1,
+    );
+    let base = &lines[0];
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/oauth"),
+        ])
+        .output();
+    if let Ok(out) = out {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "301");
+    }
+}

@@ -1,0 +1,197 @@
+//! Shared harness for the integration tests: an in-process emulator and gateway on port 0,
+//! sharing one manual clock, with state in a temp dir. Everything started is stopped on drop.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use swiftgate::clock::{Clock, ManualClock};
+use swiftgate::config::Config;
+use swiftgate::demo::{browser_register, single_user_config};
+use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, EmulatorHandle, UserSpec};
+use swiftgate::gateway::Gateway;
+use swiftgate::secret::Secret;
+use swiftgate::server::{self, ServeOptions};
+use swiftgate::tokens::RenewPolicy;
+
+pub const USER: &str = "alice";
+pub const KEY: &str = "alice-key";
+pub const LOGIN: &str = "alice@example.com";
+pub const PASSWORD: &str = "hubic-password";
+
+/// An argon2 hash of KEY, computed once per test binary.
+pub fn key_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| swiftgate::front::hash_key(KEY).expect("hash"))
+}
+
+pub struct RunningGateway {
+    pub gateway: Arc<Gateway>,
+    pub url: String,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub struct Stack {
+    pub emulator: EmulatorHandle,
+    pub gw: RunningGateway,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    pub app: AppSpec,
+    pub http: reqwest::Client,
+    pub state: tempfile::TempDir,
+}
+
+pub async fn start_gateway(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    listener: tokio::net::TcpListener,
+) -> RunningGateway {
+    let addr = listener.local_addr().unwrap();
+    let policy = RenewPolicy {
+        backoff: Duration::from_millis(10),
+        ..RenewPolicy::default()
+    };
+    let gateway = Gateway::new(config, clock, policy).expect("gateway builds");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(
+        listener,
+        gateway.clone(),
+        ServeOptions::default(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    RunningGateway {
+        gateway,
+        url: format!("http://{addr}"),
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut EmulatorConfig)) -> Stack {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw_addr = gw_listener.local_addr().unwrap();
+        let app = AppSpec::random(&format!("http://{gw_addr}/callback"));
+        let mut config = EmulatorConfig {
+            apps: vec![app.clone()],
+            users: vec![UserSpec {
+                login: LOGIN.into(),
+                password: Secret::new(PASSWORD),
+            }],
+            clock: clock.clone(),
+            ..EmulatorConfig::default()
+        };
+        tweak(&mut config);
+        let emu_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator = Emulator::start(config, emu_listener).await.unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let config = single_user_config(
+            state.path(),
+            gw_addr,
+            emulator.base_url(),
+            &app,
+            USER,
+            key_hash(),
+        );
+        let gw = start_gateway(&config, clock.clone(), gw_listener).await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Stack {
+            emulator,
+            gw,
+            clock,
+            config,
+            app,
+            http,
+            state,
+        }
+    }
+
+    pub fn emu(&self) -> &Emulator {
+        &self.emulator.emulator
+    }
+
+    /// Registers USER through the browser flow; panics unless it ends on the success page.
+    pub async fn register(&self) {
+        let (status, page) = browser_register(&self.gw.url, USER, KEY, LOGIN, PASSWORD)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("Registration complete"), "{page}");
+    }
+
+    pub async fn auth(&self, user: &str, key: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/auth/v1.0", self.gw.url))
+            .header("X-Auth-User", user)
+            .header("X-Auth-Key", key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the gateway and starts a new one on the same address, state dir and clock.
+    pub async fn restart_gateway(&mut self) {
+        let addr = self.gw.addr;
+        let placeholder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let old = std::mem::replace(
+            &mut self.gw,
+            start_gateway(&self.config, self.clock.clone(), placeholder).await,
+        );
+        old.stop().await;
+        let fresh = start_gateway(&self.config, self.clock.clone(), rebind(addr).await).await;
+        std::mem::replace(&mut self.gw, fresh).stop().await;
+    }
+}
+
+/// Binds `addr` again, polling with a deadline while the old listener closes.
+async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("cannot rebind {addr}: {e}"),
+        }
+    }
+}
+
+pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}

@@ -1,0 +1,462 @@
+//! The gateway end to end on port 0 against the in-process emulator: registration flows,
+//! v1.0 auth, token keeping under controlled time, restarts and damaged state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{header, Stack, KEY, LOGIN, PASSWORD, USER};
+
+#[tokio::test]
+async fn browser_registration_stores_the_refresh_token() {
+    let stack = Stack::start().await;
+    stack.register().await;
+    let path = stack.state.path().join("accounts").join("alice.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"refresh_token\""), "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(stack.emu().count("token_authorization_code"), 1);
+    assert_eq!(stack.emu().count("oauth_auth_get"), 1);
+}
+
+#[tokio::test]
+async fn registration_form_is_posted_not_queried_and_checks_the_key() {
+    let stack = Stack::start().await;
+    let (status, page) =
+        swiftgate::demo::browser_register(&stack.gw.url, USER, "wrong", LOGIN, PASSWORD)
+            .await
+            .unwrap();
+    assert_eq!(status, 401);
+    assert!(page.contains("Unknown user or wrong key"), "{page}");
+    let resp = stack
+        .http
+        .get(format!("{}/register", stack.gw.url))
+        .send()
+        .await
+        .unwrap();
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("method=\"post\""), "{page}");
+}
+
+#[tokio::test]
+async fn callback_refuses_unknown_reused_and_error_states() {
+    let stack = Stack::start().await;
+    let get = |q: &str| {
+        let url = format!("{}/callback?{q}", stack.gw.url);
+        let http = stack.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, page) = get("code=123&state=nope").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("unknown, already used or expired"), "{page}");
+    let (state, _) = stack.gw.gateway.registrar().begin("alice");
+    let (status, page) = get(&format!(
+        "state={state}&error=access_denied&error_description=%3Cb%3Euser+refused%3C%2Fb%3E"
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("access_denied: &lt;b&gt;user refused&lt;/b&gt;"),
+        "HubiC's words, escaped: {page}"
+    );
+    let (status, _) = get(&format!("state={state}&code=1")).await;
+    assert_eq!(status, 400, "a state works once");
+}
+
+#[tokio::test]
+async fn autoregister_fills_hubics_form() {
+    let stack = Stack::start().await;
+    let form = |password: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("user", USER)
+            .append_pair("key", KEY)
+            .append_pair("login", LOGIN)
+            .append_pair("password", password)
+            .finish()
+    };
+    let post = |body: String| {
+        stack
+            .http
+            .post(format!("{}/autoregister", stack.gw.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let resp = post(form("not-the-password")).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains("Authentication failed, please check your credentials"),
+        "{page}"
+    );
+    assert!(!page.contains("not-the-password"));
+    let resp = post(form(PASSWORD)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200);
+}
+
+#[tokio::test]
+async fn autoregister_reports_a_page_it_does_not_recognise() {
+    let stack = Stack::start().await;
+    // Point the registrar at a server that is not HubiC: the emulator's 404 page.
+    let client = std::sync::Arc::new(
+        swiftgate::provider::hubic::HubicClient::new(
+            &format!("{}/nothing-here", stack.emulator.base_url()),
+            &stack.app.client_id,
+            stack.app.client_secret.clone(),
+            stack.clock.clone(),
+        )
+        .unwrap(),
+    );
+    let store = std::sync::Arc::new(swiftgate::store::FileStore::open(stack.state.path()).unwrap());
+    let registrar = swiftgate::register::Registrar::new(
+        client,
+        store,
+        stack.gw.gateway.tokens().clone(),
+        &stack.gw.url,
+        "credentials.r",
+    );
+    let err = registrar
+        .autoregister("alice", LOGIN, &swiftgate::secret::Secret::new(PASSWORD))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("has no hidden `oauth` input"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn v1_auth_answers_like_tempauth() {
+    let stack = Stack::start().await;
+    stack.register().await;
+    let account = stack.emu().swift_account(LOGIN).unwrap();
+    for path in ["/auth/v1.0", "/auth/v1.0/", "/v1.0", "/auth", "/auth/1.0"] {
+        for (uh, kh) in [
+            ("X-Auth-User", "X-Auth-Key"),
+            ("X-Storage-User", "X-Storage-Pass"),
+            ("x-auth-user", "x-auth-key"),
+        ] {
+            let resp = stack
+                .http
+                .get(format!("{}{path}", stack.gw.url))
+                .header(uh, USER)
+                .header(kh, KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path} {uh}");
+            let token = header(&resp, "x-auth-token").to_owned();
+            assert!(!token.is_empty());
+            assert_eq!(header(&resp, "x-storage-token"), token);
+            assert_eq!(
+                header(&resp, "x-storage-url"),
+                format!("{}/v1/{account}", stack.emulator.base_url())
+            );
+            assert_eq!(header(&resp, "content-length"), "0");
+            let expires: u64 = header(&resp, "x-auth-token-expires").parse().unwrap();
+            assert!(expires > 86000 && expires <= 86400, "{expires}");
+            assert!(resp.bytes().await.unwrap().is_empty());
+        }
+    }
+    // Storage works with what was handed out (redirect mode).
+    let resp = stack.auth(USER, KEY).await;
+    let (url, token) = (
+        header(&resp, "x-storage-url").to_owned(),
+        header(&resp, "x-auth-token").to_owned(),
+    );
+    let put = stack
+        .http
+        .put(format!("{url}/default/hello.txt"))
+        .header("x-auth-token", &token)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let get = stack
+        .http
+        .get(format!("{url}/default/hello.txt"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.text().await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn v1_auth_failures() {
+    let stack = Stack::start().await;
+    // Not registered yet: valid credentials, but nothing to hand out.
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 403);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("/register") && text.contains("swiftgate register"),
+        "{text}"
+    );
+    stack.register().await;
+    let cases: [(Option<(&str, &str)>, u16); 4] = [
+        (Some((USER, "wrong")), 401),
+        (Some(("mallory", KEY)), 401),
+        (Some((USER, "")), 401),
+        (None, 401),
+    ];
+    for (creds, want) in cases {
+        let mut req = stack.http.get(format!("{}/auth/v1.0", stack.gw.url));
+        if let Some((u, k)) = creds {
+            req = req.header("X-Auth-User", u).header("X-Auth-Key", k);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{creds:?}");
+        assert!(
+            header(&resp, "www-authenticate").starts_with("Swift realm="),
+            "{creds:?}"
+        );
+        assert!(header(&resp, "x-auth-token").is_empty());
+    }
+    let resp = stack
+        .http
+        .post(format!("{}/auth/v1.0", stack.gw.url))
+        .header("X-Auth-User", USER)
+        .header("X-Auth-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_registration() {
+    let mut stack = Stack::start().await;
+    stack.register().await;
+    let before = header(&stack.auth(USER, KEY).await, "x-auth-token").to_owned();
+    stack.restart_gateway().await;
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 200);
+    // HubiC hands out the same Swift token until it expires; the new process got it again
+    // through a refresh of the stored token, not through a new registration.
+    assert_eq!(header(&resp, "x-auth-token"), before);
+    assert_eq!(stack.emu().count("token_authorization_code"), 1);
+    assert_eq!(stack.emu().count("token_refresh_token"), 2);
+}
+
+#[tokio::test]
+async fn concurrent_auths_after_expiry_cause_one_refresh_and_one_credentials_call() {
+    let stack = Stack::start().await;
+    stack.register().await;
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200);
+    // Past both the 6 h access token and the 24 h Swift token.
+    stack.clock.advance(Duration::from_secs(25 * 3600));
+    stack.emu().reset_counters();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let http = stack.http.clone();
+        let url = format!("{}/auth/v1.0", stack.gw.url);
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .get(url)
+                .header("X-Auth-User", USER)
+                .header("X-Auth-Key", KEY)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers()
+                    .get("x-auth-token")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            )
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let (status, token) = t.await.unwrap();
+        assert_eq!(status, 200);
+        tokens.insert(token.unwrap());
+    }
+    assert_eq!(tokens.len(), 1, "every waiter got the one renewed token");
+    assert_eq!(stack.emu().count("token_refresh_token"), 1);
+    assert_eq!(stack.emu().count("credentials"), 1);
+}
+
+#[tokio::test]
+async fn swift_tokens_are_renewed_early_in_the_background() {
+    let stack = Stack::start_with(|c| c.swift_token_ttl = Duration::from_secs(3600)).await;
+    stack.register().await;
+    let first = header(&stack.auth(USER, KEY).await, "x-auth-token").to_owned();
+    // 56 min in: inside the 5 min renewal window, and the token is still valid.
+    stack.clock.advance(Duration::from_secs(56 * 60));
+    let during = stack.auth(USER, KEY).await;
+    assert_eq!(
+        header(&during, "x-auth-token"),
+        first,
+        "the valid token is served while renewing"
+    );
+    // HubiC returns the same Swift token until it expires, so the renewal is seen in the
+    // emulator's counter; poll it, and the end of the renewal, with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stack.emu().count("credentials") < 2 || stack.gw.gateway.tokens().is_renewing("alice") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no background renewal"
+        );
+        tokio::task::yield_now().await;
+    }
+    // After expiry, a new token is minted and fetched once.
+    stack.clock.advance(Duration::from_secs(5 * 60));
+    let after = stack.auth(USER, KEY).await;
+    assert_ne!(header(&after, "x-auth-token"), first);
+    let expires: u64 = header(&after, "x-auth-token-expires").parse().unwrap();
+    assert!(expires > 3500, "{expires}");
+    assert_eq!(stack.emu().count("credentials"), 3);
+}
+
+#[tokio::test]
+async fn access_token_expiry_is_tracked_after_a_refresh() {
+    // The seed gateway forgot to update the access-token expiry after a refresh, so every later
+    // cache miss refreshed again. Here: Swift tokens live 1 h, access tokens 6 h.
+    let stack = Stack::start_with(|c| c.swift_token_ttl = Duration::from_secs(3600)).await;
+    stack.register().await;
+    for _ in 0..4 {
+        assert_eq!(stack.auth(USER, KEY).await.status(), 200);
+        stack.clock.advance(Duration::from_secs(3601));
+    }
+    assert_eq!(stack.emu().count("credentials"), 4);
+    assert_eq!(
+        stack.emu().count("token_refresh_token"),
+        1,
+        "one access token serves 4 hours"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_grant_asks_for_registration_and_transient_errors_are_retried() {
+    let stack = Stack::start().await;
+    stack.register().await;
+    stack.emu().fail_next(500, 2, Some("credentials"));
+    assert_eq!(
+        stack.auth(USER, KEY).await.status(),
+        200,
+        "two 500s absorbed by retries"
+    );
+    assert_eq!(stack.emu().count("credentials"), 3);
+    stack.emu().revoke(true, true, true);
+    stack.clock.advance(Duration::from_secs(25 * 3600));
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("register again"));
+    // Registering again heals the account without a restart.
+    stack.register().await;
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200);
+}
+
+#[tokio::test]
+async fn hubic_down_gives_503_with_retry_after() {
+    let stack = Stack::start().await;
+    stack.register().await;
+    stack.emu().fail_next(509, 10, Some("token"));
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(header(&resp, "retry-after"), "2");
+}
+
+#[tokio::test]
+async fn a_corrupted_state_file_is_a_clear_error() {
+    let mut stack = Stack::start().await;
+    stack.register().await;
+    let path = stack.state.path().join("accounts").join("alice.json");
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &full[..full.len() / 3]).unwrap();
+    stack.restart_gateway().await;
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("could not obtain storage credentials"),
+        "{text}"
+    );
+    // The gateway still serves everything else.
+    let health = stack
+        .http
+        .get(format!("{}/healthz", stack.gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn usage_page_in_json_and_html() {
+    let stack = Stack::start().await;
+    stack.register().await;
+    let url = format!("{}/usage", stack.gw.url);
+    let resp = stack.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(header(&resp, "www-authenticate").contains("Basic"));
+    let resp = stack
+        .http
+        .get(&url)
+        .basic_auth(USER, Some(KEY))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(doc["quota"], 10u64 * 1024u64.pow(4));
+    assert_eq!(doc["quota_human"], "10.0 TiB");
+    assert_eq!(doc["used"], 0);
+    let resp = stack
+        .http
+        .get(&url)
+        .header("X-Auth-User", USER)
+        .header("X-Auth-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("0 B used of 10.0 TiB"), "{page}");
+}
+
+#[tokio::test]
+async fn ops_endpoints() {
+    let stack = Stack::start().await;
+    let health = stack
+        .http
+        .get(format!("{}/healthz", stack.gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let info: serde_json::Value = stack
+        .http
+        .get(format!("{}/info", stack.gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(info["swift"]["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("swiftgate"));
+    let missing = stack
+        .http
+        .get(format!("{}/nope", stack.gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
