@@ -229,3 +229,118 @@ fn emulate_prints_its_base_url_first() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "301");
     }
 }
+
+/// Waits for the child to exit, polling with a deadline.
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process did not exit in {within:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn demo_exits_cleanly_on_sigterm_and_sigint() {
+    for signal in ["-TERM", "-INT"] {
+        let (mut demo, lines) = start(&["demo", "--listen", "127.0.0.1:0"], 3);
+        assert!(lines[0].starts_with("export ST_AUTH=http://127.0.0.1:"));
+        let pid = demo.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = wait_exit(&mut demo.0, Duration::from_secs(30));
+        assert!(status.success(), "{signal}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn headless_register_takes_the_pasted_redirect_url() {
+    let public = "http://gateway.invalid:8080";
+    let (_emu, lines) = start(
+        &[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--app",
+            &format!("api_hubic_cli:cli-secret:{public}/callback"),
+            "--user",
+            "u@example.com:pw",
+        ],
+        1,
+    );
+    let base = lines[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let hash = swiftgate::front::hash_key("k").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "public_url = \"{public}\"\nstate_dir = \"state\"\n[hubic]\napi_base = \"{base}\"\nclient_id = \"api_hubic_cli\"\nclient_secret = \"cli-secret\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["register", "--no-listen", "--user", "alice", "--config"])
+        .arg(&config)
+        .env("SWIFTGATE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut child = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("authorize URL printed");
+        if let Some(i) = line.find("http") {
+            break line[i..].trim().to_owned();
+        }
+    };
+    assert!(url.starts_with(&format!("{base}/oauth/auth/?")), "{url}");
+    // The person's browser: consent page, login, and the redirect it ends on.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http.get(&url).send().await.unwrap().text().await.unwrap();
+    let oauth = swiftgate::register::scrape_oauth_id(&page).unwrap();
+    let body = format!("oauth={oauth}&action=accepted&login=u%40example.com&user_pwd=pw");
+    let resp = http
+        .post(format!("{base}/oauth/auth/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("{public}/callback?code=")),
+        "{location}"
+    );
+    writeln!(stdin, "not a url").unwrap();
+    writeln!(stdin, "{location}").unwrap();
+    let status = wait_exit(&mut child.0, Duration::from_secs(60));
+    assert!(status.success());
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("registered account alice")),
+        "{rest:?}"
+    );
+    assert!(dir.path().join("state/accounts/alice.json").exists());
+}
