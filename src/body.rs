@@ -16,28 +16,19 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body with no bytes.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed()
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
 }
 
 /// A body holding `bytes`, sent as one frame.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// A response with `status`, the given content type and a fixed body.
-pub fn with_type(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
+pub fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -71,10 +62,7 @@ pub fn redirect(location: &str) -> Response<Body> {
             resp.headers_mut().insert(header::LOCATION, value);
             resp
         }
-        Err(_) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "invalid redirect location\n",
-        ),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "invalid redirect location\n"),
     }
 }
 
@@ -105,10 +93,7 @@ where
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) => {
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 Err(ReadError::TooLarge)
             } else {
                 Err(ReadError::Io)
@@ -145,10 +130,7 @@ pub fn form_pairs(input: &[u8]) -> Vec<(String, String)> {
 
 /// The first value of `key` in `pairs`.
 pub fn form_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -157,10 +139,7 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(
-            escape_html("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
+        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 
     #[test]
@@ -174,14 +153,8 @@ mod tests {
     #[tokio::test]
     async fn read_limited_rejects_oversized_bodies() {
         let body = Full::new(Bytes::from_static(b"0123456789"));
-        assert!(matches!(
-            read_limited(body, 4).await,
-            Err(ReadError::TooLarge)
-        ));
+        assert!(matches!(read_limited(body, 4).await, Err(ReadError::TooLarge)));
         let body = Full::new(Bytes::from_static(b"0123"));
-        assert_eq!(
-            read_limited(body, 4).await.unwrap(),
-            Bytes::from_static(b"0123")
-        );
+        assert_eq!(read_limited(body, 4).await.unwrap(), Bytes::from_static(b"0123"));
     }
 }

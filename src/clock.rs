@@ -34,19 +34,13 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock that reads `start`.
     pub fn new(start: SystemTime) -> Self {
-        let millis = start
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        ManualClock {
-            millis: AtomicU64::new(millis),
-        }
+        let millis = start.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        ManualClock { millis: AtomicU64::new(millis) }
     }
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        self.millis
-            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        self.millis.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
@@ -65,16 +59,14 @@ fn last_sunday(year: i32, month: Month) -> Option<Date> {
     let days = month.length(year);
     let last = Date::from_calendar_date(year, month, days).ok()?;
     let back = last.weekday().number_days_from_sunday();
-    last.checked_sub(time::Duration::days(i64::from(back)))
-        .filter(|d| d.weekday() == Weekday::Sunday)
+    last.checked_sub(time::Duration::days(i64::from(back))).filter(|d| d.weekday() == Weekday::Sunday)
 }
 
 /// The Europe/Paris offset in force at `utc`: +02:00 from the last Sunday of March 01:00 UTC to
 /// the last Sunday of October 01:00 UTC (the EU rule since 1996), +01:00 otherwise.
 pub fn paris_offset(utc: OffsetDateTime) -> UtcOffset {
     let year = utc.year();
-    let switch =
-        |month| last_sunday(year, month).map(|d| d.with_hms(1, 0, 0).map(|dt| dt.assume_utc()));
+    let switch = |month| last_sunday(year, month).map(|d| d.with_hms(1, 0, 0).map(|dt| dt.assume_utc()));
     let summer = match (switch(Month::March), switch(Month::October)) {
         (Some(Ok(start)), Some(Ok(end))) => utc >= start && utc < end,
         _ => false,
@@ -107,9 +99,7 @@ pub fn format_paris(at: SystemTime) -> String {
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let dt = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     let secs = dt.unix_timestamp();
-    u64::try_from(secs)
-        .ok()
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    u64::try_from(secs).ok().map(|s| UNIX_EPOCH + Duration::from_secs(s))
 }
 
 #[cfg(test)]
@@ -139,13 +129,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_timestamps() {
-        for bad in [
-            "",
-            "2017-06-12",
-            "2017-06-12T11:10:23",
-            "tomorrow",
-            "2017-13-12T11:10:23+02:00",
-        ] {
+        for bad in ["", "2017-06-12", "2017-06-12T11:10:23", "tomorrow", "2017-13-12T11:10:23+02:00"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -14,9 +14,56 @@ use crate::secret::Secret;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Hand out the upstream storage URL and upstream token (hubic2swiftgate's behaviour).
+    /// Storage URL on the gateway, gateway-issued tokens, all storage traffic streamed through.
     #[default]
+    Proxy,
+    /// Hand out the upstream storage URL and upstream token (hubic2swiftgate's behaviour).
     Redirect,
+}
+
+/// Proxy-mode settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Lifetime of gateway-issued tokens, in seconds.
+    pub token_ttl: u64,
+    /// Largest request body kept for a replay after an upstream 401, in bytes.
+    pub replay_buffer: u64,
+    /// Seconds to wait for upstream's `100 Continue` before sending a large body anyway.
+    pub expect_timeout: u64,
+    /// Seconds to wait for upstream response headers.
+    pub header_timeout: u64,
+    /// Seconds a body may stall, in either direction.
+    pub idle_timeout: u64,
+    /// Extra CA certificates (PEM) for HTTPS upstreams, beside the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let d = crate::proxy::ProxySettings::default();
+        ProxyConfig {
+            token_ttl: 86400,
+            replay_buffer: d.replay_buffer,
+            expect_timeout: d.expect_timeout.as_secs(),
+            header_timeout: d.header_timeout.as_secs(),
+            idle_timeout: d.idle_timeout.as_secs(),
+            upstream_ca_file: None,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The streaming path's settings.
+    pub fn settings(&self) -> crate::proxy::ProxySettings {
+        crate::proxy::ProxySettings {
+            replay_buffer: self.replay_buffer,
+            expect_timeout: std::time::Duration::from_secs(self.expect_timeout),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+            extra_ca: self.upstream_ca_file.clone(),
+        }
+    }
 }
 
 /// The whole configuration file.
@@ -32,9 +79,12 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Directory for persistent state (refresh tokens).
     pub state_dir: PathBuf,
-    /// `redirect` (default).
+    /// `proxy` (default) or `redirect`.
     #[serde(default)]
     pub mode: Mode,
+    /// Proxy-mode settings.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
     /// TLS certificate and key; plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -136,10 +186,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 /// A user with every optional field resolved.
@@ -156,10 +203,8 @@ pub struct ResolvedUser {
 impl Config {
     /// Reads `path`, applies `SWIFTGATE_*` environment overrides from `env`, and validates.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
         config.apply_env(env)?;
         // Relative paths in the file are relative to the file, not to the working directory.
@@ -172,20 +217,22 @@ impl Config {
 
     /// Parses TOML text without environment or validation.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env("SWIFTGATE_LISTEN") {
-            self.listen = v
-                .parse()
-                .map_err(|_| invalid("SWIFTGATE_LISTEN", "not an address like 127.0.0.1:8080"))?;
+            self.listen = v.parse().map_err(|_| invalid("SWIFTGATE_LISTEN", "not an address like 127.0.0.1:8080"))?;
         }
         if let Some(v) = env("SWIFTGATE_PUBLIC_URL") {
             self.public_url = Some(v);
+        }
+        if let Some(v) = env("SWIFTGATE_MODE") {
+            self.mode = match v.as_str() {
+                "proxy" => Mode::Proxy,
+                "redirect" => Mode::Redirect,
+                _ => return Err(invalid("SWIFTGATE_MODE", "must be `proxy` or `redirect`")),
+            };
         }
         if let Some(v) = env("SWIFTGATE_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
@@ -221,6 +268,9 @@ impl Config {
         if let Some(f) = &mut self.hubic.client_secret_file {
             fix(f);
         }
+        if let Some(f) = &mut self.proxy.upstream_ca_file {
+            fix(f);
+        }
         for user in &mut self.users {
             if let Some(f) = &mut user.key_hash_file {
                 fix(f);
@@ -232,6 +282,22 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.public_url {
             check_url("public_url", url)?;
+            let has_path = url.parse::<http::Uri>().is_ok_and(|u| u.path().trim_end_matches('/') != "");
+            if self.mode == Mode::Proxy && has_path {
+                return Err(invalid(
+                    "public_url",
+                    "must have no path in proxy mode (storage paths are kept as upstream has them)",
+                ));
+            }
+        }
+        if self.proxy.token_ttl < 60 {
+            return Err(invalid("proxy.token_ttl", "must be at least 60 seconds"));
+        }
+        if self.proxy.expect_timeout == 0 || self.proxy.header_timeout == 0 || self.proxy.idle_timeout < 15 {
+            return Err(invalid(
+                "proxy",
+                "timeouts must be positive, and idle_timeout at least 15 s (Swift heartbeats every 10 s)",
+            ));
         }
         check_url("hubic.api_base", &self.hubic.api_base)?;
         if self.hubic.client_id.trim().is_empty() {
@@ -239,32 +305,14 @@ impl Config {
         }
         match (&self.hubic.client_secret, &self.hubic.client_secret_file) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "hubic.client_secret",
-                    "set either client_secret or client_secret_file, not both",
-                ))
+                return Err(invalid("hubic.client_secret", "set either client_secret or client_secret_file, not both"))
             }
-            (None, None) => {
-                return Err(invalid(
-                    "hubic.client_secret",
-                    "missing (or set hubic.client_secret_file)",
-                ))
-            }
-            (Some(s), None) if s.is_empty() => {
-                return Err(invalid("hubic.client_secret", "must not be empty"))
-            }
+            (None, None) => return Err(invalid("hubic.client_secret", "missing (or set hubic.client_secret_file)")),
+            (Some(s), None) if s.is_empty() => return Err(invalid("hubic.client_secret", "must not be empty")),
             _ => {}
         }
-        if self
-            .hubic
-            .scope
-            .split(',')
-            .all(|s| s.trim() != "credentials.r")
-        {
-            return Err(invalid(
-                "hubic.scope",
-                "must include credentials.r (needed to obtain Swift credentials)",
-            ));
+        if self.hubic.scope.split(',').all(|s| s.trim() != "credentials.r") {
+            return Err(invalid("hubic.scope", "must include credentials.r (needed to obtain Swift credentials)"));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
@@ -273,23 +321,14 @@ impl Config {
                 return Err(invalid(key("name"), "must be non-empty printable text"));
             }
             if !seen.insert(user.name.as_str()) {
-                return Err(invalid(
-                    key("name"),
-                    format!("duplicate user {:?}", user.name),
-                ));
+                return Err(invalid(key("name"), format!("duplicate user {:?}", user.name)));
             }
             match (&user.key_hash, &user.key_hash_file) {
                 (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        key("key_hash"),
-                        "set either key_hash or key_hash_file, not both",
-                    ))
+                    return Err(invalid(key("key_hash"), "set either key_hash or key_hash_file, not both"))
                 }
                 (None, None) => {
-                    return Err(invalid(
-                        key("key_hash"),
-                        "missing (generate one with `swiftgate hash-key`)",
-                    ))
+                    return Err(invalid(key("key_hash"), "missing (generate one with `swiftgate hash-key`)"))
                 }
                 (Some(h), None) => check_hash(&key("key_hash"), h)?,
                 (None, Some(_)) => {}
@@ -317,15 +356,9 @@ impl Config {
         if let Some(secret) = &self.hubic.client_secret {
             return Ok(secret.clone());
         }
-        let path = self
-            .hubic
-            .client_secret_file
-            .as_deref()
-            .unwrap_or(Path::new(""));
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let path = self.hubic.client_secret_file.as_deref().unwrap_or(Path::new(""));
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let secret = text.trim();
         if secret.is_empty() {
             return Err(invalid("hubic.client_secret_file", "file is empty"));
@@ -342,26 +375,16 @@ impl Config {
                 let key_hash = match (&user.key_hash, &user.key_hash_file) {
                     (Some(h), _) => h.clone(),
                     (None, Some(path)) => {
-                        let text =
-                            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                                path: path.display().to_string(),
-                                source,
-                            })?;
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
                         let h = text.trim().to_owned();
                         check_hash(&format!("user[{i}].key_hash_file"), &h)?;
                         h
                     }
                     (None, None) => return Err(invalid(format!("user[{i}].key_hash"), "missing")),
                 };
-                let account = user
-                    .account
-                    .clone()
-                    .unwrap_or_else(|| account_from_name(&user.name));
-                Ok(ResolvedUser {
-                    name: user.name.clone(),
-                    key_hash,
-                    account,
-                })
+                let account = user.account.clone().unwrap_or_else(|| account_from_name(&user.name));
+                Ok(ResolvedUser { name: user.name.clone(), key_hash, account })
             })
             .collect()
     }
@@ -369,16 +392,8 @@ impl Config {
 
 /// An account name derived from a user name: safe characters kept, others replaced by `_`.
 pub fn account_from_name(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     if s.is_empty() {
         s.push('_');
     }
@@ -387,26 +402,18 @@ pub fn account_from_name(name: &str) -> String {
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| u.host().is_some() && u.query().is_none());
+        && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some() && u.query().is_none());
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            key,
-            format!("{url:?} is not an http(s) URL without query"),
-        ))
+        Err(invalid(key, format!("{url:?} is not an http(s) URL without query")))
     }
 }
 
 fn check_hash(key: &str, hash: &str) -> Result<(), ConfigError> {
     match argon2::PasswordHash::new(hash) {
         Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => Ok(()),
-        _ => Err(invalid(
-            key,
-            "not an argon2 PHC string (generate one with `swiftgate hash-key`)",
-        )),
+        _ => Err(invalid(key, "not an argon2 PHC string (generate one with `swiftgate hash-key`)")),
     }
 }
 
@@ -414,16 +421,11 @@ fn check_account(key: &str, account: &str) -> Result<(), ConfigError> {
     let ok = !account.is_empty()
         && account.len() <= 128
         && !account.starts_with('.')
-        && account
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && account.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            key,
-            "use 1-128 characters from A-Z a-z 0-9 . _ - (not starting with '.')",
-        ))
+        Err(invalid(key, "use 1-128 characters from A-Z a-z 0-9 . _ - (not starting with '.')"))
     }
 }
 
@@ -445,44 +447,32 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.public_url(), "http://127.0.0.1:8080");
         assert_eq!(config.resolved_users().unwrap()[0].account, "alice");
+        assert_eq!(config.mode, Mode::Proxy);
+        assert_eq!(config.proxy.replay_buffer, 4 * 1024 * 1024);
     }
 
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            (
-                base().replace("client_id = \"api_hubic_x\"", "client_id = \"\""),
-                "hubic.client_id",
-            ),
+            (base().replace("client_id = \"api_hubic_x\"", "client_id = \"\""), "hubic.client_id"),
             (base().replace(HASH, "plain"), "user[0].key_hash"),
-            (
-                base() + "[[user]]\nname = \"alice\"\nkey_hash = \"" + HASH + "\"\n",
-                "user[1].name",
-            ),
-            (
-                base().replace("client_secret = \"s\"\n", ""),
-                "hubic.client_secret",
-            ),
+            (base() + "[[user]]\nname = \"alice\"\nkey_hash = \"" + HASH + "\"\n", "user[1].name"),
+            (base().replace("client_secret = \"s\"\n", ""), "hubic.client_secret"),
             (base() + "public_url = \"ftp://x\"\n", "public_url"),
-            (
-                base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""),
-                "user[0].account",
-            ),
+            (base() + "public_url = \"https://x/prefix\"\n", "public_url"),
+            (base() + "[proxy]\ntoken_ttl = 5\n", "proxy.token_ttl"),
+            (base() + "[proxy]\nbuffer = 5\n", "buffer"),
+            (base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""), "user[0].account"),
         ];
         for (text, key) in cases {
-            let err = Config::parse(&text, "t")
-                .and_then(|c| c.validate())
-                .unwrap_err()
-                .to_string();
+            let err = Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let err = Config::parse(&(base() + "colour = \"blue\"\n"), "t")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&(base() + "colour = \"blue\"\n"), "t").unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
 
@@ -499,10 +489,7 @@ mod tests {
         let config = Config::load(&path, env).unwrap();
         assert_eq!(config.listen.port(), 9999);
         assert_eq!(config.client_secret().unwrap().expose(), "from-env");
-        assert!(
-            !format!("{config:?}").contains("from-env"),
-            "secret in Debug output"
-        );
+        assert!(!format!("{config:?}").contains("from-env"), "secret in Debug output");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub access_token_ttl: Duration,
     /// The storage the emulator hands out.
     pub storage: StorageConfig,
+    /// How the gateway answers v1.0 auth.
+    pub mode: Mode,
 }
 
 /// Walks the browser registration flow the way a person's browser would: posts the gateway's
@@ -46,9 +48,7 @@ pub async fn browser_register(
     login: &str,
     password: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     let form = |pairs: &[(&str, &str)]| {
         let mut s = form_urlencoded::Serializer::new(String::new());
         for (k, v) in pairs {
@@ -79,10 +79,7 @@ pub async fn browser_register(
     }
     let page = page.text().await?;
     let oauth = scrape_oauth_id(&page).ok_or_else(|| anyhow!("consent page has no oauth id"))?;
-    let post_url = authorize
-        .split_once('?')
-        .map_or(authorize.as_str(), |(u, _)| u)
-        .to_owned();
+    let post_url = authorize.split_once('?').map_or(authorize.as_str(), |(u, _)| u).to_owned();
     let resp = http
         .post(&post_url)
         .header("content-type", "application/x-www-form-urlencoded")
@@ -113,12 +110,14 @@ pub fn single_user_config(
     app: &AppSpec,
     user: &str,
     key_hash: &str,
+    mode: Mode,
 ) -> Config {
     Config {
         listen,
         public_url: None,
         state_dir: state_dir.to_owned(),
-        mode: Mode::Redirect,
+        mode,
+        proxy: crate::config::ProxyConfig::default(),
         tls: None,
         hubic: HubicConfig {
             api_base: api_base.to_owned(),
@@ -157,10 +156,7 @@ pub async fn run(
             swift_token_ttl: options.swift_token_ttl,
             storage: options.storage,
             apps: vec![app.clone()],
-            users: vec![UserSpec {
-                login: login.to_owned(),
-                password: Secret::new(password.clone()),
-            }],
+            users: vec![UserSpec { login: login.to_owned(), password: Secret::new(password.clone()) }],
             ..EmulatorConfig::default()
         },
         emulator_listener,
@@ -169,24 +165,13 @@ pub async fn run(
     let state = crate::scratch::ScratchDir::new("swiftgate-demo")?;
     let key = random_alnum(24);
     let key_hash = hash_key(&key).map_err(|e| anyhow!("hashing the demo key: {e}"))?;
-    let config = single_user_config(
-        state.path(),
-        gateway_addr,
-        emulator.base_url(),
-        &app,
-        "demo",
-        &key_hash,
-    );
+    let config =
+        single_user_config(state.path(), gateway_addr, emulator.base_url(), &app, "demo", &key_hash, options.mode);
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        listener,
-        gateway,
-        ServeOptions::default(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = tokio::spawn(server::run(listener, gateway, ServeOptions::default(), async {
+        let _ = stop_rx.await;
+    }));
     let (status, page) = browser_register(&gateway_url, "demo", &key, login, &password).await?;
     if status != 200 {
         bail!("demo registration failed ({status}): {page}");
@@ -194,15 +179,8 @@ pub async fn run(
     writeln!(out, "export ST_AUTH={gateway_url}/auth/v1.0")?;
     writeln!(out, "export ST_USER=demo")?;
     writeln!(out, "export ST_KEY={key}")?;
-    writeln!(
-        out,
-        "# then, for example:  swift upload default README.md && swift list default"
-    )?;
-    writeln!(
-        out,
-        "# HubiC emulator at {} (user {login}); Ctrl-C stops the demo",
-        emulator.base_url()
-    )?;
+    writeln!(out, "# then, for example:  swift upload default README.md && swift list default")?;
+    writeln!(out, "# HubiC emulator at {} (user {login}); Ctrl-C stops the demo", emulator.base_url())?;
     out.flush()?;
     shutdown.await;
     let _ = stop_tx.send(());

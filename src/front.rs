@@ -8,6 +8,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
 
 use argon2::{password_hash::PasswordHash, Argon2, PasswordHasher, PasswordVerifier};
 use hmac::{Hmac, Mac};
@@ -32,17 +35,16 @@ struct User {
 
 /// The gateway's users and the cache of keys already verified.
 pub struct Users {
-    users: HashMap<String, User>,
+    by_name: HashMap<String, usize>,
+    list: Vec<User>,
     cache_key: [u8; 32],
-    /// user name → HMAC of the last key that verified; short critical sections only.
-    verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// user index → HMAC of the last key that verified; short critical sections only.
+    verified: Mutex<HashMap<usize, [u8; 32]>>,
 }
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Users")
-            .field("names", &self.users.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("Users").field("names", &self.by_name.keys().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -51,93 +53,145 @@ impl Users {
     pub fn new(users: &[ResolvedUser]) -> Self {
         let mut cache_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut cache_key);
-        let users = users
-            .iter()
-            .map(|u| {
-                (
-                    u.name.clone(),
-                    User {
-                        key_hash: u.key_hash.clone(),
-                        account: u.account.clone(),
-                    },
-                )
-            })
-            .collect();
-        Users {
-            users,
-            cache_key,
-            verified: Mutex::new(HashMap::new()),
-        }
+        let by_name = users.iter().enumerate().map(|(i, u)| (u.name.clone(), i)).collect();
+        let list = users.iter().map(|u| User { key_hash: u.key_hash.clone(), account: u.account.clone() }).collect();
+        Users { by_name, list, cache_key, verified: Mutex::new(HashMap::new()) }
     }
 
     /// The account `user` is bound to.
     pub fn account_of(&self, user: &str) -> Option<&str> {
-        self.users.get(user).map(|u| u.account.as_str())
+        self.by_name.get(user).map(|&i| self.list[i].account.as_str())
+    }
+
+    /// The account of the user with index `index` (as carried by a gateway token).
+    pub fn account_at(&self, index: usize) -> Option<&str> {
+        self.list.get(index).map(|u| u.account.as_str())
     }
 
     fn mac(&self, key: &str) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.cache_key)
-            .unwrap_or_else(|_| unreachable!("any key length"));
+        let mut mac = HmacSha256::new_from_slice(&self.cache_key).unwrap_or_else(|_| unreachable!("any key length"));
         mac.update(key.as_bytes());
         mac.finalize().into_bytes().into()
     }
 
     /// Checks `user`'s `key`; returns the bound account on success.
     pub async fn verify(&self, user: &str, key: &str) -> Option<String> {
-        let entry = self.users.get(user)?;
+        let index = self.verify_index(user, key).await?;
+        Some(self.list[index].account.clone())
+    }
+
+    /// Checks `user`'s `key`; returns the user's index on success.
+    pub async fn verify_index(&self, user: &str, key: &str) -> Option<usize> {
+        let index = *self.by_name.get(user)?;
         let mac = self.mac(key);
-        let cached = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .copied();
+        let cached = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&index).copied();
         if cached.is_some_and(|c| bool::from(c.ct_eq(&mac))) {
-            return Some(entry.account.clone());
+            return Some(index);
         }
-        let hash = entry.key_hash.clone();
+        let hash = self.list[index].key_hash.clone();
         let key = key.to_owned();
-        let ok = tokio::task::spawn_blocking(move || verify_key(&hash, &key))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || verify_key(&hash, &key)).await.unwrap_or(false);
         if ok {
-            self.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(user.to_owned(), mac);
-            Some(entry.account.clone())
+            self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(index, mac);
+            Some(index)
         } else {
             None
         }
     }
 }
 
+/// Gateway-issued tokens. Sealed (HMAC-SHA256 under a per-process random key) rather than
+/// looked up, so checking one on the streaming path takes no lock; a restart invalidates them
+/// all, and clients re-authenticate on the resulting 401.
+pub struct TokenIssuer {
+    key: [u8; 32],
+    ttl: Duration,
+    /// user index → the token last issued and its expiry; auth path only, short sections.
+    current: Mutex<HashMap<usize, (String, SystemTime)>>,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer").field("ttl", &self.ttl).finish()
+    }
+}
+
+const TOKEN_PREFIX: &str = "SG1_";
+/// version, user (u32), expiry (u64 Unix seconds), 16 random bytes.
+const PAYLOAD_LEN: usize = 1 + 4 + 8 + 16;
+const SEALED_LEN: usize = PAYLOAD_LEN + 32;
+
+impl TokenIssuer {
+    /// Tokens that live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+        TokenIssuer { key, ttl, current: Mutex::new(HashMap::new()) }
+    }
+
+    fn seal(&self, payload: &[u8; PAYLOAD_LEN]) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("any key length"));
+        mac.update(payload);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The user's token: the current one while more than a tenth of its life (at most five
+    /// minutes) remains, else a new one.
+    pub fn issue(&self, user: usize, now: SystemTime) -> (String, SystemTime) {
+        let margin = (self.ttl / 10).min(Duration::from_secs(300));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, expires)) = current.get(&user) {
+            if expires.duration_since(now).is_ok_and(|left| left > margin) {
+                return (token.clone(), *expires);
+            }
+        }
+        let secs = (now + self.ttl).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let expires = UNIX_EPOCH + Duration::from_secs(secs);
+        let mut payload = [0u8; PAYLOAD_LEN];
+        payload[0] = 1;
+        payload[1..5].copy_from_slice(&(user as u32).to_be_bytes());
+        payload[5..13].copy_from_slice(&secs.to_be_bytes());
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut payload[13..]);
+        let mut sealed = [0u8; SEALED_LEN];
+        sealed[..PAYLOAD_LEN].copy_from_slice(&payload);
+        sealed[PAYLOAD_LEN..].copy_from_slice(&self.seal(&payload));
+        let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed));
+        current.insert(user, (token.clone(), expires));
+        (token, expires)
+    }
+
+    /// The user index a valid, unexpired token was issued to.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Option<usize> {
+        let encoded = token.strip_prefix(TOKEN_PREFIX)?;
+        let mut buf = [0u8; SEALED_LEN + 3];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(encoded, &mut buf).ok()?;
+        if n != SEALED_LEN {
+            return None;
+        }
+        let payload: [u8; PAYLOAD_LEN] = buf[..PAYLOAD_LEN].try_into().ok()?;
+        if !bool::from(self.seal(&payload).ct_eq(&buf[PAYLOAD_LEN..SEALED_LEN])) || payload[0] != 1 {
+            return None;
+        }
+        let expires = u64::from_be_bytes(payload[5..13].try_into().ok()?);
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        (now < expires).then(|| u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]) as usize)
+    }
+}
+
 fn verify_key(hash: &str, key: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(key.as_bytes(), &parsed)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(key.as_bytes(), &parsed).is_ok())
 }
 
 /// An argon2id PHC hash of `key` with a random salt, for the configuration file.
 pub fn hash_key(key: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt =
-        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Ok(Argon2::default()
-        .hash_password(key.as_bytes(), &salt)?
-        .to_string())
+    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(Argon2::default().hash_password(key.as_bytes(), &salt)?.to_string())
 }
 
 /// The v1.0 credentials a request carries: `X-Auth-User`/`X-Auth-Key`, else
 /// `X-Storage-User`/`X-Storage-Pass` (tempauth's preference).
 pub fn v1_credentials(headers: &HeaderMap) -> Option<(&str, &str)> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
     let user = get("x-auth-user").or_else(|| get("x-storage-user"))?;
     let key = get("x-auth-key").or_else(|| get("x-storage-pass"))?;
     Some((user, key))
@@ -145,17 +199,8 @@ pub fn v1_credentials(headers: &HeaderMap) -> Option<(&str, &str)> {
 
 /// True for the paths v1.0 auth is answered on.
 pub fn is_auth_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/auth/v1.0"
-            | "/auth/v1.0/"
-            | "/v1.0"
-            | "/v1.0/"
-            | "/auth"
-            | "/auth/"
-            | "/auth/1.0"
-            | "/auth/1.0/"
-    ) || (path.starts_with("/auth/v1/") && path.ends_with("/auth"))
+    matches!(path, "/auth/v1.0" | "/auth/v1.0/" | "/v1.0" | "/v1.0/" | "/auth" | "/auth/" | "/auth/1.0" | "/auth/1.0/")
+        || (path.starts_with("/auth/v1/") && path.ends_with("/auth"))
 }
 
 /// A Swift-style 401 for bad or missing credentials.
@@ -164,10 +209,7 @@ pub fn unauthorized() -> Response<Body> {
         StatusCode::UNAUTHORIZED,
         "<html><h1>Unauthorized</h1><p>This server could not verify that you are authorized to access the document you requested.</p></html>",
     );
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Swift realm=\"swiftgate\""),
-    );
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Swift realm=\"swiftgate\""));
     resp
 }
 
@@ -175,10 +217,7 @@ pub fn unauthorized() -> Response<Body> {
 pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body> {
     let provider = match err {
         TokenError::UnknownAccount => {
-            return body::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "gateway user is bound to an unknown account\n",
-            )
+            return body::text(StatusCode::INTERNAL_SERVER_ERROR, "gateway user is bound to an unknown account\n")
         }
         TokenError::Provider(p) => p,
     };
@@ -206,51 +245,63 @@ pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body
     }
 }
 
-/// Answers a v1.0 auth request in redirect mode: the upstream storage URL and token.
+/// What v1.0 auth hands out.
+#[derive(Clone, Copy, Debug)]
+pub enum Issue<'a> {
+    /// The upstream storage URL and token (redirect mode).
+    Upstream,
+    /// The gateway's storage URL and a gateway token (proxy mode).
+    Gateway(&'a TokenIssuer),
+}
+
+/// Answers a v1.0 auth request.
 pub async fn v1_auth(
     method: &Method,
     headers: &HeaderMap,
     users: &Users,
     tokens: &Arc<TokenManager>,
     public_url: &str,
+    issue: Issue<'_>,
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         let mut resp = body::text(StatusCode::METHOD_NOT_ALLOWED, "v1.0 auth takes GET\n");
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
     let Some((user, key)) = v1_credentials(headers) else {
         return unauthorized();
     };
-    let Some(account) = users.verify(user, key).await else {
+    let Some(index) = users.verify_index(user, key).await else {
         tracing::info!(user = %user, "v1.0 auth refused: bad credentials");
         return unauthorized();
     };
-    let cached = match tokens.credentials(&account).await {
+    let account = users.list[index].account.as_str();
+    let cached = match tokens.credentials(account).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(user = %user, account = %account, cause = %e, "v1.0 auth: no upstream credentials");
             return token_error_response(&e, public_url);
         }
     };
-    let creds = &cached.creds;
-    let (Ok(url), Ok(token)) = (
-        HeaderValue::from_str(&creds.endpoint),
-        HeaderValue::from_str(creds.token.expose()),
-    ) else {
-        return body::text(
-            StatusCode::BAD_GATEWAY,
-            "upstream credentials are not valid header values\n",
-        );
+    let now = tokens.clock().now();
+    let (url, token, expires) = match issue {
+        Issue::Upstream => {
+            (cached.creds.endpoint.clone(), cached.creds.token.expose().to_owned(), cached.creds.expires)
+        }
+        Issue::Gateway(issuer) => {
+            let (token, expires) = issuer.issue(index, now);
+            (format!("{public_url}{}", cached.target.path), token, expires)
+        }
     };
-    let left = secs_until(tokens.clock().now(), creds.expires);
+    let (Ok(url), Ok(token)) = (HeaderValue::from_str(&url), HeaderValue::from_str(&token)) else {
+        return body::text(StatusCode::BAD_GATEWAY, "storage credentials are not valid header values\n");
+    };
     let mut resp = body::status(StatusCode::OK);
     let h = resp.headers_mut();
     h.insert("x-storage-url", url);
     h.insert("x-auth-token", token.clone());
     h.insert("x-storage-token", token);
-    h.insert("x-auth-token-expires", HeaderValue::from(left));
+    h.insert("x-auth-token-expires", HeaderValue::from(secs_until(now, expires)));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
@@ -261,14 +312,7 @@ mod tests {
 
     #[test]
     fn auth_paths() {
-        for p in [
-            "/auth/v1.0",
-            "/auth/v1.0/",
-            "/v1.0",
-            "/auth",
-            "/auth/1.0",
-            "/auth/v1/test/auth",
-        ] {
+        for p in ["/auth/v1.0", "/auth/v1.0/", "/v1.0", "/auth", "/auth/1.0", "/auth/v1/test/auth"] {
             assert!(is_auth_path(p), "{p}");
         }
         for p in ["/v1/AUTH_x", "/auth/v2.0", "/", "/auth/v1.00", "/register"] {
@@ -288,15 +332,34 @@ mod tests {
         assert_eq!(v1_credentials(&h), Some(("au", "ak")));
     }
 
+    #[test]
+    fn gateway_tokens_are_sealed_reused_and_expire() {
+        let issuer = TokenIssuer::new(Duration::from_secs(3600));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (token, expires) = issuer.issue(3, t0);
+        assert_eq!(expires, t0 + Duration::from_secs(3600));
+        assert_eq!(issuer.verify(&token, t0), Some(3));
+        assert_eq!(issuer.issue(3, t0 + Duration::from_secs(3000)).0, token, "reused while fresh");
+        let (renewed, _) = issuer.issue(3, t0 + Duration::from_secs(3301));
+        assert_ne!(renewed, token, "renewed before expiry");
+        assert_eq!(issuer.verify(&token, t0 + Duration::from_secs(3599)), Some(3), "old one still valid");
+        assert_eq!(issuer.verify(&token, t0 + Duration::from_secs(3600)), None, "expired");
+        // Any change breaks the seal; other issuers' tokens are refused.
+        let mut bytes = token.clone().into_bytes();
+        let last = bytes.len() - 5;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(issuer.verify(std::str::from_utf8(&bytes).unwrap(), t0), None);
+        assert_eq!(TokenIssuer::new(Duration::from_secs(3600)).verify(&token, t0), None);
+        for bad in ["", "SG1_", "SG1_!!!!", "AUTH_tk123", &token[..token.len() - 1]] {
+            assert_eq!(issuer.verify(bad, t0), None, "{bad}");
+        }
+    }
+
     #[tokio::test]
     async fn keys_verify_against_argon2_hashes_and_are_cached() {
         let hash = hash_key("s3cret").unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        let users = Users::new(&[ResolvedUser {
-            name: "u".into(),
-            key_hash: hash,
-            account: "acct".into(),
-        }]);
+        let users = Users::new(&[ResolvedUser { name: "u".into(), key_hash: hash, account: "acct".into() }]);
         assert_eq!(users.verify("u", "s3cret").await.as_deref(), Some("acct"));
         assert_eq!(users.verify("u", "s3cret").await.as_deref(), Some("acct"));
         assert_eq!(users.verify("u", "wrong").await, None);

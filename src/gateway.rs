@@ -12,16 +12,18 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError};
-use crate::front::{self, Users};
+use crate::config::{Config, ConfigError, Mode};
+use crate::front::{self, Issue, TokenIssuer, Users};
 use crate::ops;
 use crate::provider::hubic::{HubicAccount, HubicClient};
 use crate::provider::{CredentialSource, ProviderError};
+use crate::proxy::Proxy;
 use crate::register::{outcome_page, Registrar};
 use crate::secret::Secret;
 use crate::server::Handler;
 use crate::store::{FileStore, GrantStore, StoreError};
 use crate::tokens::{RenewPolicy, TokenManager};
+use std::time::Duration;
 
 /// Largest form body accepted on the registration endpoints.
 const FORM_LIMIT: usize = 16 * 1024;
@@ -38,6 +40,9 @@ pub enum BuildError {
     /// The HubiC client could not be set up.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The upstream storage client could not be set up.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ClientError),
 }
 
 /// A running gateway's shared state.
@@ -47,15 +52,14 @@ pub struct Gateway {
     tokens: Arc<TokenManager>,
     registrar: Registrar,
     public_url: String,
+    /// Present in proxy mode.
+    proxy: Option<Proxy>,
+    issuer: TokenIssuer,
 }
 
 impl Gateway {
     /// Builds the gateway: users, store, HubiC sources, token manager, registrar.
-    pub fn new(
-        config: &Config,
-        clock: Arc<dyn Clock>,
-        policy: RenewPolicy,
-    ) -> Result<Arc<Gateway>, BuildError> {
+    pub fn new(config: &Config, clock: Arc<dyn Clock>, policy: RenewPolicy) -> Result<Arc<Gateway>, BuildError> {
         let users = config.resolved_users()?;
         let store: Arc<dyn GrantStore> = Arc::new(FileStore::open(&config.state_dir)?);
         let client = Arc::new(HubicClient::new(
@@ -68,25 +72,18 @@ impl Gateway {
         accounts.sort_unstable();
         accounts.dedup();
         let sources = accounts.into_iter().map(|account| {
-            let source: Arc<dyn CredentialSource> =
-                Arc::new(HubicAccount::new(client.clone(), store.clone(), account));
+            let source: Arc<dyn CredentialSource> = Arc::new(HubicAccount::new(client.clone(), store.clone(), account));
             (account.to_owned(), source)
         });
         let tokens = Arc::new(TokenManager::new(sources, clock, policy));
         let public_url = config.public_url();
-        let registrar = Registrar::new(
-            client,
-            store,
-            tokens.clone(),
-            &public_url,
-            &config.hubic.scope,
-        );
-        Ok(Arc::new(Gateway {
-            users: Users::new(&users),
-            tokens,
-            registrar,
-            public_url,
-        }))
+        let registrar = Registrar::new(client, store, tokens.clone(), &public_url, &config.hubic.scope);
+        let proxy = match config.mode {
+            Mode::Proxy => Some(Proxy::new(config.proxy.settings(), &public_url)?),
+            Mode::Redirect => None,
+        };
+        let issuer = TokenIssuer::new(Duration::from_secs(config.proxy.token_ttl));
+        Ok(Arc::new(Gateway { users: Users::new(&users), tokens, registrar, public_url, proxy, issuer }))
     }
 
     /// The token manager (the proxy and tests ask it for credentials).
@@ -109,10 +106,7 @@ impl Gateway {
             Ok(b) => body::form_pairs(&b),
             Err(e) => return body::text(e.status(), "registration form could not be read\n"),
         };
-        let (user, key) = (
-            body::form_get(&form, "user").unwrap_or(""),
-            body::form_get(&form, "key").unwrap_or(""),
-        );
+        let (user, key) = (body::form_get(&form, "user").unwrap_or(""), body::form_get(&form, "key").unwrap_or(""));
         let Some(account) = self.users.verify(user, key).await else {
             let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
             *resp.status_mut() = StatusCode::UNAUTHORIZED;
@@ -142,29 +136,25 @@ impl Gateway {
     }
 
     /// The router: path and method to handler, nothing else decides.
-    pub async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
         if front::is_auth_path(path) {
-            return front::v1_auth(
-                req.method(),
-                req.headers(),
-                &self.users,
-                &self.tokens,
-                &self.public_url,
-            )
-            .await;
+            let issue = match self.proxy {
+                Some(_) => Issue::Gateway(&self.issuer),
+                None => Issue::Upstream,
+            };
+            return front::v1_auth(req.method(), req.headers(), &self.users, &self.tokens, &self.public_url, issue)
+                .await;
         }
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => ops::healthz(),
-            (&Method::GET | &Method::HEAD, "/info") => ops::info(),
+            (&Method::GET | &Method::HEAD, "/info") => self.info().await,
             (&Method::GET, "/usage" | "/usage/") => {
                 ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url).await
             }
             (&Method::GET, "/register" | "/register/" | "/") => self.registrar.form_page(None),
             (&Method::POST, "/register" | "/register/") => self.register_post(req).await,
-            (&Method::POST, "/autoregister" | "/autoregister/") => {
-                self.autoregister_post(req).await
-            }
+            (&Method::POST, "/autoregister" | "/autoregister/") => self.autoregister_post(req).await,
             (&Method::GET, "/callback" | "/callback/") => {
                 let query = req.uri().query().unwrap_or("").to_owned();
                 outcome_page(&self.registrar.complete(&query).await)
@@ -172,13 +162,45 @@ impl Gateway {
             (_, "/healthz" | "/info" | "/usage" | "/register" | "/autoregister" | "/callback") => {
                 body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
-            _ => body::text(StatusCode::NOT_FOUND, "not found\n"),
+            _ => match &self.proxy {
+                Some(proxy) => self.storage(proxy, req, peer).await,
+                None => body::text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+        }
+    }
+
+    /// `/info`: the upstream's in proxy mode (so clients see its real capabilities), else
+    /// what the gateway knows.
+    async fn info(&self) -> Response<Body> {
+        if let Some(proxy) = &self.proxy {
+            if let Some(cached) = self.tokens.any_credentials().await {
+                return proxy.info(&cached.target).await;
+            }
+        }
+        ops::info()
+    }
+
+    /// A storage request in proxy mode: the gateway token names the user (and so the account);
+    /// a request without one goes upstream anonymously (tempurl, public containers).
+    async fn storage(&self, proxy: &Proxy, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let headers = req.headers();
+        let token = headers.get("x-auth-token").or_else(|| headers.get("x-storage-token"));
+        let Some(token) = token else {
+            let anonymous = self.tokens.cached_for_path(req.uri().path());
+            return proxy.forward(req, peer, &self.tokens, None, anonymous).await;
+        };
+        let now = self.tokens.clock().now();
+        let account =
+            token.to_str().ok().and_then(|t| self.issuer.verify(t, now)).and_then(|i| self.users.account_at(i));
+        match account {
+            Some(account) => proxy.forward(req, peer, &self.tokens, Some(account), None).await,
+            None => crate::proxy::drain_then(Some(req.into_body()), front::unauthorized()),
         }
     }
 }
 
 impl Handler for Gateway {
-    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
-        self.route(req).await
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        self.route(req, peer).await
     }
 }

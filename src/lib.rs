@@ -17,6 +17,7 @@ pub mod front;
 pub mod gateway;
 pub mod ops;
 pub mod provider;
+pub mod proxy;
 pub mod register;
 pub mod scratch;
 pub mod secret;

@@ -19,11 +19,7 @@ use swiftgate::server::{self, ServeOptions};
 use swiftgate::tokens::RenewPolicy;
 
 #[derive(Parser)]
-#[command(
-    name = "swiftgate",
-    version,
-    about = "Swift v1.0 auth gateway for HubiC-style OAuth2 storage"
-)]
+#[command(name = "swiftgate", version, about = "Swift v1.0 auth gateway for HubiC-style OAuth2 storage")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,6 +87,9 @@ enum Command {
         /// Gateway listen address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// `proxy` (storage through the gateway) or `redirect` (upstream URL and token).
+        #[arg(long, default_value = "proxy", value_parser = ["proxy", "redirect"])]
+        mode: String,
         #[command(flatten)]
         emulator: EmulatorFlags,
     },
@@ -123,10 +122,7 @@ impl EmulatorFlags {
                 user: user.clone(),
                 key: Secret::new(key.clone()),
             },
-            _ => StorageConfig::BuiltIn {
-                data_dir,
-                max_file_size,
-            },
+            _ => StorageConfig::BuiltIn { data_dir, max_file_size },
         }
     }
 }
@@ -140,10 +136,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("swiftgate: cannot start the runtime: {e}");
@@ -179,11 +172,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(tls) = &config.tls {
                 server::tls_acceptor(&tls.cert, &tls.key)?;
             }
-            println!(
-                "configuration OK: {} user(s), public URL {}",
-                users.len(),
-                config.public_url()
-            );
+            println!("configuration OK: {} user(s), public URL {}", users.len(), config.public_url());
             Ok(())
         }
         Command::HashKey => {
@@ -191,54 +180,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if key.is_empty() {
                 bail!("the key is empty");
             }
-            println!(
-                "{}",
-                swiftgate::front::hash_key(&key).map_err(|e| anyhow!("hashing failed: {e}"))?
-            );
+            println!("{}", swiftgate::front::hash_key(&key).map_err(|e| anyhow!("hashing failed: {e}"))?);
             Ok(())
         }
-        Command::Register {
-            config,
-            user,
-            login,
-            no_listen,
-        } => register(load(&config)?, &user, login, no_listen).await,
-        Command::Emulate {
-            listen,
-            emulator,
-            apps,
-            users,
-            data_dir,
-            max_file_size,
-            min_post_delay,
-        } => {
+        Command::Register { config, user, login, no_listen } => register(load(&config)?, &user, login, no_listen).await,
+        Command::Emulate { listen, emulator, apps, users, data_dir, max_file_size, min_post_delay } => {
             let mut app_specs = Vec::new();
             for a in &apps {
                 let mut parts = a.splitn(3, ':');
                 match (parts.next(), parts.next(), parts.next()) {
-                    (Some(id), Some(secret), Some(redirect)) if !id.is_empty() => {
-                        app_specs.push(AppSpec {
-                            client_id: id.to_owned(),
-                            client_secret: Secret::new(secret),
-                            redirect_uri: redirect.to_owned(),
-                        })
-                    }
+                    (Some(id), Some(secret), Some(redirect)) if !id.is_empty() => app_specs.push(AppSpec {
+                        client_id: id.to_owned(),
+                        client_secret: Secret::new(secret),
+                        redirect_uri: redirect.to_owned(),
+                    }),
                     _ => bail!("--app {a:?}: expected CLIENT_ID:CLIENT_SECRET:REDIRECT_URI"),
                 }
             }
             let mut user_specs = Vec::new();
             for u in &users {
                 match u.split_once(':') {
-                    Some((login, password)) if !login.is_empty() => user_specs.push(UserSpec {
-                        login: login.to_owned(),
-                        password: Secret::new(password),
-                    }),
+                    Some((login, password)) if !login.is_empty() => {
+                        user_specs.push(UserSpec { login: login.to_owned(), password: Secret::new(password) })
+                    }
                     _ => bail!("--user {u:?}: expected LOGIN:PASSWORD"),
                 }
             }
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             let config = EmulatorConfig {
                 access_token_ttl: Duration::from_secs(emulator.access_token_ttl),
                 swift_token_ttl: Duration::from_secs(emulator.swift_token_ttl),
@@ -257,12 +226,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             handle.stop().await;
             Ok(())
         }
-        Command::Demo { listen, emulator } => {
+        Command::Demo { listen, mode, emulator } => {
             let options = swiftgate::demo::DemoOptions {
                 listen,
                 swift_token_ttl: Duration::from_secs(emulator.swift_token_ttl),
                 access_token_ttl: Duration::from_secs(emulator.access_token_ttl),
                 storage: emulator.storage(None, 5 * 1024 * 1024 * 1024 + 2),
+                mode: if mode == "redirect" {
+                    swiftgate::config::Mode::Redirect
+                } else {
+                    swiftgate::config::Mode::Proxy
+                },
             };
             let mut stdout = std::io::stdout();
             swiftgate::demo::run(options, &mut stdout, server::shutdown_signal()).await
@@ -280,16 +254,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url(), "swiftgate serving");
-    server::run(
-        listener,
-        gateway,
-        ServeOptions {
-            tls,
-            http1_only: false,
-        },
-        server::shutdown_signal(),
-    )
-    .await;
+    server::run(listener, gateway, ServeOptions { tls, http1_only: false }, server::shutdown_signal()).await;
     tracing::info!("swiftgate stopped");
     Ok(())
 }
@@ -305,12 +270,7 @@ fn read_secret(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-async fn register(
-    config: Config,
-    user: &str,
-    login: Option<String>,
-    no_listen: bool,
-) -> anyhow::Result<()> {
+async fn register(config: Config, user: &str, login: Option<String>, no_listen: bool) -> anyhow::Result<()> {
     let users = config.resolved_users()?;
     let account = users
         .iter()
@@ -320,10 +280,7 @@ async fn register(
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     if let Some(login) = login {
         let password = Secret::new(read_secret(&format!("HubiC password for {login}: "))?);
-        gateway
-            .registrar()
-            .autoregister(&account, &login, &password)
-            .await?;
+        gateway.registrar().autoregister(&account, &login, &password).await?;
         println!("registered account {account}");
         return Ok(());
     }
@@ -336,21 +293,16 @@ async fn register(
     } else {
         match tokio::net::TcpListener::bind(config.listen).await {
             Ok(listener) => {
-                println!("Waiting for HubiC's redirect to {}/callback, or paste the URL you were sent to:", config.public_url());
-                Some(tokio::spawn(server::run(
-                    listener,
-                    gateway.clone(),
-                    ServeOptions::default(),
-                    async {
-                        let _ = stop_rx.await;
-                    },
-                )))
+                println!(
+                    "Waiting for HubiC's redirect to {}/callback, or paste the URL you were sent to:",
+                    config.public_url()
+                );
+                Some(tokio::spawn(server::run(listener, gateway.clone(), ServeOptions::default(), async {
+                    let _ = stop_rx.await;
+                })))
             }
             Err(e) => {
-                println!(
-                    "Cannot listen on {} ({e}); paste the URL you were redirected to:",
-                    config.listen
-                );
+                println!("Cannot listen on {} ({e}); paste the URL you were redirected to:", config.listen);
                 None
             }
         }

@@ -44,24 +44,15 @@ pub fn human_bytes(n: u64) -> String {
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, key) = text.split_once(':')?;
     Some((user.to_owned(), key.to_owned()))
 }
 
 /// `GET /usage`, authenticated with the gateway user's key (v1.0 headers or HTTP Basic).
-pub async fn usage(
-    headers: &HeaderMap,
-    users: &Users,
-    tokens: &TokenManager,
-    public_url: &str,
-) -> Response<Body> {
+pub async fn usage(headers: &HeaderMap, users: &Users, tokens: &TokenManager, public_url: &str) -> Response<Body> {
     let creds = front::v1_credentials(headers)
         .map(|(u, k)| (u.to_owned(), k.to_owned()))
         .or_else(|| basic_credentials(headers));
@@ -71,25 +62,17 @@ pub async fn usage(
     };
     let Some(account) = account else {
         let mut resp = front::unauthorized();
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"swiftgate usage\""),
-        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"swiftgate usage\""));
         return resp;
     };
     let usage = match tokens.usage(&account).await {
         Ok(u) => u,
         Err(e) => return front::token_error_response(&e, public_url),
     };
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
-    let percent = if usage.quota == 0 {
-        0.0
-    } else {
-        usage.used as f64 * 100.0 / usage.quota as f64
-    };
+    let wants_json =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    let percent = if usage.quota == 0 { 0.0 } else { usage.used as f64 * 100.0 / usage.quota as f64 };
     if wants_json {
         let doc = serde_json::json!({
             "account": account,
@@ -135,10 +118,7 @@ mod tests {
     #[test]
     fn basic_auth_is_parsed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic dTprOnY="),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dTprOnY="));
         assert_eq!(basic_credentials(&h), Some(("u".into(), "k:v".into())));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!"));
         assert_eq!(basic_credentials(&h), None);

@@ -26,9 +26,7 @@ pub const STATE_TTL: Duration = Duration::from_secs(600);
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     /// The callback's `state` is unknown, already used, or expired.
-    #[error(
-        "this registration link is unknown, already used or expired; start the registration again"
-    )]
+    #[error("this registration link is unknown, already used or expired; start the registration again")]
     BadState,
     /// HubiC redirected back with an error.
     #[error("HubiC refused the authorisation: {error}: {description}")]
@@ -76,9 +74,7 @@ pub struct Registrar {
 
 impl std::fmt::Debug for Registrar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registrar")
-            .field("redirect_uri", &self.redirect_uri)
-            .finish()
+        f.debug_struct("Registrar").field("redirect_uri", &self.redirect_uri).finish()
     }
 }
 
@@ -120,27 +116,16 @@ impl Registrar {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, p| p.expires > now);
-        pending.insert(
-            state.clone(),
-            Pending {
-                account: account.to_owned(),
-                expires: now + STATE_TTL,
-            },
-        );
+        pending.insert(state.clone(), Pending { account: account.to_owned(), expires: now + STATE_TTL });
         drop(pending);
-        let url = self
-            .client
-            .authorize_url(&self.redirect_uri, &self.scope, &state);
+        let url = self.client.authorize_url(&self.redirect_uri, &self.scope, &state);
         (state, url)
     }
 
     fn take_state(&self, state: &str) -> Option<String> {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending
-            .remove(state)
-            .filter(|p| p.expires > now)
-            .map(|p| p.account)
+        pending.remove(state).filter(|p| p.expires > now).map(|p| p.account)
     }
 
     /// Completes a registration from the callback's query string; returns the account.
@@ -148,18 +133,14 @@ impl Registrar {
         let pairs = body::form_pairs(query.as_bytes());
         let get = |k| body::form_get(&pairs, k);
         // The state is consumed first, whatever the outcome, so a link works once.
-        let account = get("state")
-            .and_then(|s| self.take_state(s))
-            .ok_or(RegisterError::BadState)?;
+        let account = get("state").and_then(|s| self.take_state(s)).ok_or(RegisterError::BadState)?;
         if let Some(error) = get("error") {
             return Err(RegisterError::Denied {
                 error: error.to_owned(),
                 description: get("error_description").unwrap_or("").to_owned(),
             });
         }
-        let code = get("code")
-            .filter(|c| !c.is_empty())
-            .ok_or(RegisterError::MissingCode)?;
+        let code = get("code").filter(|c| !c.is_empty()).ok_or(RegisterError::MissingCode)?;
         let scope = get("scope").unwrap_or(&self.scope).to_owned();
         self.finish(&account, code, scope).await?;
         Ok(account)
@@ -167,22 +148,8 @@ impl Registrar {
 
     async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
         let grant = self.client.exchange_code(code, &self.redirect_uri).await?;
-        let registered_at = self
-            .clock
-            .now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        self.store
-            .save(
-                account,
-                &Grant {
-                    refresh_token: grant.refresh_token,
-                    scope,
-                    registered_at,
-                },
-            )
-            .await?;
+        let registered_at = self.clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.store.save(account, &Grant { refresh_token: grant.refresh_token, scope, registered_at }).await?;
         self.tokens.reset(account);
         tracing::info!(account = %account, "account registered");
         let _ = self.done.send(account.to_owned());
@@ -191,41 +158,21 @@ impl Registrar {
 
     /// Registers `account` without a browser: fetches HubiC's consent page, posts the login
     /// form with `login` and `password`, and exchanges the code it is redirected with.
-    pub async fn autoregister(
-        &self,
-        account: &str,
-        login: &str,
-        password: &Secret,
-    ) -> Result<(), RegisterError> {
+    pub async fn autoregister(&self, account: &str, login: &str, password: &Secret) -> Result<(), RegisterError> {
         let (state, url) = self.begin(account);
         let http = self.client.http();
-        let page = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
+        let page = http.get(&url).send().await.map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
         let status = page.status();
         if status.is_redirection() {
-            let location = page
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let location = page.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("");
             self.take_state(&state);
             return Err(redirect_error(location).unwrap_or_else(|| {
-                RegisterError::UnexpectedPage(format!(
-                    "consent page answered {status} to {location:?}"
-                ))
+                RegisterError::UnexpectedPage(format!("consent page answered {status} to {location:?}"))
             }));
         }
-        let html = page
-            .text()
-            .await
-            .map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
+        let html = page.text().await.map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
         let oauth = scrape_oauth_id(&html).ok_or_else(|| {
-            RegisterError::UnexpectedPage(format!(
-                "consent page ({status}) has no hidden `oauth` input"
-            ))
+            RegisterError::UnexpectedPage(format!("consent page ({status}) has no hidden `oauth` input"))
         })?;
         let form = consent_form(&oauth, login, password, &self.scope);
         let post_url = format!("{}/oauth/auth/", self.client.base());
@@ -248,12 +195,7 @@ impl Registrar {
         };
         let status = resp.status();
         if status == StatusCode::FOUND || status == StatusCode::SEE_OTHER {
-            let location = resp
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             let query = location.split_once('?').map_or("", |(_, q)| q);
             return self.complete(query).await.map(|_| ());
         }
@@ -264,16 +206,12 @@ impl Registrar {
                 return Err(RegisterError::LoginFailed(message));
             }
         }
-        Err(RegisterError::UnexpectedPage(format!(
-            "login form answered {status}"
-        )))
+        Err(RegisterError::UnexpectedPage(format!("login form answered {status}")))
     }
 
     /// The `/register` form page.
     pub fn form_page(&self, message: Option<&str>) -> Response<Body> {
-        let note = message.map_or(String::new(), |m| {
-            format!("<p class=\"error\">{}</p>", escape_html(m))
-        });
+        let note = message.map_or(String::new(), |m| format!("<p class=\"error\">{}</p>", escape_html(m)));
         body::html(StatusCode::OK, page("Register a HubiC account", &format!(
             "{note}<p>Sign in with your gateway user name and key; you will then be sent to HubiC to authorise swiftgate.</p>\
              <form method=\"post\" action=\"register\"><label>User <input name=\"user\" autocomplete=\"username\"></label>\
@@ -344,9 +282,7 @@ fn redirect_error(location: &str) -> Option<RegisterError> {
     let error = body::form_get(&pairs, "error")?;
     Some(RegisterError::Denied {
         error: error.to_owned(),
-        description: body::form_get(&pairs, "error_description")
-            .unwrap_or("")
-            .to_owned(),
+        description: body::form_get(&pairs, "error_description").unwrap_or("").to_owned(),
     })
 }
 
@@ -354,19 +290,14 @@ fn redirect_error(location: &str) -> Option<RegisterError> {
 pub fn scrape_oauth_id(html: &str) -> Option<String> {
     const NEEDLE: &str = "name=\"oauth\" value=\"";
     let start = html.find(NEEDLE)? + NEEDLE.len();
-    let digits: String = html[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = html[start..].chars().take_while(char::is_ascii_digit).collect();
     (!digits.is_empty() && html[start + digits.len()..].starts_with('"')).then_some(digits)
 }
 
 /// The message on the line after `class="text-error"`, as HubiC showed a failed login.
 fn scrape_error(html: &str) -> Option<String> {
     let mut lines = html.lines();
-    lines
-        .by_ref()
-        .find(|l| l.contains("class=\"text-error\""))?;
+    lines.by_ref().find(|l| l.contains("class=\"text-error\""))?;
     let message = lines.next()?.trim();
     let message = message.split('<').next().unwrap_or("").trim();
     (!message.is_empty()).then(|| message.to_owned())
@@ -388,19 +319,13 @@ mod tests {
     #[test]
     fn scrapes_the_login_error_from_the_next_line() {
         let page = "<p class=\"text-error\">\n   Authentication failed, please check your credentials\n</p>";
-        assert_eq!(
-            scrape_error(page).as_deref(),
-            Some("Authentication failed, please check your credentials")
-        );
+        assert_eq!(scrape_error(page).as_deref(), Some("Authentication failed, please check your credentials"));
         assert_eq!(scrape_error("<p>fine</p>"), None);
     }
 
     #[test]
     fn error_redirects_keep_hubic_words() {
-        let e = redirect_error(
-            "http://gw/callback?error=invalid_scope&error_description=please+verify+scope",
-        )
-        .unwrap();
+        let e = redirect_error("http://gw/callback?error=invalid_scope&error_description=please+verify+scope").unwrap();
         assert!(
             matches!(e, RegisterError::Denied { ref error, ref description } if error == "invalid_scope" && description == "please verify scope")
         );

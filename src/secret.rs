@@ -30,11 +30,7 @@ impl Secret {
 
     /// A short prefix safe to log (Swift's `reveal_sensitive_prefix` idea): at most 4 chars.
     pub fn prefix(&self) -> &str {
-        let end = self
-            .0
-            .char_indices()
-            .nth(4)
-            .map_or(self.0.len(), |(i, _)| i);
+        let end = self.0.char_indices().nth(4).map_or(self.0.len(), |(i, _)| i);
         &self.0[..end]
     }
 }
@@ -56,11 +52,7 @@ impl std::fmt::Debug for Secret {
 /// Random alphanumeric string of `len` characters from the OS-seeded thread RNG.
 pub fn random_alnum(len: usize) -> String {
     use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// Random lower-case hex string encoding `bytes` random bytes.

@@ -29,11 +29,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers `req`, which arrived from `peer`.
-    fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> impl Future<Output = Response<Body>> + Send;
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// How to serve.
@@ -63,22 +59,14 @@ pub enum TlsError {
 
 /// A TLS acceptor for the PEM certificate chain and key, offering h2 and HTTP/1.1 by ALPN.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.display().to_string(),
-            source,
-        })
-    };
+    let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source });
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Invalid(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(TlsError::Invalid(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
+        return Err(TlsError::Invalid(format!("{}: no certificate found", cert.display())));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| TlsError::Invalid(format!("{}: {e}", key.display())))?
@@ -100,10 +88,7 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     if options.http1_only {
         builder = builder.http1_only();
@@ -135,19 +120,17 @@ pub async fn run<H: Handler>(
                 async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
             });
             let result = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                        watcher.watch(conn.into_owned()).await
                     }
-                }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
@@ -159,10 +142,7 @@ pub async fn run<H: Handler>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing");
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
+use crate::proxy::Target;
 
 /// When to renew and how hard to retry.
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ pub enum TokenError {
 pub struct Cached {
     /// The credentials.
     pub creds: SwiftCredentials,
+    /// Where they lead, parsed once for the streaming path.
+    pub target: Target,
     renew_at: SystemTime,
     stale_at: SystemTime,
 }
@@ -87,9 +90,7 @@ pub struct TokenManager {
 
 impl std::fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenManager")
-            .field("accounts", &self.slots.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("TokenManager").field("accounts", &self.slots.keys().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -109,19 +110,12 @@ impl TokenManager {
         let slots = sources
             .into_iter()
             .map(|(name, source)| {
-                let slot = Slot {
-                    source,
-                    entry: Mutex::new(Entry::Empty),
-                    renewal: Arc::new(tokio::sync::Mutex::new(())),
-                };
+                let slot =
+                    Slot { source, entry: Mutex::new(Entry::Empty), renewal: Arc::new(tokio::sync::Mutex::new(())) };
                 (name, slot)
             })
             .collect();
-        TokenManager {
-            slots,
-            clock,
-            policy,
-        }
+        TokenManager { slots, clock, policy }
     }
 
     fn slot(&self, account: &str) -> Result<&Slot, TokenError> {
@@ -133,9 +127,7 @@ impl TokenManager {
         let entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         match &*entry {
             Entry::Fresh(c) if now < c.stale_at => Lookup::Use(c.clone(), now >= c.renew_at),
-            Entry::Failed { error, until } if until.is_none_or(|u| now < u) => {
-                Lookup::Fail(error.clone())
-            }
+            Entry::Failed { error, until } if until.is_none_or(|u| now < u) => Lookup::Fail(error.clone()),
             _ => Lookup::Renew,
         }
     }
@@ -185,7 +177,10 @@ impl TokenManager {
         let mut attempt = 1;
         let result = loop {
             match slot.source.fetch().await {
-                Ok(creds) => break Ok(creds),
+                Ok(creds) => match Target::parse(&creds) {
+                    Some(target) => break Ok((creds, target)),
+                    None => break Err(ProviderError::Protocol("the storage endpoint is not an http(s) URL".into())),
+                },
                 Err(e) if e.is_transient() && attempt < self.policy.attempts => {
                     tracing::warn!(attempt, cause = %e, "credential renewal failed, retrying");
                     tokio::time::sleep(delay).await;
@@ -198,9 +193,10 @@ impl TokenManager {
         let now = self.clock.now();
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(creds) => {
+            Ok((creds, target)) => {
                 let life = creds.expires.duration_since(now).unwrap_or_default();
                 let cached = Arc::new(Cached {
+                    target,
                     renew_at: creds.expires - self.policy.renew_ahead.min(life / 4),
                     stale_at: creds.expires - self.policy.expiry_margin.min(life / 10),
                     creds,
@@ -212,10 +208,7 @@ impl TokenManager {
                 tracing::warn!(cause = %e, "credential renewal failed");
                 let error = Arc::new(e);
                 let until = error.is_transient().then(|| now + self.policy.failure_hold);
-                *entry = Entry::Failed {
-                    error: error.clone(),
-                    until,
-                };
+                *entry = Entry::Failed { error: error.clone(), until };
                 Err(TokenError::Provider(error))
             }
         }
@@ -244,16 +237,34 @@ impl TokenManager {
     /// The account's storage usage, asked of the source directly.
     pub async fn usage(&self, account: &str) -> Result<Usage, TokenError> {
         let slot = self.slot(account)?;
-        slot.source
-            .usage()
-            .await
-            .map_err(|e| TokenError::Provider(Arc::new(e)))
+        slot.source.usage().await.map_err(|e| TokenError::Provider(Arc::new(e)))
     }
 
     /// True while a renewal for `account` is under way (for readiness checks and metrics).
     pub fn is_renewing(&self, account: &str) -> bool {
-        self.slot(account)
-            .is_ok_and(|slot| slot.renewal.try_lock().is_err())
+        self.slot(account).is_ok_and(|slot| slot.renewal.try_lock().is_err())
+    }
+
+    /// Cached credentials whose storage path covers `path`, for anonymous requests (tempurl,
+    /// public containers); never renews.
+    pub fn cached_for_path(&self, path: &str) -> Option<Arc<Cached>> {
+        let now = self.clock.now();
+        self.slots.values().find_map(|slot| match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+            Entry::Fresh(c) if now < c.stale_at && c.target.covers(path) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    /// Valid credentials of any account (the first that has or can get some), for `/info`.
+    pub async fn any_credentials(self: &Arc<Self>) -> Option<Arc<Cached>> {
+        let mut names: Vec<&String> = self.slots.keys().collect();
+        names.sort();
+        for name in names {
+            if let Ok(c) = self.credentials(name).await {
+                return Some(c);
+            }
+        }
+        None
     }
 
     /// The clock this manager reads.
@@ -301,9 +312,7 @@ mod tests {
     }
 
     fn setup(life: Duration) -> (Arc<TokenManager>, Arc<Counting>, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock::new(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
-        ));
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)));
         let source = Arc::new(Counting {
             clock: clock.clone(),
             calls: AtomicU32::new(0),
@@ -311,10 +320,7 @@ mod tests {
             fail_next: AtomicU32::new(0),
             gate: tokio::sync::Semaphore::new(1000),
         });
-        let policy = RenewPolicy {
-            backoff: Duration::from_millis(1),
-            ..RenewPolicy::default()
-        };
+        let policy = RenewPolicy { backoff: Duration::from_millis(1), ..RenewPolicy::default() };
         let manager = Arc::new(TokenManager::new(
             [("a".to_owned(), source.clone() as Arc<dyn CredentialSource>)],
             clock.clone(),
@@ -329,16 +335,10 @@ mod tests {
         let first = manager.credentials("a").await.unwrap();
         assert_eq!(first.creds.token.expose(), "tok1");
         clock.advance(Duration::from_secs(3000)); // before renew_at (3600 - 300)
-        assert_eq!(
-            manager.credentials("a").await.unwrap().creds.token.expose(),
-            "tok1"
-        );
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok1");
         assert_eq!(source.calls.load(Ordering::SeqCst), 1);
         clock.advance(Duration::from_secs(595)); // 5 s left: inside the 10 s margin
-        assert_eq!(
-            manager.credentials("a").await.unwrap().creds.token.expose(),
-            "tok2"
-        );
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok2");
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
     }
 
@@ -349,11 +349,7 @@ mod tests {
         clock.advance(Duration::from_secs(3400)); // inside renew_ahead, still valid
         let held = source.gate.acquire_many(1000).await.unwrap(); // hold the renewal in fetch
         let during = manager.credentials("a").await.unwrap();
-        assert_eq!(
-            during.creds.token.expose(),
-            "tok1",
-            "valid token served while renewing"
-        );
+        assert_eq!(during.creds.token.expose(), "tok1", "valid token served while renewing");
         drop(held);
         // Poll with a deadline for the background renewal to land.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -361,10 +357,7 @@ mod tests {
             if manager.credentials("a").await.unwrap().creds.token.expose() == "tok2" {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "background renewal never landed"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "background renewal never landed");
             tokio::task::yield_now().await;
         }
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
@@ -376,11 +369,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let m = manager.clone();
-                tokio::spawn(async move {
-                    m.credentials("a")
-                        .await
-                        .map(|c| c.creds.token.expose().to_owned())
-                })
+                tokio::spawn(async move { m.credentials("a").await.map(|c| c.creds.token.expose().to_owned()) })
             })
             .collect();
         for t in tasks {
@@ -394,16 +383,10 @@ mod tests {
         let (manager, source, _clock) = setup(Duration::from_secs(3600));
         manager.credentials("a").await.unwrap();
         manager.invalidate("a", &Secret::new("someone-else"));
-        assert_eq!(
-            manager.credentials("a").await.unwrap().creds.token.expose(),
-            "tok1"
-        );
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok1");
         manager.invalidate("a", &Secret::new("tok1"));
         manager.invalidate("a", &Secret::new("tok1"));
-        assert_eq!(
-            manager.credentials("a").await.unwrap().creds.token.expose(),
-            "tok2"
-        );
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok2");
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
     }
 
@@ -411,24 +394,14 @@ mod tests {
     async fn transient_errors_are_retried_then_held_briefly() {
         let (manager, source, clock) = setup(Duration::from_secs(3600));
         source.fail_next.store(2, Ordering::SeqCst);
-        assert_eq!(
-            manager.credentials("a").await.unwrap().creds.token.expose(),
-            "tok3"
-        );
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok3");
         manager.invalidate("a", &Secret::new("tok3"));
         source.fail_next.store(10, Ordering::SeqCst);
         let err = manager.credentials("a").await.unwrap_err();
-        assert!(
-            matches!(err, TokenError::Provider(ref e) if e.is_transient()),
-            "{err:?}"
-        );
+        assert!(matches!(err, TokenError::Provider(ref e) if e.is_transient()), "{err:?}");
         let calls = source.calls.load(Ordering::SeqCst);
         assert!(manager.credentials("a").await.is_err());
-        assert_eq!(
-            source.calls.load(Ordering::SeqCst),
-            calls,
-            "held failure must not call again"
-        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), calls, "held failure must not call again");
         clock.advance(Duration::from_secs(3));
         source.fail_next.store(0, Ordering::SeqCst);
         assert!(manager.credentials("a").await.is_ok());
@@ -437,9 +410,6 @@ mod tests {
     #[tokio::test]
     async fn unknown_accounts_are_refused() {
         let (manager, _, _) = setup(Duration::from_secs(10));
-        assert!(matches!(
-            manager.credentials("zz").await,
-            Err(TokenError::UnknownAccount)
-        ));
+        assert!(matches!(manager.credentials("zz").await, Err(TokenError::UnknownAccount)));
     }
 }

@@ -39,10 +39,7 @@ fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
         }
     });
     let lines = (0..n)
-        .map(|i| {
-            rx.recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("line {i} of {args:?} never came"))
-        })
+        .map(|i| rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("line {i} of {args:?} never came")))
         .collect();
     (running, lines)
 }
@@ -67,14 +64,7 @@ fn swift_cli_available() -> bool {
 fn swift(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("swift");
     cmd.args(args).current_dir(dir);
-    for var in [
-        "OS_AUTH_URL",
-        "OS_USERNAME",
-        "OS_PASSWORD",
-        "OS_STORAGE_URL",
-        "OS_AUTH_TOKEN",
-        "ST_AUTH_VERSION",
-    ] {
+    for var in ["OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_STORAGE_URL", "OS_AUTH_TOKEN", "ST_AUTH_VERSION"] {
         cmd.env_remove(var);
     }
     for (k, v) in env {
@@ -91,16 +81,12 @@ fn swift_cli_against_demo_in_redirect_mode() {
     let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0"], 3);
     let mut env = Vec::new();
     for (line, name) in lines.iter().zip(["ST_AUTH", "ST_USER", "ST_KEY"]) {
-        let value = line
-            .strip_prefix(&format!("export {name}="))
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let value = line.strip_prefix(&format!("export {name}=")).unwrap_or_else(|| panic!("unexpected line {line:?}"));
         env.push((name.to_owned(), value.to_owned()));
     }
     assert!(env[0].1.starts_with("http://127.0.0.1:") && env[0].1.ends_with("/auth/v1.0"));
     let dir = tempfile::tempdir().unwrap();
-    let data: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(dir.path().join("blob.bin"), &data).unwrap();
     let ok = |out: std::process::Output, what: &str| {
         assert!(
@@ -113,24 +99,11 @@ fn swift_cli_against_demo_in_redirect_mode() {
     };
     let stat = ok(swift(dir.path(), &env, &["stat"]), "stat");
     assert!(stat.contains("Containers: 2"), "{stat}");
-    ok(
-        swift(dir.path(), &env, &["upload", "c1", "blob.bin"]),
-        "upload",
-    );
+    ok(swift(dir.path(), &env, &["upload", "c1", "blob.bin"]), "upload");
     let list = ok(swift(dir.path(), &env, &["list", "c1"]), "list");
     assert_eq!(list.trim(), "blob.bin");
-    ok(
-        swift(
-            dir.path(),
-            &env,
-            &["download", "c1", "blob.bin", "-o", "back.bin"],
-        ),
-        "download",
-    );
-    assert!(
-        std::fs::read(dir.path().join("back.bin")).unwrap() == data,
-        "downloaded bytes differ"
-    );
+    ok(swift(dir.path(), &env, &["download", "c1", "blob.bin", "-o", "back.bin"]), "download");
+    assert!(std::fs::read(dir.path().join("back.bin")).unwrap() == data, "downloaded bytes differ");
     let mut wrong = env.clone();
     wrong[2].1.push('x');
     let out = swift(dir.path(), &wrong, &["stat"]);
@@ -141,12 +114,7 @@ fn swift_cli_against_demo_in_redirect_mode() {
 
 #[test]
 fn hash_key_prints_a_verifiable_argon2_hash() {
-    let mut child = Command::new(BIN)
-        .arg("hash-key")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(BIN).arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(b"my key\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -168,30 +136,15 @@ fn check_config_accepts_good_files_and_names_bad_keys() {
     let run = |text: &str| {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();
-        Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .env_remove("SWIFTGATE_LISTEN")
-            .output()
-            .unwrap()
+        Command::new(BIN).args(["check-config", "--config"]).arg(&path).env_remove("SWIFTGATE_LISTEN").output().unwrap()
     };
     let out = run(&good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("public URL https://127.0.0.1:0"));
     for (text, key) in [
         (good.replace("[[user]]", "[[users]]"), "users"),
-        (
-            good.replace("client_id = \"api_hubic_x\"", "client_id = \"\""),
-            "hubic.client_id",
-        ),
-        (
-            good.replace("secret\"\n[[user]]", "missing\"\n[[user]]"),
-            "missing",
-        ),
+        (good.replace("client_id = \"api_hubic_x\"", "client_id = \"\""), "hubic.client_id"),
+        (good.replace("secret\"\n[[user]]", "missing\"\n[[user]]"), "missing"),
     ] {
         let out = run(&text);
         assert!(!out.status.success());
@@ -203,28 +156,11 @@ fn check_config_accepts_good_files_and_names_bad_keys() {
 
 #[test]
 fn emulate_prints_its_base_url_first() {
-    let (_emu, lines) = start(
-        &[
-            "emulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--user",
-            "u@example.com:pw",
-        ],
-        1,
-    );
+    let (_emu, lines) = start(&["emulate", "--listen", "127.0.0.1:0", "--user", "u@example.com:pw"], 1);
     let base = &lines[0];
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{base}/oauth"),
-        ])
-        .output();
+    let out =
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/oauth")]).output();
     if let Ok(out) = out {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "301");
     }
@@ -237,10 +173,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process did not exit in {within:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "process did not exit in {within:?}");
         std::thread::yield_now();
     }
 }
@@ -251,11 +184,7 @@ fn demo_exits_cleanly_on_sigterm_and_sigint() {
         let (mut demo, lines) = start(&["demo", "--listen", "127.0.0.1:0"], 3);
         assert!(lines[0].starts_with("export ST_AUTH=http://127.0.0.1:"));
         let pid = demo.0.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
         let status = wait_exit(&mut demo.0, Duration::from_secs(30));
         assert!(status.success(), "{signal}: {status:?}");
     }
@@ -305,19 +234,14 @@ async fn headless_register_takes_the_pasted_redirect_url() {
         }
     });
     let url = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("authorize URL printed");
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("authorize URL printed");
         if let Some(i) = line.find("http") {
             break line[i..].trim().to_owned();
         }
     };
     assert!(url.starts_with(&format!("{base}/oauth/auth/?")), "{url}");
     // The person's browser: consent page, login, and the redirect it ends on.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let page = http.get(&url).send().await.unwrap().text().await.unwrap();
     let oauth = swiftgate::register::scrape_oauth_id(&page).unwrap();
     let body = format!("oauth={oauth}&action=accepted&login=u%40example.com&user_pwd=pw");
@@ -329,18 +253,12 @@ async fn headless_register_takes_the_pasted_redirect_url() {
         .await
         .unwrap();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    assert!(
-        location.starts_with(&format!("{public}/callback?code=")),
-        "{location}"
-    );
+    assert!(location.starts_with(&format!("{public}/callback?code=")), "{location}");
     writeln!(stdin, "not a url").unwrap();
     writeln!(stdin, "{location}").unwrap();
     let status = wait_exit(&mut child.0, Duration::from_secs(60));
     assert!(status.success());
     let rest: Vec<String> = rx.try_iter().collect();
-    assert!(
-        rest.iter().any(|l| l.contains("registered account alice")),
-        "{rest:?}"
-    );
+    assert!(rest.iter().any(|l| l.contains("registered account alice")), "{rest:?}");
     assert!(dir.path().join("state/accounts/alice.json").exists());
 }

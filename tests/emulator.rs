@@ -32,11 +32,7 @@ fn authorize_query(stack: &Stack, overrides: &[(&str, Option<&str>)]) -> String 
 }
 
 async fn consent(stack: &Stack) -> String {
-    let url = format!(
-        "{}/oauth/auth/?{}",
-        stack.emulator.base_url(),
-        authorize_query(stack, &[])
-    );
+    let url = format!("{}/oauth/auth/?{}", stack.emulator.base_url(), authorize_query(stack, &[]));
     let resp = stack.http.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(header(&resp, "content-type").starts_with("text/html"));
@@ -62,37 +58,17 @@ async fn post_consent(stack: &Stack, fields: &[(&str, &str)]) -> reqwest::Respon
 /// Walks consent and returns the code from the redirect.
 async fn code(stack: &Stack) -> String {
     let oauth = consent(stack).await;
-    let resp = post_consent(
-        stack,
-        &[
-            ("oauth", &oauth),
-            ("action", "accepted"),
-            ("login", LOGIN),
-            ("user_pwd", PASSWORD),
-        ],
-    )
-    .await;
+    let resp =
+        post_consent(stack, &[("oauth", &oauth), ("action", "accepted"), ("login", LOGIN), ("user_pwd", PASSWORD)])
+            .await;
     let location = header(&resp, "location").to_owned();
     let query = location.split_once('?').unwrap().1;
-    query
-        .split('&')
-        .next()
-        .unwrap()
-        .strip_prefix("code=")
-        .unwrap()
-        .to_owned()
+    query.split('&').next().unwrap().strip_prefix("code=").unwrap().to_owned()
 }
 
 fn basic(stack: &Stack) -> String {
-    let raw = format!(
-        "{}:{}",
-        stack.app.client_id,
-        stack.app.client_secret.expose()
-    );
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    let raw = format!("{}:{}", stack.app.client_id, stack.app.client_secret.expose());
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 async fn token_call(stack: &Stack, auth: Option<&str>, body: &str) -> (u16, String, String) {
@@ -111,33 +87,19 @@ async fn token_call(stack: &Stack, auth: Option<&str>, body: &str) -> (u16, Stri
 
 async fn exchange(stack: &Stack) -> (String, String) {
     let code = code(stack).await;
-    let body = format!(
-        "code={code}&redirect_uri={}&grant_type=authorization_code",
-        stack.app.redirect_uri
-    );
+    let body = format!("code={code}&redirect_uri={}&grant_type=authorization_code", stack.app.redirect_uri);
     let (status, _, text) = token_call(stack, Some(&basic(stack)), &body).await;
     assert_eq!(status, 200, "{text}");
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-    (
-        doc["refresh_token"].as_str().unwrap().to_owned(),
-        doc["access_token"].as_str().unwrap().to_owned(),
-    )
+    (doc["refresh_token"].as_str().unwrap().to_owned(), doc["access_token"].as_str().unwrap().to_owned())
 }
 
 #[tokio::test]
 async fn bare_oauth_redirects_with_a_trailing_slash() {
     let stack = Stack::start().await;
-    let resp = stack
-        .http
-        .get(format!("{}/oauth", stack.emulator.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.http.get(format!("{}/oauth", stack.emulator.base_url())).send().await.unwrap();
     assert_eq!(resp.status(), 301);
-    assert_eq!(
-        header(&resp, "location"),
-        format!("{}/oauth/", stack.emulator.base_url())
-    );
+    assert_eq!(header(&resp, "location"), format!("{}/oauth/", stack.emulator.base_url()));
     assert_eq!(header(&resp, "server"), "nginx/1.4.7");
     assert!(!header(&resp, "date").is_empty());
 }
@@ -145,32 +107,15 @@ async fn bare_oauth_redirects_with_a_trailing_slash() {
 #[tokio::test]
 async fn consent_page_has_the_line_scrapers_match() {
     let stack = Stack::start().await;
-    let url = format!(
-        "{}/oauth/auth?{}",
-        stack.emulator.base_url(),
-        authorize_query(&stack, &[])
-    );
-    let page = stack
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let url = format!("{}/oauth/auth?{}", stack.emulator.base_url(), authorize_query(&stack, &[]));
+    let page = stack.http.get(url).send().await.unwrap().text().await.unwrap();
     let line = page.lines().find(|l| l.contains("name=\"oauth\"")).unwrap();
     // The union of the real clients' patterns (hubic_token's needs `action` on the same line).
-    let start = line
-        .find("<input type=\"hidden\" name=\"oauth\" value=\"")
-        .unwrap();
+    let start = line.find("<input type=\"hidden\" name=\"oauth\" value=\"").unwrap();
     let rest = &line[start + 41..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     assert_eq!(digits.len(), 6);
-    assert!(
-        rest[digits.len()..].starts_with("\"><input type=\"hidden\" name=\"action\""),
-        "{line}"
-    );
+    assert!(rest[digits.len()..].starts_with("\"><input type=\"hidden\" name=\"action\""), "{line}");
 }
 
 #[tokio::test]
@@ -179,52 +124,20 @@ async fn invalid_authorize_requests_redirect_with_error_first() {
     type Overrides<'a> = &'a [(&'a str, Option<&'a str>)];
     let cases: [(Overrides, &str, &str); 5] = [
         (&[("scope", None)], "invalid_request", "missing+arguments"),
-        (
-            &[("redirect_uri", Some("http://elsewhere.example/cb"))],
-            "invalid_request",
-            "please+verify+redirect+uri",
-        ),
-        (
-            &[("response_type", Some("nope"))],
-            "unsupported_response_type",
-            "response+type+must+be+set+to+code+or+token",
-        ),
-        (
-            &[("scope", Some("credentials.x"))],
-            "invalid_scope",
-            "please+verify+scope",
-        ),
-        (
-            &[("client_id", Some("api_hubic_unknown"))],
-            "unauthorized_client",
-            "please+verify+credentials",
-        ),
+        (&[("redirect_uri", Some("http://elsewhere.example/cb"))], "invalid_request", "please+verify+redirect+uri"),
+        (&[("response_type", Some("nope"))], "unsupported_response_type", "response+type+must+be+set+to+code+or+token"),
+        (&[("scope", Some("credentials.x"))], "invalid_scope", "please+verify+scope"),
+        (&[("client_id", Some("api_hubic_unknown"))], "unauthorized_client", "please+verify+credentials"),
     ];
     for (overrides, error, description) in cases {
-        let url = format!(
-            "{}/oauth/auth/?{}",
-            stack.emulator.base_url(),
-            authorize_query(&stack, overrides)
-        );
+        let url = format!("{}/oauth/auth/?{}", stack.emulator.base_url(), authorize_query(&stack, overrides));
         let resp = stack.http.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 302, "{error}");
         let location = header(&resp, "location");
         let query = location.split_once('?').unwrap().1;
-        assert_eq!(
-            query,
-            format!("error={error}&error_description={description}"),
-            "{location}"
-        );
+        assert_eq!(query, format!("error={error}&error_description={description}"), "{location}");
     }
-    let resp = stack
-        .http
-        .get(format!(
-            "{}/oauth/auth/?client_id=x",
-            stack.emulator.base_url()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.http.get(format!("{}/oauth/auth/?client_id=x", stack.emulator.base_url())).send().await.unwrap();
     assert_eq!(resp.status(), 400, "no redirect_uri to send the error to");
 }
 
@@ -233,26 +146,13 @@ async fn consent_post_outcomes() {
     let stack = Stack::start().await;
     // Wrong password: the page again, message on the line after class="text-error".
     let oauth = consent(&stack).await;
-    let resp = post_consent(
-        &stack,
-        &[
-            ("oauth", &oauth),
-            ("action", "accepted"),
-            ("login", LOGIN),
-            ("user_pwd", "bad"),
-        ],
-    )
-    .await;
+    let resp =
+        post_consent(&stack, &[("oauth", &oauth), ("action", "accepted"), ("login", LOGIN), ("user_pwd", "bad")]).await;
     assert_eq!(resp.status(), 200);
     let page = resp.text().await.unwrap();
-    let mut lines = page
-        .lines()
-        .skip_while(|l| !l.contains("class=\"text-error\""));
+    let mut lines = page.lines().skip_while(|l| !l.contains("class=\"text-error\""));
     lines.next().unwrap();
-    assert_eq!(
-        lines.next().unwrap().trim(),
-        "Authentication failed, please check your credentials"
-    );
+    assert_eq!(lines.next().unwrap().trim(), "Authentication failed, please check your credentials");
     // Same oauth id, right password, perimeters as repeated fields: code, scope, state in order.
     let resp = post_consent(
         &stack,
@@ -274,24 +174,14 @@ async fn consent_post_outcomes() {
     assert_eq!(parts.len(), 3, "{query}");
     let code = parts[0].strip_prefix("code=").unwrap();
     assert_eq!(code.len(), 32);
-    assert!(
-        code[..10].chars().all(|c| c.is_ascii_digit())
-            && code[10..].chars().all(|c| c.is_ascii_alphanumeric())
-    );
+    assert!(code[..10].chars().all(|c| c.is_ascii_digit()) && code[10..].chars().all(|c| c.is_ascii_alphanumeric()));
     assert_eq!(parts[1], "scope=usage.r,credentials.r");
     assert_eq!(parts[2], "state=st4te");
     // Refusal.
     let oauth = consent(&stack).await;
-    let resp = post_consent(
-        &stack,
-        &[
-            ("oauth", &oauth),
-            ("action", "refused"),
-            ("login", LOGIN),
-            ("user_pwd", PASSWORD),
-        ],
-    )
-    .await;
+    let resp =
+        post_consent(&stack, &[("oauth", &oauth), ("action", "refused"), ("login", LOGIN), ("user_pwd", PASSWORD)])
+            .await;
     assert_eq!(resp.status(), 302);
     assert!(header(&resp, "location").contains("?error=access_denied&"));
 }
@@ -300,36 +190,20 @@ async fn consent_post_outcomes() {
 async fn code_exchange_has_hubics_exact_shape() {
     let stack = Stack::start().await;
     let code = code(&stack).await;
-    let body = format!(
-        "code={code}&redirect_uri={}&grant_type=authorization_code",
-        stack.app.redirect_uri
-    );
+    let body = format!("code={code}&redirect_uri={}&grant_type=authorization_code", stack.app.redirect_uri);
     let (status, ct, text) = token_call(&stack, Some(&basic(&stack)), &body).await;
     assert_eq!((status, ct.as_str()), (200, "application/json"));
     assert!(text.starts_with("{\"refresh_token\":\""), "{text}");
     let keys: Vec<String> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-    assert_eq!(
-        keys,
-        ["refresh_token", "expires_in", "access_token", "token_type"]
-    );
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["refresh_token", "expires_in", "access_token", "token_type"]);
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(doc["expires_in"], 21600);
     assert_eq!(doc["token_type"], "Bearer");
     assert_eq!(doc["refresh_token"].as_str().unwrap().len(), 64);
     // Codes are single use.
     let (status, _, text) = token_call(&stack, Some(&basic(&stack)), &body).await;
-    assert_eq!(
-        (status, text.as_str()),
-        (
-            400,
-            r#"{"error_description":"invalid code","error":"invalid_request"}"#
-        )
-    );
+    assert_eq!((status, text.as_str()), (400, r#"{"error_description":"invalid code","error":"invalid_request"}"#));
 }
 
 #[tokio::test]
@@ -343,25 +217,16 @@ async fn token_endpoint_client_authentication_styles() {
     for (auth, extra) in [
         (Some(basic(&stack)), String::new()),
         (None, format!("&client_id={id}&client_secret={secret}")),
-        (
-            Some("Basic [B@1a2b3c".to_owned()),
-            format!("&client_id={id}&client_secret={secret}"),
-        ),
+        (Some("Basic [B@1a2b3c".to_owned()), format!("&client_id={id}&client_secret={secret}")),
     ] {
-        let (status, _, text) =
-            token_call(&stack, auth.as_deref(), &format!("{refresh_body}{extra}")).await;
+        let (status, _, text) = token_call(&stack, auth.as_deref(), &format!("{refresh_body}{extra}")).await;
         assert_eq!(status, 200, "{text}");
-        let keys: Vec<String> =
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect();
-        assert_eq!(
-            keys,
-            ["expires_in", "access_token", "token_type"],
-            "no new refresh token on refresh"
-        );
+        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, ["expires_in", "access_token", "token_type"], "no new refresh token on refresh");
     }
     // Multipart body, as the seed gateway sent it.
     let form = format!(
@@ -378,10 +243,7 @@ async fn token_endpoint_client_authentication_styles() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // Errors, exact bodies.
-    let wrong = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:nope"))
-    );
+    let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:nope")));
     let cases = [
         (
             Some(wrong.as_str()),
@@ -426,18 +288,8 @@ async fn a_new_authorisation_revokes_the_previous_refresh_token() {
     let (first, _) = exchange(&stack).await;
     let (second, _) = exchange(&stack).await;
     let call = |t: &str| format!("refresh_token={t}&grant_type=refresh_token");
-    assert_eq!(
-        token_call(&stack, Some(&basic(&stack)), &call(&first))
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        token_call(&stack, Some(&basic(&stack)), &call(&second))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(token_call(&stack, Some(&basic(&stack)), &call(&first)).await.0, 400);
+    assert_eq!(token_call(&stack, Some(&basic(&stack)), &call(&second)).await.0, 200);
 }
 
 #[tokio::test]
@@ -445,10 +297,7 @@ async fn api_endpoints_and_their_errors() {
     let stack = Stack::start().await;
     let (_, access) = exchange(&stack).await;
     let get = |path: &str, token: &str| {
-        let req = stack
-            .http
-            .get(format!("{}{path}", stack.emulator.base_url()))
-            .bearer_auth(token);
+        let req = stack.http.get(format!("{}{path}", stack.emulator.base_url())).bearer_auth(token);
         async move {
             let r = req.send().await.unwrap();
             let ct = header(&r, "content-type").to_owned();
@@ -456,144 +305,57 @@ async fn api_endpoints_and_their_errors() {
         }
     };
     let (status, ct, text) = get("/1.0/account/credentials", &access).await;
-    assert_eq!(
-        (status, ct.as_str()),
-        (200, "application/json; charset=utf8")
-    );
+    assert_eq!((status, ct.as_str()), (200, "application/json; charset=utf8"));
     let keys: Vec<String> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).unwrap().keys().cloned().collect();
     assert_eq!(keys, ["token", "endpoint", "expires"]);
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let expires = doc["expires"].as_str().unwrap();
     assert_eq!(expires.len(), 25, "{expires}");
-    assert!(
-        expires.ends_with("+01:00") || expires.ends_with("+02:00"),
-        "{expires}"
-    );
+    assert!(expires.ends_with("+01:00") || expires.ends_with("+02:00"), "{expires}");
     let account = stack.emu().swift_account(LOGIN).unwrap();
-    assert_eq!(
-        doc["endpoint"],
-        format!("{}/v1/{account}", stack.emulator.base_url())
-    );
+    assert_eq!(doc["endpoint"], format!("{}/v1/{account}", stack.emulator.base_url()));
     // The same Swift token until it expires, with a trailing slash too.
     let (_, _, again) = get("/1.0/account/credentials/", &access).await;
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&again).unwrap()["token"],
-        doc["token"]
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&again).unwrap()["token"], doc["token"]);
     let (status, _, text) = get("/1.0/account/usage", &access).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        text,
-        format!("{{\"quota\":{},\"used\":0}}", 10u64 * 1024u64.pow(4))
-    );
+    assert_eq!(text, format!("{{\"quota\":{},\"used\":0}}", 10u64 * 1024u64.pow(4)));
     let (status, _, text) = get("/1.0/account", &access).await;
     assert_eq!(status, 200);
     let keys: Vec<String> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-    assert_eq!(
-        keys,
-        [
-            "email",
-            "firstname",
-            "lastname",
-            "activated",
-            "creationDate",
-            "language",
-            "status",
-            "offer"
-        ]
-    );
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["email", "firstname", "lastname", "activated", "creationDate", "language", "status", "offer"]);
     // Errors.
     let (status, _, text) = get("/1.0/account/credentials", "bogus").await;
-    assert_eq!(
-        (status, text.as_str()),
-        (
-            401,
-            r#"{"error":"invalid_token","error_description":"not found"}"#
-        )
-    );
+    assert_eq!((status, text.as_str()), (401, r#"{"error":"invalid_token","error_description":"not found"}"#));
     stack.clock.advance(Duration::from_secs(21601));
     let (status, _, text) = get("/1.0/account/usage", &access).await;
-    assert_eq!(
-        (status, text.as_str()),
-        (
-            401,
-            r#"{"error":"invalid_token","error_description":"expired"}"#
-        )
-    );
+    assert_eq!((status, text.as_str()), (401, r#"{"error":"invalid_token","error_description":"expired"}"#));
     let (_, fresh) = exchange(&stack).await;
     stack.emu().revoke(true, false, false);
     let (status, _, text) = get("/1.0/account", &fresh).await;
-    assert_eq!(
-        (status, text.as_str()),
-        (
-            403,
-            r#"{"error":"invalid_token","error_description":"revoked"}"#
-        )
-    );
+    assert_eq!((status, text.as_str()), (403, r#"{"error":"invalid_token","error_description":"revoked"}"#));
 }
 
 #[tokio::test]
 async fn missing_scope_is_insufficient_scope() {
     let stack = Stack::start().await;
-    let url = format!(
-        "{}/oauth/auth/?{}",
-        stack.emulator.base_url(),
-        authorize_query(&stack, &[("scope", Some("usage.r"))])
-    );
-    let page = stack
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let url =
+        format!("{}/oauth/auth/?{}", stack.emulator.base_url(), authorize_query(&stack, &[("scope", Some("usage.r"))]));
+    let page = stack.http.get(url).send().await.unwrap().text().await.unwrap();
     let oauth = swiftgate::register::scrape_oauth_id(&page).unwrap();
-    let resp = post_consent(
-        &stack,
-        &[
-            ("oauth", &oauth),
-            ("action", "accepted"),
-            ("login", LOGIN),
-            ("user_pwd", PASSWORD),
-        ],
-    )
-    .await;
+    let resp =
+        post_consent(&stack, &[("oauth", &oauth), ("action", "accepted"), ("login", LOGIN), ("user_pwd", PASSWORD)])
+            .await;
     let location = header(&resp, "location").to_owned();
-    let code = location
-        .split_once("code=")
-        .unwrap()
-        .1
-        .split('&')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body = format!(
-        "code={code}&redirect_uri={}&grant_type=authorization_code",
-        stack.app.redirect_uri
-    );
+    let code = location.split_once("code=").unwrap().1.split('&').next().unwrap().to_owned();
+    let body = format!("code={code}&redirect_uri={}&grant_type=authorization_code", stack.app.redirect_uri);
     let (_, _, text) = token_call(&stack, Some(&basic(&stack)), &body).await;
-    let access = serde_json::from_str::<serde_json::Value>(&text).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let access = serde_json::from_str::<serde_json::Value>(&text).unwrap()["access_token"].as_str().unwrap().to_owned();
     let resp = stack
         .http
-        .get(format!(
-            "{}/1.0/account/credentials",
-            stack.emulator.base_url()
-        ))
+        .get(format!("{}/1.0/account/credentials", stack.emulator.base_url()))
         .bearer_auth(&access)
         .send()
         .await
@@ -611,10 +373,7 @@ async fn storage_checks_swift_tokens() {
     let (_, access) = exchange(&stack).await;
     let creds: serde_json::Value = stack
         .http
-        .get(format!(
-            "{}/1.0/account/credentials",
-            stack.emulator.base_url()
-        ))
+        .get(format!("{}/1.0/account/credentials", stack.emulator.base_url()))
         .bearer_auth(&access)
         .send()
         .await
@@ -622,17 +381,8 @@ async fn storage_checks_swift_tokens() {
         .json()
         .await
         .unwrap();
-    let (endpoint, token) = (
-        creds["endpoint"].as_str().unwrap(),
-        creds["token"].as_str().unwrap(),
-    );
-    let list = stack
-        .http
-        .get(format!("{endpoint}?format=json"))
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap();
+    let (endpoint, token) = (creds["endpoint"].as_str().unwrap(), creds["token"].as_str().unwrap());
+    let list = stack.http.get(format!("{endpoint}?format=json")).header("x-auth-token", token).send().await.unwrap();
     assert_eq!(list.status(), 200);
     let names: Vec<String> = list
         .json::<Vec<serde_json::Value>>()
@@ -642,27 +392,11 @@ async fn storage_checks_swift_tokens() {
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["default", "default_segments"]);
-    let bad = stack
-        .http
-        .get(endpoint)
-        .header("x-auth-token", "bogus")
-        .send()
-        .await
-        .unwrap();
+    let bad = stack.http.get(endpoint).header("x-auth-token", "bogus").send().await.unwrap();
     assert_eq!(bad.status(), 401);
-    assert!(bad
-        .text()
-        .await
-        .unwrap()
-        .starts_with("<html><h1>Unauthorized</h1><p>This server could not verify t"));
+    assert!(bad.text().await.unwrap().starts_with("<html><h1>Unauthorized</h1><p>This server could not verify t"));
     stack.clock.advance(Duration::from_secs(61));
-    let expired = stack
-        .http
-        .head(endpoint)
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap();
+    let expired = stack.http.head(endpoint).header("x-auth-token", token).send().await.unwrap();
     assert_eq!(expired.status(), 401);
 }
 
@@ -670,19 +404,9 @@ async fn storage_checks_swift_tokens() {
 async fn admin_knobs_over_http() {
     let stack = Stack::start().await;
     let admin = |path: &str, body: &str| {
-        stack
-            .http
-            .post(format!("{}/_admin/{path}", stack.emulator.base_url()))
-            .body(body.to_owned())
-            .send()
+        stack.http.post(format!("{}/_admin/{path}", stack.emulator.base_url())).body(body.to_owned()).send()
     };
-    assert_eq!(
-        admin("fail", r#"{"status":509,"count":2,"endpoint":"token"}"#)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(admin("fail", r#"{"status":509,"count":2,"endpoint":"token"}"#).await.unwrap().status(), 200);
     let (status, _, _) = token_call(&stack, None, "grant_type=refresh_token").await;
     assert_eq!(status, 509);
     let (status, _, _) = token_call(&stack, None, "grant_type=refresh_token").await;
@@ -690,13 +414,7 @@ async fn admin_knobs_over_http() {
     let (status, _, _) = token_call(&stack, None, "grant_type=refresh_token").await;
     assert_eq!(status, 401, "faults are used up");
     assert_eq!(admin("fail", "{nope").await.unwrap().status(), 400);
-    assert_eq!(
-        admin("ttl", r#"{"access_token_ttl":5}"#)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(admin("ttl", r#"{"access_token_ttl":5}"#).await.unwrap().status(), 200);
     let (_, _) = exchange(&stack).await;
     let counters: serde_json::Value = stack
         .http
@@ -709,9 +427,7 @@ async fn admin_knobs_over_http() {
         .unwrap();
     assert_eq!(counters["token_refresh_token"], 3);
     assert_eq!(counters["token_authorization_code"], 1);
-    let resp = admin("users", r#"{"login":"bob@example.com","password":"pw"}"#)
-        .await
-        .unwrap();
+    let resp = admin("users", r#"{"login":"bob@example.com","password":"pw"}"#).await.unwrap();
     let doc: serde_json::Value = resp.json().await.unwrap();
     assert!(doc["swift_account"].as_str().unwrap().starts_with("AUTH_"));
 }
@@ -720,10 +436,7 @@ async fn admin_knobs_over_http() {
 async fn access_token_ttl_knob_applies() {
     let stack = Stack::start_with(|c| c.access_token_ttl = Duration::from_secs(5)).await;
     let code = code(&stack).await;
-    let body = format!(
-        "code={code}&redirect_uri={}&grant_type=authorization_code",
-        stack.app.redirect_uri
-    );
+    let body = format!("code={code}&redirect_uri={}&grant_type=authorization_code", stack.app.redirect_uri);
     let (_, _, text) = token_call(&stack, Some(&basic(&stack)), &body).await;
     assert!(text.contains("\"expires_in\":5,"), "{text}");
 }

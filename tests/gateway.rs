@@ -17,10 +17,7 @@ async fn browser_registration_stores_the_refresh_token() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
     assert_eq!(stack.emu().count("token_authorization_code"), 1);
     assert_eq!(stack.emu().count("oauth_auth_get"), 1);
@@ -30,17 +27,10 @@ async fn browser_registration_stores_the_refresh_token() {
 async fn registration_form_is_posted_not_queried_and_checks_the_key() {
     let stack = Stack::start().await;
     let (status, page) =
-        swiftgate::demo::browser_register(&stack.gw.url, USER, "wrong", LOGIN, PASSWORD)
-            .await
-            .unwrap();
+        swiftgate::demo::browser_register(&stack.gw.url, USER, "wrong", LOGIN, PASSWORD).await.unwrap();
     assert_eq!(status, 401);
     assert!(page.contains("Unknown user or wrong key"), "{page}");
-    let resp = stack
-        .http
-        .get(format!("{}/register", stack.gw.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.http.get(format!("{}/register", stack.gw.url)).send().await.unwrap();
     let page = resp.text().await.unwrap();
     assert!(page.contains("method=\"post\""), "{page}");
 }
@@ -60,15 +50,10 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     assert_eq!(status, 400);
     assert!(page.contains("unknown, already used or expired"), "{page}");
     let (state, _) = stack.gw.gateway.registrar().begin("alice");
-    let (status, page) = get(&format!(
-        "state={state}&error=access_denied&error_description=%3Cb%3Euser+refused%3C%2Fb%3E"
-    ))
-    .await;
+    let (status, page) =
+        get(&format!("state={state}&error=access_denied&error_description=%3Cb%3Euser+refused%3C%2Fb%3E")).await;
     assert_eq!(status, 400);
-    assert!(
-        page.contains("access_denied: &lt;b&gt;user refused&lt;/b&gt;"),
-        "HubiC's words, escaped: {page}"
-    );
+    assert!(page.contains("access_denied: &lt;b&gt;user refused&lt;/b&gt;"), "HubiC's words, escaped: {page}");
     let (status, _) = get(&format!("state={state}&code=1")).await;
     assert_eq!(status, 400, "a state works once");
 }
@@ -95,10 +80,7 @@ async fn autoregister_fills_hubics_form() {
     let resp = post(form("not-the-password")).await.unwrap();
     assert_eq!(resp.status(), 400);
     let page = resp.text().await.unwrap();
-    assert!(
-        page.contains("Authentication failed, please check your credentials"),
-        "{page}"
-    );
+    assert!(page.contains("Authentication failed, please check your credentials"), "{page}");
     assert!(!page.contains("not-the-password"));
     let resp = post(form(PASSWORD)).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -126,14 +108,8 @@ async fn autoregister_reports_a_page_it_does_not_recognise() {
         &stack.gw.url,
         "credentials.r",
     );
-    let err = registrar
-        .autoregister("alice", LOGIN, &swiftgate::secret::Secret::new(PASSWORD))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("has no hidden `oauth` input"),
-        "{err}"
-    );
+    let err = registrar.autoregister("alice", LOGIN, &swiftgate::secret::Secret::new(PASSWORD)).await.unwrap_err();
+    assert!(err.to_string().contains("has no hidden `oauth` input"), "{err}");
 }
 
 #[tokio::test]
@@ -142,11 +118,9 @@ async fn v1_auth_answers_like_tempauth() {
     stack.register().await;
     let account = stack.emu().swift_account(LOGIN).unwrap();
     for path in ["/auth/v1.0", "/auth/v1.0/", "/v1.0", "/auth", "/auth/1.0"] {
-        for (uh, kh) in [
-            ("X-Auth-User", "X-Auth-Key"),
-            ("X-Storage-User", "X-Storage-Pass"),
-            ("x-auth-user", "x-auth-key"),
-        ] {
+        for (uh, kh) in
+            [("X-Auth-User", "X-Auth-Key"), ("X-Storage-User", "X-Storage-Pass"), ("x-auth-user", "x-auth-key")]
+        {
             let resp = stack
                 .http
                 .get(format!("{}{path}", stack.gw.url))
@@ -159,10 +133,7 @@ async fn v1_auth_answers_like_tempauth() {
             let token = header(&resp, "x-auth-token").to_owned();
             assert!(!token.is_empty());
             assert_eq!(header(&resp, "x-storage-token"), token);
-            assert_eq!(
-                header(&resp, "x-storage-url"),
-                format!("{}/v1/{account}", stack.emulator.base_url())
-            );
+            assert_eq!(header(&resp, "x-storage-url"), format!("{}/v1/{account}", stack.emulator.base_url()));
             assert_eq!(header(&resp, "content-length"), "0");
             let expires: u64 = header(&resp, "x-auth-token-expires").parse().unwrap();
             assert!(expires > 86000 && expires <= 86400, "{expires}");
@@ -171,10 +142,7 @@ async fn v1_auth_answers_like_tempauth() {
     }
     // Storage works with what was handed out (redirect mode).
     let resp = stack.auth(USER, KEY).await;
-    let (url, token) = (
-        header(&resp, "x-storage-url").to_owned(),
-        header(&resp, "x-auth-token").to_owned(),
-    );
+    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
     let put = stack
         .http
         .put(format!("{url}/default/hello.txt"))
@@ -184,13 +152,7 @@ async fn v1_auth_answers_like_tempauth() {
         .await
         .unwrap();
     assert_eq!(put.status(), 201);
-    let get = stack
-        .http
-        .get(format!("{url}/default/hello.txt"))
-        .header("x-auth-token", &token)
-        .send()
-        .await
-        .unwrap();
+    let get = stack.http.get(format!("{url}/default/hello.txt")).header("x-auth-token", &token).send().await.unwrap();
     assert_eq!(get.text().await.unwrap(), "hello");
 }
 
@@ -201,17 +163,10 @@ async fn v1_auth_failures() {
     let resp = stack.auth(USER, KEY).await;
     assert_eq!(resp.status(), 403);
     let text = resp.text().await.unwrap();
-    assert!(
-        text.contains("/register") && text.contains("swiftgate register"),
-        "{text}"
-    );
+    assert!(text.contains("/register") && text.contains("swiftgate register"), "{text}");
     stack.register().await;
-    let cases: [(Option<(&str, &str)>, u16); 4] = [
-        (Some((USER, "wrong")), 401),
-        (Some(("mallory", KEY)), 401),
-        (Some((USER, "")), 401),
-        (None, 401),
-    ];
+    let cases: [(Option<(&str, &str)>, u16); 4] =
+        [(Some((USER, "wrong")), 401), (Some(("mallory", KEY)), 401), (Some((USER, "")), 401), (None, 401)];
     for (creds, want) in cases {
         let mut req = stack.http.get(format!("{}/auth/v1.0", stack.gw.url));
         if let Some((u, k)) = creds {
@@ -219,10 +174,7 @@ async fn v1_auth_failures() {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), want, "{creds:?}");
-        assert!(
-            header(&resp, "www-authenticate").starts_with("Swift realm="),
-            "{creds:?}"
-        );
+        assert!(header(&resp, "www-authenticate").starts_with("Swift realm="), "{creds:?}");
         assert!(header(&resp, "x-auth-token").is_empty());
     }
     let resp = stack
@@ -264,19 +216,8 @@ async fn concurrent_auths_after_expiry_cause_one_refresh_and_one_credentials_cal
         let http = stack.http.clone();
         let url = format!("{}/auth/v1.0", stack.gw.url);
         tasks.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .header("X-Auth-User", USER)
-                .header("X-Auth-Key", KEY)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.headers()
-                    .get("x-auth-token")
-                    .map(|v| v.to_str().unwrap().to_owned()),
-            )
+            let r = http.get(url).header("X-Auth-User", USER).header("X-Auth-Key", KEY).send().await.unwrap();
+            (r.status().as_u16(), r.headers().get("x-auth-token").map(|v| v.to_str().unwrap().to_owned()))
         }));
     }
     let mut tokens = std::collections::HashSet::new();
@@ -298,19 +239,12 @@ async fn swift_tokens_are_renewed_early_in_the_background() {
     // 56 min in: inside the 5 min renewal window, and the token is still valid.
     stack.clock.advance(Duration::from_secs(56 * 60));
     let during = stack.auth(USER, KEY).await;
-    assert_eq!(
-        header(&during, "x-auth-token"),
-        first,
-        "the valid token is served while renewing"
-    );
+    assert_eq!(header(&during, "x-auth-token"), first, "the valid token is served while renewing");
     // HubiC returns the same Swift token until it expires, so the renewal is seen in the
     // emulator's counter; poll it, and the end of the renewal, with a deadline.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while stack.emu().count("credentials") < 2 || stack.gw.gateway.tokens().is_renewing("alice") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no background renewal"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "no background renewal");
         tokio::task::yield_now().await;
     }
     // After expiry, a new token is minted and fetched once.
@@ -333,11 +267,7 @@ async fn access_token_expiry_is_tracked_after_a_refresh() {
         stack.clock.advance(Duration::from_secs(3601));
     }
     assert_eq!(stack.emu().count("credentials"), 4);
-    assert_eq!(
-        stack.emu().count("token_refresh_token"),
-        1,
-        "one access token serves 4 hours"
-    );
+    assert_eq!(stack.emu().count("token_refresh_token"), 1, "one access token serves 4 hours");
 }
 
 #[tokio::test]
@@ -345,11 +275,7 @@ async fn a_revoked_grant_asks_for_registration_and_transient_errors_are_retried(
     let stack = Stack::start().await;
     stack.register().await;
     stack.emu().fail_next(500, 2, Some("credentials"));
-    assert_eq!(
-        stack.auth(USER, KEY).await.status(),
-        200,
-        "two 500s absorbed by retries"
-    );
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200, "two 500s absorbed by retries");
     assert_eq!(stack.emu().count("credentials"), 3);
     stack.emu().revoke(true, true, true);
     stack.clock.advance(Duration::from_secs(25 * 3600));
@@ -382,17 +308,9 @@ async fn a_corrupted_state_file_is_a_clear_error() {
     let resp = stack.auth(USER, KEY).await;
     assert_eq!(resp.status(), 502);
     let text = resp.text().await.unwrap();
-    assert!(
-        text.contains("could not obtain storage credentials"),
-        "{text}"
-    );
+    assert!(text.contains("could not obtain storage credentials"), "{text}");
     // The gateway still serves everything else.
-    let health = stack
-        .http
-        .get(format!("{}/healthz", stack.gw.url))
-        .send()
-        .await
-        .unwrap();
+    let health = stack.http.get(format!("{}/healthz", stack.gw.url)).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -404,27 +322,14 @@ async fn usage_page_in_json_and_html() {
     let resp = stack.http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(header(&resp, "www-authenticate").contains("Basic"));
-    let resp = stack
-        .http
-        .get(&url)
-        .basic_auth(USER, Some(KEY))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        stack.http.get(&url).basic_auth(USER, Some(KEY)).header("accept", "application/json").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let doc: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(doc["quota"], 10u64 * 1024u64.pow(4));
     assert_eq!(doc["quota_human"], "10.0 TiB");
     assert_eq!(doc["used"], 0);
-    let resp = stack
-        .http
-        .get(&url)
-        .header("X-Auth-User", USER)
-        .header("X-Auth-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.http.get(&url).header("X-Auth-User", USER).header("X-Auth-Key", KEY).send().await.unwrap();
     let page = resp.text().await.unwrap();
     assert!(page.contains("0 B used of 10.0 TiB"), "{page}");
 }
@@ -432,31 +337,11 @@ async fn usage_page_in_json_and_html() {
 #[tokio::test]
 async fn ops_endpoints() {
     let stack = Stack::start().await;
-    let health = stack
-        .http
-        .get(format!("{}/healthz", stack.gw.url))
-        .send()
-        .await
-        .unwrap();
+    let health = stack.http.get(format!("{}/healthz", stack.gw.url)).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let info: serde_json::Value = stack
-        .http
-        .get(format!("{}/info", stack.gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(info["swift"]["version"]
-        .as_str()
-        .unwrap()
-        .starts_with("swiftgate"));
-    let missing = stack
-        .http
-        .get(format!("{}/nope", stack.gw.url))
-        .send()
-        .await
-        .unwrap();
+    let info: serde_json::Value =
+        stack.http.get(format!("{}/info", stack.gw.url)).send().await.unwrap().json().await.unwrap();
+    assert!(info["swift"]["version"].as_str().unwrap().starts_with("swiftgate"));
+    let missing = stack.http.get(format!("{}/nope", stack.gw.url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }

@@ -13,18 +13,14 @@ fn certs() -> std::path::PathBuf {
 #[tokio::test]
 async fn serves_https_with_h2_and_http11_by_alpn() {
     let stack = common::Stack::start().await;
-    let acceptor =
-        server::tls_acceptor(&certs().join("server.crt"), &certs().join("server.key")).unwrap();
+    let acceptor = server::tls_acceptor(&certs().join("server.crt"), &certs().join("server.key")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::run(
         listener,
         stack.gw.gateway.clone(),
-        ServeOptions {
-            tls: Some(acceptor),
-            http1_only: false,
-        },
+        ServeOptions { tls: Some(acceptor), http1_only: false },
         async {
             let _ = rx.await;
         },
@@ -39,9 +35,7 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
         (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"h2".as_slice()),
         (vec![b"http/1.1".to_vec()], b"http/1.1".as_slice()),
     ] {
-        let mut config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
+        let mut config = rustls::ClientConfig::builder().with_root_certificates(roots.clone()).with_no_client_auth();
         config.alpn_protocols = offer;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -51,15 +45,9 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
     }
 
     // A real request over HTTPS, verified against the development CA.
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
-    let resp = client
-        .get(format!("https://localhost:{}/healthz", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let client =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).build().unwrap();
+    let resp = client.get(format!("https://localhost:{}/healthz", addr.port())).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let _ = tx.send(());
     task.await.unwrap();

@@ -58,14 +58,11 @@ struct NewUser {
     password: String,
 }
 
-async fn parse<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
-) -> Result<T, Response<Body>> {
+async fn parse<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     let bytes = body::read_limited(req.into_body(), 64 * 1024)
         .await
         .map_err(|e| body::text(e.status(), "body could not be read\n"))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| body::text(StatusCode::BAD_REQUEST, format!("bad JSON: {e}\n")))
+    serde_json::from_slice(&bytes).map_err(|e| body::text(StatusCode::BAD_REQUEST, format!("bad JSON: {e}\n")))
 }
 
 fn ok() -> Response<Body> {
@@ -75,20 +72,16 @@ fn ok() -> Response<Body> {
 /// Serves `/_admin/<rest>`.
 pub(super) async fn handle(emu: &Emulator, req: Request<Incoming>, rest: &str) -> Response<Body> {
     match (req.method().clone(), rest) {
-        (Method::GET, "counters") => body::json(
-            StatusCode::OK,
-            serde_json::to_string(&emu.counters()).unwrap_or_default(),
-        ),
+        (Method::GET, "counters") => {
+            body::json(StatusCode::OK, serde_json::to_string(&emu.counters()).unwrap_or_default())
+        }
         (Method::POST, "counters/reset") => {
             emu.reset_counters();
             ok()
         }
         (Method::POST, "ttl") => match parse::<Ttls>(req).await {
             Ok(t) => {
-                emu.set_ttls(
-                    t.access_token_ttl.map(Duration::from_secs),
-                    t.swift_token_ttl.map(Duration::from_secs),
-                );
+                emu.set_ttls(t.access_token_ttl.map(Duration::from_secs), t.swift_token_ttl.map(Duration::from_secs));
                 ok()
             }
             Err(resp) => resp,
@@ -121,14 +114,8 @@ pub(super) async fn handle(emu: &Emulator, req: Request<Incoming>, rest: &str) -
         },
         (Method::POST, "users") => match parse::<NewUser>(req).await {
             Ok(u) => {
-                let account = emu.add_user(UserSpec {
-                    login: u.login,
-                    password: Secret::new(u.password),
-                });
-                body::json(
-                    StatusCode::OK,
-                    serde_json::json!({ "swift_account": account }).to_string(),
-                )
+                let account = emu.add_user(UserSpec { login: u.login, password: Secret::new(u.password) });
+                body::json(StatusCode::OK, serde_json::json!({ "swift_account": account }).to_string())
             }
             Err(resp) => resp,
         },

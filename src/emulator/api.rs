@@ -14,18 +14,12 @@ const API_JSON: &str = "application/json; charset=utf8";
 
 fn api_json(status: StatusCode, doc: String) -> Response<Body> {
     let mut resp = body::with_type(status, API_JSON, doc);
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("private"),
-    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("private"));
     resp
 }
 
 fn api_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
-    api_json(
-        status,
-        format!("{{\"error\":\"{error}\",\"error_description\":\"{description}\"}}"),
-    )
+    api_json(status, format!("{{\"error\":\"{error}\",\"error_description\":\"{description}\"}}"))
 }
 
 /// Why a bearer token was refused: status, `error`, `error_description`.
@@ -56,16 +50,12 @@ fn bearer_user<B>(emu: &Emulator, req: &Request<B>, perimeter: &str) -> Result<S
     }
     // HubiC always authorised account.r.
     let allowed = perimeter == "account"
-        || rec.scope.split(',').any(|item| {
-            item.split_once('.')
-                .is_some_and(|(p, r)| p == perimeter && r.contains('r'))
-        });
+        || rec
+            .scope
+            .split(',')
+            .any(|item| item.split_once('.').is_some_and(|(p, r)| p == perimeter && r.contains('r')));
     if !allowed {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "insufficient_scope",
-            "this scope is insufficient",
-        ));
+        return Err((StatusCode::BAD_REQUEST, "insufficient_scope", "this scope is insufficient"));
     }
     Ok(rec.login.clone())
 }
@@ -81,20 +71,15 @@ pub(super) async fn credentials<B>(emu: &Emulator, req: &Request<B>) -> Response
     };
     let (token, endpoint, expires) = match &emu.config.storage {
         StorageConfig::BuiltIn { .. } => builtin_token(emu, &login),
-        StorageConfig::External {
-            auth_url,
-            user,
-            key,
-        } => match external_token(emu, auth_url, user, key.expose()).await {
-            Ok(t) => t,
-            Err(message) => {
-                tracing::warn!(cause = %message, "external Swift auth failed");
-                return body::html(
-                    StatusCode::BAD_GATEWAY,
-                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
-                );
+        StorageConfig::External { auth_url, user, key } => {
+            match external_token(emu, auth_url, user, key.expose()).await {
+                Ok(t) => t,
+                Err(message) => {
+                    tracing::warn!(cause = %message, "external Swift auth failed");
+                    return body::html(StatusCode::BAD_GATEWAY, "<html><body><h1>502 Bad Gateway</h1></body></html>");
+                }
             }
-        },
+        }
     };
     let doc = serde_json::json!({ "token": token, "endpoint": endpoint, "expires": format_paris(expires) });
     api_json(StatusCode::OK, doc.to_string())
@@ -104,36 +89,18 @@ pub(super) async fn credentials<B>(emu: &Emulator, req: &Request<B>) -> Response
 fn builtin_token(emu: &Emulator, login: &str) -> (String, String, SystemTime) {
     let now = emu.now();
     let mut inner = emu.lock();
-    let account = inner
-        .users
-        .get(login)
-        .map(|u| u.swift_account.clone())
-        .unwrap_or_default();
+    let account = inner.users.get(login).map(|u| u.swift_account.clone()).unwrap_or_default();
     let endpoint = format!("{}/v1/{account}", emu.base_url);
     if let Some(current) = inner.swift_current.get(login) {
-        if let Some(rec) = inner
-            .swift_tokens
-            .get(current)
-            .filter(|r| !r.revoked && r.expires > now)
-        {
+        if let Some(rec) = inner.swift_tokens.get(current).filter(|r| !r.revoked && r.expires > now) {
             return (current.clone(), endpoint, rec.expires);
         }
     }
     // Tokens expire on whole seconds, since `expires` carries no fraction.
-    let secs = (now + inner.swift_ttl)
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let secs = (now + inner.swift_ttl).duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     let expires = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     let token = random_hex(16);
-    inner.swift_tokens.insert(
-        token.clone(),
-        SwiftTokenRec {
-            account,
-            expires,
-            revoked: false,
-        },
-    );
+    inner.swift_tokens.insert(token.clone(), SwiftTokenRec { account, expires, revoked: false });
     inner.swift_current.insert(login.to_owned(), token.clone());
     (token, endpoint, expires)
 }
@@ -160,33 +127,14 @@ async fn external_token(
     if !resp.status().is_success() {
         return Err(format!("external Swift auth answered {}", resp.status()));
     }
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let token = header("x-auth-token")
-        .or_else(|| header("x-storage-token"))
-        .ok_or("no X-Auth-Token")?;
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let token = header("x-auth-token").or_else(|| header("x-storage-token")).ok_or("no X-Auth-Token")?;
     let url = header("x-storage-url").ok_or("no X-Storage-Url")?;
-    let left = header("x-auth-token-expires")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(86400);
-    let ttl = emu
-        .lock()
-        .swift_ttl
-        .min(std::time::Duration::from_secs(left));
-    let secs = (now + ttl)
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let left = header("x-auth-token-expires").and_then(|v| v.parse::<u64>().ok()).unwrap_or(86400);
+    let ttl = emu.lock().swift_ttl.min(std::time::Duration::from_secs(left));
+    let secs = (now + ttl).duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     let expires = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    emu.lock().external = Some(ExternalToken {
-        token: token.clone(),
-        url: url.clone(),
-        expires,
-    });
+    emu.lock().external = Some(ExternalToken { token: token.clone(), url: url.clone(), expires });
     Ok((token, url, expires))
 }
 
@@ -199,17 +147,9 @@ pub(super) fn usage<B>(emu: &Emulator, req: &Request<B>) -> Response<Body> {
         Ok(l) => l,
         Err((status, error, description)) => return api_error(status, error, description),
     };
-    let account = emu
-        .lock()
-        .users
-        .get(&login)
-        .map(|u| u.swift_account.clone())
-        .unwrap_or_default();
+    let account = emu.lock().users.get(&login).map(|u| u.swift_account.clone()).unwrap_or_default();
     let used = emu.store.as_ref().map_or(0, |s| s.bytes_used(&account));
-    api_json(
-        StatusCode::OK,
-        format!("{{\"quota\":{},\"used\":{used}}}", emu.config.quota),
-    )
+    api_json(StatusCode::OK, format!("{{\"quota\":{},\"used\":{used}}}", emu.config.quota))
 }
 
 /// `GET /1.0/account`.
@@ -221,11 +161,7 @@ pub(super) fn account<B>(emu: &Emulator, req: &Request<B>) -> Response<Body> {
         Ok(l) => l,
         Err((status, error, description)) => return api_error(status, error, description),
     };
-    let created = emu
-        .lock()
-        .users
-        .get(&login)
-        .map_or(SystemTime::UNIX_EPOCH, |u| u.created);
+    let created = emu.lock().users.get(&login).map_or(SystemTime::UNIX_EPOCH, |u| u.created);
     let doc = serde_json::json!({
         "email": login,
         "firstname": "Hubic",

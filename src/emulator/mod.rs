@@ -98,10 +98,7 @@ impl Default for EmulatorConfig {
             swift_token_ttl: Duration::from_secs(86400),
             code_ttl: Duration::from_secs(600),
             min_post_delay: None,
-            storage: StorageConfig::BuiltIn {
-                data_dir: None,
-                max_file_size: 5 * 1024 * 1024 * 1024 + 2,
-            },
+            storage: StorageConfig::BuiltIn { data_dir: None, max_file_size: 5 * 1024 * 1024 * 1024 + 2 },
             quota: 10 * 1024u64.pow(4),
             apps: Vec::new(),
             users: Vec::new(),
@@ -205,9 +202,7 @@ pub struct Emulator {
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator")
-            .field("base_url", &self.base_url)
-            .finish()
+        f.debug_struct("Emulator").field("base_url", &self.base_url).finish()
     }
 }
 
@@ -244,34 +239,21 @@ impl Drop for EmulatorHandle {
 
 impl Emulator {
     /// Starts serving on `listener` (HTTP/1.1 only, like HubiC's nginx front end).
-    pub async fn start(
-        config: EmulatorConfig,
-        listener: TcpListener,
-    ) -> std::io::Result<EmulatorHandle> {
+    pub async fn start(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<EmulatorHandle> {
         let addr = listener.local_addr()?;
         let emulator = Arc::new(Emulator::new(config, addr)?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let options = ServeOptions {
-            tls: None,
-            http1_only: true,
-        };
+        let options = ServeOptions { tls: None, http1_only: true };
         let task = tokio::spawn(server::run(listener, emulator.clone(), options, async {
             let _ = rx.await;
         }));
-        Ok(EmulatorHandle {
-            emulator,
-            shutdown: Some(tx),
-            task,
-        })
+        Ok(EmulatorHandle { emulator, shutdown: Some(tx), task })
     }
 
     fn new(config: EmulatorConfig, addr: SocketAddr) -> std::io::Result<Emulator> {
         let base_url = format!("http://{addr}");
         let (store, tempdir) = match &config.storage {
-            StorageConfig::BuiltIn {
-                data_dir,
-                max_file_size,
-            } => {
+            StorageConfig::BuiltIn { data_dir, max_file_size } => {
                 let (dir, temp) = match data_dir {
                     Some(d) => {
                         std::fs::create_dir_all(d)?;
@@ -286,24 +268,15 @@ impl Emulator {
             }
             StorageConfig::External { .. } => (None, None),
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(std::io::Error::other)?;
         let inner = Inner {
             access_ttl: config.access_token_ttl,
             swift_ttl: config.swift_token_ttl,
             min_post_delay: config.min_post_delay,
             ..Inner::default()
         };
-        let emulator = Emulator {
-            inner: Mutex::new(inner),
-            config,
-            base_url,
-            store,
-            http,
-            _tempdir: tempdir,
-        };
+        let emulator = Emulator { inner: Mutex::new(inner), config, base_url, store, http, _tempdir: tempdir };
         for app in emulator.config.apps.clone() {
             emulator.add_app(app);
         }
@@ -345,11 +318,7 @@ impl Emulator {
                 let account = format!("AUTH_{}", random_hex(16));
                 inner.users.insert(
                     user.login,
-                    UserRec {
-                        password: user.password,
-                        swift_account: account.clone(),
-                        created: now,
-                    },
+                    UserRec { password: user.password, swift_account: account.clone(), created: now },
                 );
                 account
             }
@@ -394,10 +363,7 @@ impl Emulator {
             inner.access.values_mut().for_each(|a| a.revoked = true);
         }
         if swift {
-            inner
-                .swift_tokens
-                .values_mut()
-                .for_each(|t| t.revoked = true);
+            inner.swift_tokens.values_mut().for_each(|t| t.revoked = true);
             inner.swift_current.clear();
             inner.external = None;
         }
@@ -408,31 +374,22 @@ impl Emulator {
 
     /// Answers the next `count` calls to `endpoint` (any endpoint when `None`) with `status`.
     pub fn fail_next(&self, status: u16, count: u32, endpoint: Option<&str>) {
-        self.lock().faults.push(Fault {
-            status,
-            remaining: count,
-            endpoint: endpoint.map(str::to_owned),
-        });
+        self.lock().faults.push(Fault { status, remaining: count, endpoint: endpoint.map(str::to_owned) });
     }
 
     /// The Swift account of `login`.
     pub fn swift_account(&self, login: &str) -> Option<String> {
-        self.lock()
-            .users
-            .get(login)
-            .map(|u| u.swift_account.clone())
+        self.lock().users.get(login).map(|u| u.swift_account.clone())
     }
 
     fn count_call(&self, endpoint: &str) -> Option<Response<Body>> {
         let mut inner = self.lock();
         *inner.counters.entry(endpoint.to_owned()).or_default() += 1;
         let class = endpoint.split('_').next().unwrap_or(endpoint);
-        let fault = inner.faults.iter_mut().find(|f| {
-            f.remaining > 0
-                && f.endpoint
-                    .as_deref()
-                    .is_none_or(|e| e == endpoint || e == class)
-        })?;
+        let fault = inner
+            .faults
+            .iter_mut()
+            .find(|f| f.remaining > 0 && f.endpoint.as_deref().is_none_or(|e| e == endpoint || e == class))?;
         fault.remaining -= 1;
         let status = fault.status;
         inner.faults.retain(|f| f.remaining > 0);
@@ -443,11 +400,7 @@ impl Emulator {
     async fn dispatch(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let trimmed = if path.len() > 1 {
-            path.trim_end_matches('/')
-        } else {
-            path.as_str()
-        };
+        let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path.as_str() };
         if let Some(rest) = path.strip_prefix("/v1/") {
             return self.storage(req, rest).await;
         }
@@ -462,9 +415,7 @@ impl Emulator {
                 }
                 resp
             }
-            (&Method::GET, "/oauth/auth") => {
-                oauth::authorize_page(self, req.uri().query().unwrap_or(""))
-            }
+            (&Method::GET, "/oauth/auth") => oauth::authorize_page(self, req.uri().query().unwrap_or("")),
             (&Method::POST, "/oauth/auth") => oauth::authorize_post(self, req).await,
             (&Method::POST, "/oauth/token") => oauth::token(self, req).await,
             (&Method::GET, "/1.0/account/credentials") => api::credentials(self, &req).await,
@@ -474,10 +425,7 @@ impl Emulator {
                 Some(store) => body::json(StatusCode::OK, store.info_json()),
                 None => body::text(StatusCode::NOT_FOUND, "no built-in storage\n"),
             },
-            _ => body::html(
-                StatusCode::NOT_FOUND,
-                "<html><body><h1>404 Not Found</h1></body></html>",
-            ),
+            _ => body::html(StatusCode::NOT_FOUND, "<html><body><h1>404 Not Found</h1></body></html>"),
         }
     }
 
@@ -524,14 +472,10 @@ impl Emulator {
 fn fault_response(status: u16, class: &str) -> Response<Body> {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match (status, class) {
-        (509, _) => body::html(
-            code,
-            "<html><body><h1>509 Bandwidth Limit Exceeded</h1></body></html>",
-        ),
-        (_, "token") if code.is_server_error() => body::json(
-            code,
-            r#"{"error_description":"please retry","error":"server_error"}"#,
-        ),
+        (509, _) => body::html(code, "<html><body><h1>509 Bandwidth Limit Exceeded</h1></body></html>"),
+        (_, "token") if code.is_server_error() => {
+            body::json(code, r#"{"error_description":"please retry","error":"server_error"}"#)
+        }
         _ => body::html(code, format!("<html><body><h1>{code}</h1></body></html>")),
     }
 }
@@ -540,8 +484,7 @@ impl Handler for Emulator {
     async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
         let mut resp = self.dispatch(req).await;
         // HubiC's nginx front end; some clients logged it.
-        resp.headers_mut()
-            .insert(header::SERVER, HeaderValue::from_static("nginx/1.4.7"));
+        resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("nginx/1.4.7"));
         // The Date is the emulator's own clock, so clients that measure token lifetimes against
         // the server's Date (as the gateway does) see a consistent world under a test clock.
         if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(self.now())) {

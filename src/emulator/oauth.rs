@@ -15,17 +15,8 @@ use super::{AccessRec, CodeRec, Emulator, PendingGrant, RefreshRec};
 use crate::body::{self, escape_html, form_get, form_pairs, Body};
 use crate::secret::{random_alnum, Secret};
 
-const PERIMETERS: [&str; 9] = [
-    "usage",
-    "account",
-    "getAllLinks",
-    "credentials",
-    "activate",
-    "links",
-    "sponsorCode",
-    "sponsored",
-    "apps",
-];
+const PERIMETERS: [&str; 9] =
+    ["usage", "account", "getAllLinks", "credentials", "activate", "links", "sponsorCode", "sponsored", "apps"];
 
 /// Largest token-endpoint or form body read.
 const FORM_LIMIT: usize = 64 * 1024;
@@ -47,13 +38,8 @@ fn origin(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let authority = uri.authority()?;
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    Some(format!(
-        "{scheme}://{}:{port}",
-        authority.host().to_ascii_lowercase()
-    ))
+    let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some(format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase()))
 }
 
 /// `redirect_uri` followed by `params`, keeping the URI exactly as the client sent it.
@@ -72,10 +58,7 @@ fn with_params(redirect_uri: &str, params: &[(&str, &str)]) -> String {
 
 fn error_redirect(redirect_uri: &str, error: &str, description: &str) -> Response<Body> {
     let encoded: String = form_urlencoded::byte_serialize(description.as_bytes()).collect();
-    body::redirect(&with_params(
-        redirect_uri,
-        &[("error", error), ("error_description", &encoded)],
-    ))
+    body::redirect(&with_params(redirect_uri, &[("error", error), ("error_description", &encoded)]))
 }
 
 fn consent_page(oauth: &str, scope: &str, error: Option<&str>) -> String {
@@ -89,9 +72,7 @@ fn consent_page(oauth: &str, scope: &str, error: Option<&str>) -> String {
             ));
         }
     }
-    let error = error.map_or(String::new(), |e| {
-        format!("<p class=\"text-error\">\n{e}\n</p>\n")
-    });
+    let error = error.map_or(String::new(), |e| format!("<p class=\"text-error\">\n{e}\n</p>\n"));
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>hubiC - Authorization</title></head><body>\n\
          <h1>An application wants to access your hubiC account</h1>\n{error}\
@@ -119,36 +100,19 @@ pub(super) fn authorize_page(emu: &Emulator, query: &str) -> Response<Body> {
             "<html><body><h1>invalid_request</h1><p>missing arguments</p></body></html>",
         );
     };
-    let (Some(client_id), Some(scope), Some(response_type)) =
-        (get("client_id"), get("scope"), get("response_type"))
+    let (Some(client_id), Some(scope), Some(response_type)) = (get("client_id"), get("scope"), get("response_type"))
     else {
         return error_redirect(redirect_uri, "invalid_request", "missing arguments");
     };
-    let registered = emu
-        .lock()
-        .apps
-        .get(client_id)
-        .map(|a| a.redirect_uri.clone());
+    let registered = emu.lock().apps.get(client_id).map(|a| a.redirect_uri.clone());
     let Some(registered) = registered else {
-        return error_redirect(
-            redirect_uri,
-            "unauthorized_client",
-            "please verify credentials",
-        );
+        return error_redirect(redirect_uri, "unauthorized_client", "please verify credentials");
     };
     if origin(redirect_uri).is_none() || origin(redirect_uri) != origin(&registered) {
-        return error_redirect(
-            redirect_uri,
-            "invalid_request",
-            "please verify redirect uri",
-        );
+        return error_redirect(redirect_uri, "invalid_request", "please verify redirect uri");
     }
     if response_type != "code" {
-        return error_redirect(
-            redirect_uri,
-            "unsupported_response_type",
-            "response type must be set to code or token",
-        );
+        return error_redirect(redirect_uri, "unsupported_response_type", "response type must be set to code or token");
     }
     if !valid_scope(scope) {
         return error_redirect(redirect_uri, "invalid_scope", "please verify scope");
@@ -168,9 +132,7 @@ pub(super) fn authorize_page(emu: &Emulator, query: &str) -> Response<Body> {
 fn new_oauth_id(emu: &Emulator) -> String {
     use rand::Rng;
     loop {
-        let id = rand::thread_rng()
-            .gen_range(100_000..1_000_000u32)
-            .to_string();
+        let id = rand::thread_rng().gen_range(100_000..1_000_000u32).to_string();
         if !emu.lock().pending.contains_key(&id) {
             return id;
         }
@@ -180,19 +142,11 @@ fn new_oauth_id(emu: &Emulator) -> String {
 /// The scope granted: the requested items whose perimeter was posted (all when none was),
 /// plus `account.r`, which HubiC always granted.
 fn granted_scope(requested: &str, form: &[(String, String)]) -> String {
-    let posted: Vec<&str> = form
-        .iter()
-        .filter(|(k, _)| PERIMETERS.contains(&k.as_str()))
-        .map(|(k, _)| k.as_str())
-        .collect();
+    let posted: Vec<&str> =
+        form.iter().filter(|(k, _)| PERIMETERS.contains(&k.as_str())).map(|(k, _)| k.as_str()).collect();
     let mut items: Vec<String> = requested
         .split(',')
-        .filter(|item| {
-            posted.is_empty()
-                || item
-                    .split_once('.')
-                    .is_some_and(|(p, _)| posted.contains(&p))
-        })
+        .filter(|item| posted.is_empty() || item.split_once('.').is_some_and(|(p, _)| posted.contains(&p)))
         .map(str::to_owned)
         .collect();
     if !items.iter().any(|i| i.starts_with("account.")) {
@@ -229,11 +183,7 @@ pub(super) async fn authorize_post(emu: &Emulator, req: Request<Incoming>) -> Re
         }
     }
     // The last `action` wins: a browser's Refuse button adds a second `action=refused`.
-    let action = form
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "action")
-        .map_or("", |(_, v)| v.as_str());
+    let action = form.iter().rev().find(|(k, _)| k == "action").map_or("", |(_, v)| v.as_str());
     if action != "accepted" {
         let pending = inner.pending.remove(oauth);
         drop(inner);
@@ -241,28 +191,15 @@ pub(super) async fn authorize_post(emu: &Emulator, req: Request<Incoming>) -> Re
         return error_redirect(&redirect, "access_denied", "user refused");
     }
     let login = field("login");
-    let password_ok = inner
-        .users
-        .get(login)
-        .is_some_and(|u| u.password == Secret::new(field("user_pwd")));
+    let password_ok = inner.users.get(login).is_some_and(|u| u.password == Secret::new(field("user_pwd")));
     if !password_ok {
-        let page = consent_page(
-            oauth,
-            &pending.scope,
-            Some("Authentication failed, please check your credentials"),
-        );
+        let page = consent_page(oauth, &pending.scope, Some("Authentication failed, please check your credentials"));
         return body::html(StatusCode::OK, page);
     }
     let Some(pending) = inner.pending.remove(oauth) else {
-        return body::html(
-            StatusCode::BAD_REQUEST,
-            "<html><body><h1>invalid_request</h1></body></html>",
-        );
+        return body::html(StatusCode::BAD_REQUEST, "<html><body><h1>invalid_request</h1></body></html>");
     };
-    let unix = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     let code = format!("{unix:010}{}", random_alnum(22));
     let expires = now + emu.config.code_ttl;
     inner.codes.insert(
@@ -284,19 +221,12 @@ pub(super) async fn authorize_post(emu: &Emulator, req: Request<Incoming>) -> Re
 }
 
 fn token_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
-    body::json(
-        status,
-        format!("{{\"error_description\":\"{description}\",\"error\":\"{error}\"}}"),
-    )
+    body::json(status, format!("{{\"error_description\":\"{description}\",\"error\":\"{error}\"}}"))
 }
 
 fn basic_pair(value: &str) -> Option<(String, String)> {
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((id.to_owned(), secret.to_owned()))
@@ -304,10 +234,7 @@ fn basic_pair(value: &str) -> Option<(String, String)> {
 
 /// Fields of a `multipart/form-data` body (text parts only), as the seed gateway sent them.
 fn multipart_fields(content_type: &str, body: &[u8]) -> Option<Vec<(String, String)>> {
-    let boundary = content_type
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))?
-        .trim_matches('"');
+    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
     let text = String::from_utf8_lossy(body);
     let delimiter = format!("--{boundary}");
     let mut fields = Vec::new();
@@ -329,16 +256,10 @@ fn multipart_fields(content_type: &str, body: &[u8]) -> Option<Vec<(String, Stri
 
 /// Same origin, also when the client double-encoded the URI or sent the whole callback URL.
 fn redirect_matches(sent: &str, issued: &str) -> bool {
-    let once = percent_encoding::percent_decode_str(sent)
-        .decode_utf8_lossy()
-        .into_owned();
-    let twice = percent_encoding::percent_decode_str(&once)
-        .decode_utf8_lossy()
-        .into_owned();
+    let once = percent_encoding::percent_decode_str(sent).decode_utf8_lossy().into_owned();
+    let twice = percent_encoding::percent_decode_str(&once).decode_utf8_lossy().into_owned();
     let want = origin(issued);
-    [sent, &once, &twice]
-        .iter()
-        .any(|s| origin(s).is_some() && origin(s) == want)
+    [sent, &once, &twice].iter().any(|s| origin(s).is_some() && origin(s) == want)
 }
 
 /// `POST /oauth/token/`.
@@ -348,11 +269,7 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
         Ok(b) => b,
         Err(e) => return token_error(e.status(), "invalid_request", "missing parameters"),
     };
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut form = if content_type.starts_with("multipart/form-data") {
         multipart_fields(content_type, &bytes).unwrap_or_default()
     } else {
@@ -371,23 +288,11 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
     // Client authentication: any valid pair among Basic header, body fields and query wins;
     // an undecodable Basic header is ignored (Swift Explorer sent one beside body credentials).
     let mut candidates = Vec::new();
-    if let Some(pair) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(basic_pair)
-    {
+    if let Some(pair) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(basic_pair) {
         candidates.push(pair);
     }
-    let ids = form
-        .iter()
-        .filter(|(k, _)| k == "client_id")
-        .map(|(_, v)| v);
-    let secrets: Vec<&String> = form
-        .iter()
-        .filter(|(k, _)| k == "client_secret")
-        .map(|(_, v)| v)
-        .collect();
+    let ids = form.iter().filter(|(k, _)| k == "client_id").map(|(_, v)| v);
+    let secrets: Vec<&String> = form.iter().filter(|(k, _)| k == "client_secret").map(|(_, v)| v).collect();
     for id in ids {
         for secret in &secrets {
             candidates.push((id.clone(), (*secret).clone()));
@@ -403,23 +308,13 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
             .map(|app| app.client_id.clone())
     });
     let Some(client_id) = client else {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized_client",
-            "please verify credentials",
-        );
+        return token_error(StatusCode::UNAUTHORIZED, "unauthorized_client", "please verify credentials");
     };
     let access_ttl = inner.access_ttl;
     match grant_type {
         "authorization_code" => {
-            let (Some(code), Some(redirect_uri)) =
-                (form_get(&form, "code"), form_get(&form, "redirect_uri"))
-            else {
-                return token_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "missing parameters",
-                );
+            let (Some(code), Some(redirect_uri)) = (form_get(&form, "code"), form_get(&form, "redirect_uri")) else {
+                return token_error(StatusCode::BAD_REQUEST, "invalid_request", "missing parameters");
             };
             let Some(rec) = inner.codes.get(code) else {
                 return token_error(StatusCode::BAD_REQUEST, "invalid_request", "invalid code");
@@ -432,37 +327,21 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
                 return token_error(StatusCode::BAD_REQUEST, "invalid_request", "expired code");
             }
             if !redirect_matches(redirect_uri, &rec.redirect_uri) {
-                return token_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "please verify redirect uri",
-                );
+                return token_error(StatusCode::BAD_REQUEST, "invalid_request", "please verify redirect uri");
             }
             let Some(rec) = inner.codes.remove(code) else {
                 return token_error(StatusCode::BAD_REQUEST, "invalid_request", "invalid code");
             };
             // A new authorisation of the same app by the same user revokes the old refresh token.
-            inner
-                .refresh
-                .retain(|_, r| !(r.client_id == rec.client_id && r.login == rec.login));
+            inner.refresh.retain(|_, r| !(r.client_id == rec.client_id && r.login == rec.login));
             let refresh = random_alnum(64);
             let access = random_alnum(64);
-            inner.refresh.insert(
-                refresh.clone(),
-                RefreshRec {
-                    client_id,
-                    login: rec.login.clone(),
-                    scope: rec.scope.clone(),
-                },
-            );
+            inner
+                .refresh
+                .insert(refresh.clone(), RefreshRec { client_id, login: rec.login.clone(), scope: rec.scope.clone() });
             inner.access.insert(
                 access.clone(),
-                AccessRec {
-                    login: rec.login,
-                    scope: rec.scope,
-                    expires: now + access_ttl,
-                    revoked: false,
-                },
+                AccessRec { login: rec.login, scope: rec.scope, expires: now + access_ttl, revoked: false },
             );
             body::json(
                 StatusCode::OK,
@@ -474,22 +353,10 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
         }
         "refresh_token" => {
             let Some(token) = form_get(&form, "refresh_token") else {
-                return token_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "missing parameters",
-                );
+                return token_error(StatusCode::BAD_REQUEST, "invalid_request", "missing parameters");
             };
-            let Some(rec) = inner
-                .refresh
-                .get(token)
-                .filter(|r| r.client_id == client_id)
-            else {
-                return token_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "invalid refresh token",
-                );
+            let Some(rec) = inner.refresh.get(token).filter(|r| r.client_id == client_id) else {
+                return token_error(StatusCode::BAD_REQUEST, "invalid_request", "invalid refresh token");
             };
             let access = random_alnum(64);
             let rec = AccessRec {
@@ -507,16 +374,8 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
                 ),
             )
         }
-        "" => token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "missing parameters",
-        ),
-        _ => token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "grant type must be set to authorization_code",
-        ),
+        "" => token_error(StatusCode::BAD_REQUEST, "invalid_request", "missing parameters"),
+        _ => token_error(StatusCode::BAD_REQUEST, "invalid_request", "grant type must be set to authorization_code"),
     }
 }
 
@@ -526,22 +385,10 @@ mod tests {
 
     #[test]
     fn scopes() {
-        for ok in [
-            "credentials.r",
-            "usage.r,account.r,credentials.r",
-            "links.drw",
-            "links.wd",
-        ] {
+        for ok in ["credentials.r", "usage.r,account.r,credentials.r", "links.drw", "links.wd"] {
             assert!(valid_scope(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "credentials",
-            "credentials.x",
-            "files.r",
-            "credentials.r,",
-            "credentials.",
-        ] {
+        for bad in ["", "credentials", "credentials.x", "files.r", "credentials.r,", "credentials."] {
             assert!(!valid_scope(bad), "{bad}");
         }
     }
@@ -552,63 +399,33 @@ mod tests {
             with_params("http://h/cb", &[("code", "1"), ("scope", "a.r,b.r")]),
             "http://h/cb?code=1&scope=a.r,b.r"
         );
-        assert_eq!(
-            with_params("http://h/cb?x=1", &[("code", "1")]),
-            "http://h/cb?x=1&code=1"
-        );
+        assert_eq!(with_params("http://h/cb?x=1", &[("code", "1")]), "http://h/cb?x=1&code=1");
     }
 
     #[test]
     fn origins_and_lenient_redirect_checks() {
-        assert_eq!(
-            origin("http://LocalHost/cb"),
-            Some("http://localhost:80".into())
-        );
+        assert_eq!(origin("http://LocalHost/cb"), Some("http://localhost:80".into()));
         assert_eq!(origin("https://h:443/"), origin("https://h/x"));
-        assert!(redirect_matches(
-            "http://localhost:8080/callback",
-            "http://localhost:8080/callback"
-        ));
+        assert!(redirect_matches("http://localhost:8080/callback", "http://localhost:8080/callback"));
         assert!(redirect_matches(
             "http%253A%252F%252Flocalhost%253A8080%252Fcallback",
             "http://localhost:8080/callback"
         ));
-        assert!(redirect_matches(
-            "http://localhost:8080/callback?code=1&scope=x",
-            "http://localhost:8080/callback"
-        ));
-        assert!(!redirect_matches(
-            "http://evil:8080/callback",
-            "http://localhost:8080/callback"
-        ));
+        assert!(redirect_matches("http://localhost:8080/callback?code=1&scope=x", "http://localhost:8080/callback"));
+        assert!(!redirect_matches("http://evil:8080/callback", "http://localhost:8080/callback"));
     }
 
     #[test]
     fn granted_scope_intersects_posted_perimeters() {
-        let posted = vec![
-            ("credentials".to_owned(), "r".to_owned()),
-            ("login".to_owned(), "x".to_owned()),
-        ];
-        assert_eq!(
-            granted_scope("usage.r,credentials.r", &posted),
-            "credentials.r,account.r"
-        );
-        assert_eq!(
-            granted_scope("usage.r,credentials.r", &[]),
-            "usage.r,credentials.r,account.r"
-        );
+        let posted = vec![("credentials".to_owned(), "r".to_owned()), ("login".to_owned(), "x".to_owned())];
+        assert_eq!(granted_scope("usage.r,credentials.r", &posted), "credentials.r,account.r");
+        assert_eq!(granted_scope("usage.r,credentials.r", &[]), "usage.r,credentials.r,account.r");
     }
 
     #[test]
     fn multipart_bodies_are_read() {
         let body = "--XX\r\nContent-Disposition: form-data; name=\"grant_type\"\r\n\r\nrefresh_token\r\n--XX\r\nContent-Disposition: form-data; name=\"refresh_token\"\r\n\r\nabc\r\n--XX--\r\n";
         let fields = multipart_fields("multipart/form-data; boundary=XX", body.as_bytes()).unwrap();
-        assert_eq!(
-            fields,
-            vec![
-                ("grant_type".into(), "refresh_token".into()),
-                ("refresh_token".into(), "abc".into())
-            ]
-        );
+        assert_eq!(fields, vec![("grant_type".into(), "refresh_token".into()), ("refresh_token".into(), "abc".into())]);
     }
 }

@@ -24,9 +24,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusC
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use md5::{Digest, Md5};
-use percent_encoding::{
-    percent_decode, percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC,
-};
+use percent_encoding::{percent_decode, percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::fs::File;
@@ -68,12 +66,7 @@ const X_TIMESTAMP: &str = "x-timestamp";
 const X_OBJECT_MANIFEST: &str = "x-object-manifest";
 
 /// What Python's `urllib.parse.quote(name, safe='/')` leaves alone, for `X-Copied-From`.
-const COPIED_FROM_SET: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'/')
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const COPIED_FROM_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// An in-memory Swift account/container/object tree whose object bytes live in files.
 pub struct SwiftStore {
@@ -109,11 +102,7 @@ struct Container {
 
 impl Container {
     fn new(created: SystemTime) -> Self {
-        Container {
-            objects: BTreeMap::new(),
-            meta: BTreeMap::new(),
-            created,
-        }
+        Container { objects: BTreeMap::new(), meta: BTreeMap::new(), created }
     }
 
     fn bytes_used(&self) -> u64 {
@@ -146,11 +135,7 @@ struct MetaKind {
     extra: &'static [&'static str],
 }
 
-const ACCOUNT_META: MetaKind = MetaKind {
-    set: "x-account-meta-",
-    remove: "x-remove-account-meta-",
-    extra: &[],
-};
+const ACCOUNT_META: MetaKind = MetaKind { set: "x-account-meta-", remove: "x-remove-account-meta-", extra: &[] };
 
 const CONTAINER_META: MetaKind = MetaKind {
     set: "x-container-meta-",
@@ -277,11 +262,7 @@ enum Target {
 impl SwiftStore {
     /// data_dir exists and is writable; objects larger than max_file_size are refused with 413.
     pub fn new(data_dir: PathBuf, max_file_size: u64) -> Self {
-        SwiftStore {
-            data_dir,
-            max_file_size,
-            accounts: Mutex::new(BTreeMap::new()),
-        }
+        SwiftStore { data_dir, max_file_size, accounts: Mutex::new(BTreeMap::new()) }
     }
 
     /// Creates the account if missing, with containers `default` and `default_segments`.
@@ -291,26 +272,13 @@ impl SwiftStore {
             return;
         }
         let now = SystemTime::now();
-        let containers = DEFAULT_CONTAINERS
-            .iter()
-            .map(|name| ((*name).to_owned(), Container::new(now)))
-            .collect();
-        accounts.insert(
-            account.to_owned(),
-            Account {
-                containers,
-                meta: BTreeMap::new(),
-                created: now,
-            },
-        );
+        let containers = DEFAULT_CONTAINERS.iter().map(|name| ((*name).to_owned(), Container::new(now))).collect();
+        accounts.insert(account.to_owned(), Account { containers, meta: BTreeMap::new(), created: now });
     }
 
     /// Bytes used by the account (sum of object sizes), 0 if unknown.
     pub fn bytes_used(&self, account: &str) -> u64 {
-        self.lock()
-            .get(account)
-            .map(Account::bytes_used)
-            .unwrap_or(0)
+        self.lock().get(account).map(Account::bytes_used).unwrap_or(0)
     }
 
     /// The JSON document for GET /info.
@@ -350,17 +318,12 @@ impl SwiftStore {
             Ok(resp) => resp,
             Err(err) => err.into_response(),
         };
-        if matches!(
-            resp.status(),
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        ) {
+        if matches!(resp.status(), StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
             *resp.body_mut() = body::empty();
         }
         if let Ok(value) = HeaderValue::from_str(&new_trans_id()) {
-            resp.headers_mut()
-                .insert(HeaderName::from_static("x-trans-id"), value.clone());
-            resp.headers_mut()
-                .insert(HeaderName::from_static("x-openstack-request-id"), value);
+            resp.headers_mut().insert(HeaderName::from_static("x-trans-id"), value.clone());
+            resp.headers_mut().insert(HeaderName::from_static("x-openstack-request-id"), value);
         }
         resp
     }
@@ -378,9 +341,7 @@ impl SwiftStore {
         B::Error: Into<BoxError>,
     {
         let target = parse_target(rest)?;
-        let params = query
-            .map(|q| body::form_pairs(q.as_bytes()))
-            .unwrap_or_default();
+        let params = query.map(|q| body::form_pairs(q.as_bytes())).unwrap_or_default();
         self.create_account(account);
         match target {
             Target::Account => match parts.method.as_str() {
@@ -396,23 +357,12 @@ impl SwiftStore {
                 _ => Err(StoreError::MethodNotAllowed("DELETE, GET, HEAD, POST, PUT")),
             },
             Target::Object(container, object) => match parts.method.as_str() {
-                "GET" | "HEAD" => {
-                    self.get_object(parts, account, &container, &object, &params)
-                        .await
-                }
-                "PUT" => {
-                    self.put_object(parts, payload, account, &container, &object, &params)
-                        .await
-                }
+                "GET" | "HEAD" => self.get_object(parts, account, &container, &object, &params).await,
+                "PUT" => self.put_object(parts, payload, account, &container, &object, &params).await,
                 "POST" => self.post_object(parts, account, &container, &object),
                 "DELETE" => self.delete_object(account, &container, &object).await,
-                "COPY" => {
-                    self.copy_method(parts, account, &container, &object, &params)
-                        .await
-                }
-                _ => Err(StoreError::MethodNotAllowed(
-                    "COPY, DELETE, GET, HEAD, POST, PUT",
-                )),
+                "COPY" => self.copy_method(parts, account, &container, &object, &params).await,
+                _ => Err(StoreError::MethodNotAllowed("COPY, DELETE, GET, HEAD, POST, PUT")),
             },
         }
     }
@@ -431,11 +381,7 @@ impl SwiftStore {
         account: &str,
         params: &[(String, String)],
     ) -> Result<Response<Body>, StoreError> {
-        let query = if parts.method == Method::HEAD {
-            None
-        } else {
-            Some(ListQuery::parse(params, &parts.headers)?)
-        };
+        let query = if parts.method == Method::HEAD { None } else { Some(ListQuery::parse(params, &parts.headers)?) };
         let (headers, rows) = {
             let accounts = self.lock();
             let acct = accounts.get(account).ok_or(StoreError::NotFound)?;
@@ -481,17 +427,10 @@ impl SwiftStore {
         container: &str,
         params: &[(String, String)],
     ) -> Result<Response<Body>, StoreError> {
-        let query = if parts.method == Method::HEAD {
-            None
-        } else {
-            Some(ListQuery::parse(params, &parts.headers)?)
-        };
+        let query = if parts.method == Method::HEAD { None } else { Some(ListQuery::parse(params, &parts.headers)?) };
         let (headers, rows) = {
             let accounts = self.lock();
-            let cont = accounts
-                .get(account)
-                .and_then(|a| a.containers.get(container))
-                .ok_or(StoreError::NotFound)?;
+            let cont = accounts.get(account).and_then(|a| a.containers.get(container)).ok_or(StoreError::NotFound)?;
             let rows: Vec<Row> = match &query {
                 Some(q) => select(&cont.objects, q)
                     .into_iter()
@@ -516,12 +455,7 @@ impl SwiftStore {
         })
     }
 
-    fn put_container(
-        &self,
-        parts: &Parts,
-        account: &str,
-        container: &str,
-    ) -> Result<Response<Body>, StoreError> {
+    fn put_container(&self, parts: &Parts, account: &str, container: &str) -> Result<Response<Body>, StoreError> {
         validate_meta(&parts.headers, CONTAINER_META.set)?;
         let created = {
             let mut accounts = self.lock();
@@ -539,37 +473,22 @@ impl SwiftStore {
                 }
             }
         };
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::ACCEPTED
-        };
+        let status = if created { StatusCode::CREATED } else { StatusCode::ACCEPTED };
         Ok(reply(status, zero_length()))
     }
 
-    fn post_container(
-        &self,
-        parts: &Parts,
-        account: &str,
-        container: &str,
-    ) -> Result<Response<Body>, StoreError> {
+    fn post_container(&self, parts: &Parts, account: &str, container: &str) -> Result<Response<Body>, StoreError> {
         validate_meta(&parts.headers, CONTAINER_META.set)?;
         {
             let mut accounts = self.lock();
-            let cont = accounts
-                .get_mut(account)
-                .and_then(|a| a.containers.get_mut(container))
-                .ok_or(StoreError::NotFound)?;
+            let cont =
+                accounts.get_mut(account).and_then(|a| a.containers.get_mut(container)).ok_or(StoreError::NotFound)?;
             apply_meta(&mut cont.meta, &parts.headers, &CONTAINER_META);
         }
         Ok(reply(StatusCode::NO_CONTENT, HeaderMap::new()))
     }
 
-    fn delete_container(
-        &self,
-        account: &str,
-        container: &str,
-    ) -> Result<Response<Body>, StoreError> {
+    fn delete_container(&self, account: &str, container: &str) -> Result<Response<Body>, StoreError> {
         {
             let mut accounts = self.lock();
             let acct = accounts.get_mut(account).ok_or(StoreError::NotFound)?;
@@ -599,9 +518,7 @@ impl SwiftStore {
             let view = self.view_object(account, container, object, manifest_get)?;
             let mut headers = object_headers(&view);
             let last_modified = unix_seconds_ceil(view.last_modified);
-            if let Precondition::NotModified =
-                evaluate_conditions(&parts.headers, &view.etag, last_modified)?
-            {
+            if let Precondition::NotModified = evaluate_conditions(&parts.headers, &view.etag, last_modified)? {
                 return Ok(reply(StatusCode::NOT_MODIFIED, headers));
             }
             if head {
@@ -612,9 +529,7 @@ impl SwiftStore {
             let (status, start, len) = match parse_range(&parts.headers, view.size)? {
                 ByteRange::Whole => (StatusCode::OK, 0, view.size),
                 ByteRange::Span(first, last) => {
-                    if let Ok(value) =
-                        HeaderValue::from_str(&format!("bytes {first}-{last}/{}", view.size))
-                    {
+                    if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", view.size)) {
                         headers.insert(header::CONTENT_RANGE, value);
                     }
                     (StatusCode::PARTIAL_CONTENT, first, last - first + 1)
@@ -648,27 +563,15 @@ impl SwiftStore {
     ) -> Result<ObjectView, StoreError> {
         let accounts = self.lock();
         let acct = accounts.get(account).ok_or(StoreError::NotFound)?;
-        let record = acct
-            .containers
-            .get(container)
-            .and_then(|c| c.objects.get(object))
-            .ok_or(StoreError::NotFound)?;
-        let manifest = if manifest_get {
-            None
-        } else {
-            record.manifest.as_ref()
-        };
+        let record = acct.containers.get(container).and_then(|c| c.objects.get(object)).ok_or(StoreError::NotFound)?;
+        let manifest = if manifest_get { None } else { record.manifest.as_ref() };
         let Some(manifest) = manifest else {
             return Ok(ObjectView {
                 record: record.clone(),
                 etag: record.etag.clone(),
                 size: record.size,
                 last_modified: record.last_modified,
-                pieces: vec![Piece {
-                    path: record.file.clone(),
-                    offset: 0,
-                    len: record.size,
-                }],
+                pieces: vec![Piece { path: record.file.clone(), offset: 0, len: record.size }],
                 dlo: false,
             });
         };
@@ -681,11 +584,7 @@ impl SwiftStore {
             hasher.update(segment.etag.as_bytes());
             size = size.saturating_add(segment.size);
             last_modified = last_modified.max(segment.last_modified);
-            pieces.push(Piece {
-                path: segment.file.clone(),
-                offset: 0,
-                len: segment.size,
-            });
+            pieces.push(Piece { path: segment.file.clone(), offset: 0, len: segment.size });
         }
         Ok(ObjectView {
             record: record.clone(),
@@ -733,15 +632,11 @@ impl SwiftStore {
         validate_manifest(headers)?;
         let declared = declared_length(headers)?;
         if let Some(source) = headers.get("x-copy-from") {
-            let (src_container, src_object) = parse_copy_path(
-                source,
-                "X-Copy-From header must be of the form <container name>/<object name>",
-            )?;
+            let (src_container, src_object) =
+                parse_copy_path(source, "X-Copy-From header must be of the form <container name>/<object name>")?;
             check_same_account(headers, "x-copy-from-account", account)?;
             if declared.unwrap_or(0) > 0 {
-                return Err(StoreError::BadRequest(
-                    "Copy requests require a zero byte body",
-                ));
+                return Err(StoreError::BadRequest("Copy requests require a zero byte body"));
             }
             return self
                 .copy_object(
@@ -785,19 +680,13 @@ impl SwiftStore {
                 return Err(StoreError::ClientDisconnect);
             }
             if spool.size > len {
-                return Err(StoreError::BadRequest(
-                    "Request body longer than Content-Length",
-                ));
+                return Err(StoreError::BadRequest("Request body longer than Content-Length"));
             }
         }
         let spooled = spool.finish().await?;
         if let Some(expected) = headers.get(header::ETAG) {
             let expected = String::from_utf8_lossy(expected.as_bytes());
-            if !expected
-                .trim()
-                .trim_matches('"')
-                .eq_ignore_ascii_case(&spooled.etag)
-            {
+            if !expected.trim().trim_matches('"').eq_ignore_ascii_case(&spooled.etag) {
                 return Err(StoreError::EtagMismatch);
             }
         }
@@ -806,8 +695,7 @@ impl SwiftStore {
             file: staged.path.clone(),
             size: spooled.size,
             etag: spooled.etag,
-            content_type: content_type_of(headers)
-                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+            content_type: content_type_of(headers).unwrap_or_else(|| "application/octet-stream".to_owned()),
             last_modified: SystemTime::now(),
             user_meta: object_meta_from(headers),
             content_encoding: headers.get(header::CONTENT_ENCODING).cloned(),
@@ -816,13 +704,8 @@ impl SwiftStore {
         };
         let mut out = zero_length();
         put_str(&mut out, header::ETAG, &record.etag);
-        put_str(
-            &mut out,
-            header::LAST_MODIFIED,
-            &http_date(record.last_modified),
-        );
-        self.commit(account, container, object, staged, record)
-            .await?;
+        put_str(&mut out, header::LAST_MODIFIED, &http_date(record.last_modified));
+        self.commit(account, container, object, staged, record).await?;
         Ok(reply(StatusCode::CREATED, out))
     }
 
@@ -836,26 +719,15 @@ impl SwiftStore {
         params: &[(String, String)],
     ) -> Result<Response<Body>, StoreError> {
         let headers = &parts.headers;
-        let destination = headers
-            .get("destination")
-            .ok_or(StoreError::PreconditionFailed(
-                "Destination header required",
-            ))?;
-        let (dst_container, dst_object) = parse_copy_path(
-            destination,
-            "Destination header must be of the form <container name>/<object name>",
-        )?;
+        let destination =
+            headers.get("destination").ok_or(StoreError::PreconditionFailed("Destination header required"))?;
+        let (dst_container, dst_object) =
+            parse_copy_path(destination, "Destination header must be of the form <container name>/<object name>")?;
         check_same_account(headers, "destination-account", account)?;
         validate_meta(headers, OBJECT_META)?;
         validate_manifest(headers)?;
-        self.copy_object(
-            headers,
-            account,
-            (container, object),
-            (dst_container.as_str(), dst_object.as_str()),
-            params,
-        )
-        .await
+        self.copy_object(headers, account, (container, object), (dst_container.as_str(), dst_object.as_str()), params)
+            .await
     }
 
     async fn copy_object(
@@ -888,20 +760,15 @@ impl SwiftStore {
             match copied {
                 Ok((staged, size, etag)) => break (view, staged, size, etag),
                 // The source was overwritten between the snapshot and the link: take a new one.
-                Err(StoreError::Io(err))
-                    if err.kind() == io::ErrorKind::NotFound && attempt < OPEN_ATTEMPTS =>
-                {
+                Err(StoreError::Io(err)) if err.kind() == io::ErrorKind::NotFound && attempt < OPEN_ATTEMPTS => {
                     attempt += 1;
                 }
                 Err(err) => return Err(err),
             }
         };
         let source = &view.record;
-        let mut user_meta = if header_is_true(headers.get("x-fresh-metadata")) {
-            BTreeMap::new()
-        } else {
-            source.user_meta.clone()
-        };
+        let mut user_meta =
+            if header_is_true(headers.get("x-fresh-metadata")) { BTreeMap::new() } else { source.user_meta.clone() };
         user_meta.extend(object_meta_from(headers));
         let record = ObjectRecord {
             file: staged.path.clone(),
@@ -921,41 +788,21 @@ impl SwiftStore {
             manifest: if view.dlo {
                 None
             } else {
-                headers
-                    .get(X_OBJECT_MANIFEST)
-                    .cloned()
-                    .or_else(|| source.manifest.clone())
+                headers.get(X_OBJECT_MANIFEST).cloned().or_else(|| source.manifest.clone())
             },
         };
         let mut out = zero_length();
         put_str(&mut out, header::ETAG, &record.etag);
-        put_str(
-            &mut out,
-            header::LAST_MODIFIED,
-            &http_date(record.last_modified),
-        );
+        put_str(&mut out, header::LAST_MODIFIED, &http_date(record.last_modified));
         let copied_from = format!(
             "{}/{}",
             utf8_percent_encode(src_container, COPIED_FROM_SET),
             utf8_percent_encode(src_object, COPIED_FROM_SET)
         );
-        put_str(
-            &mut out,
-            HeaderName::from_static("x-copied-from"),
-            &copied_from,
-        );
-        put_str(
-            &mut out,
-            HeaderName::from_static("x-copied-from-account"),
-            account,
-        );
-        put_str(
-            &mut out,
-            HeaderName::from_static("x-copied-from-last-modified"),
-            &http_date(view.last_modified),
-        );
-        self.commit(account, dst_container, dst_object, staged, record)
-            .await?;
+        put_str(&mut out, HeaderName::from_static("x-copied-from"), &copied_from);
+        put_str(&mut out, HeaderName::from_static("x-copied-from-account"), account);
+        put_str(&mut out, HeaderName::from_static("x-copied-from-last-modified"), &http_date(view.last_modified));
+        self.commit(account, dst_container, dst_object, staged, record).await?;
         Ok(reply(StatusCode::CREATED, out))
     }
 
@@ -993,12 +840,7 @@ impl SwiftStore {
         ))
     }
 
-    async fn delete_object(
-        &self,
-        account: &str,
-        container: &str,
-        object: &str,
-    ) -> Result<Response<Body>, StoreError> {
+    async fn delete_object(&self, account: &str, container: &str, object: &str) -> Result<Response<Body>, StoreError> {
         let removed = {
             let mut accounts = self.lock();
             accounts
@@ -1012,17 +854,9 @@ impl SwiftStore {
     }
 
     /// Whether the object exists; `NotFound` when its container does not.
-    fn object_exists(
-        &self,
-        account: &str,
-        container: &str,
-        object: &str,
-    ) -> Result<bool, StoreError> {
+    fn object_exists(&self, account: &str, container: &str, object: &str) -> Result<bool, StoreError> {
         let accounts = self.lock();
-        let cont = accounts
-            .get(account)
-            .and_then(|a| a.containers.get(container))
-            .ok_or(StoreError::NotFound)?;
+        let cont = accounts.get(account).and_then(|a| a.containers.get(container)).ok_or(StoreError::NotFound)?;
         Ok(cont.objects.contains_key(object))
     }
 
@@ -1088,10 +922,8 @@ impl SwiftStore {
             let mut accounts = self.lock();
             // The container may have been deleted while the body was uploading; `staged` then
             // removes the orphaned file when it drops.
-            let cont = accounts
-                .get_mut(account)
-                .and_then(|a| a.containers.get_mut(container))
-                .ok_or(StoreError::NotFound)?;
+            let cont =
+                accounts.get_mut(account).and_then(|a| a.containers.get_mut(container)).ok_or(StoreError::NotFound)?;
             cont.objects.insert(object.to_owned(), record)
         };
         staged.disarm();
@@ -1149,11 +981,7 @@ struct Spooled {
 impl Spool {
     async fn create(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(format!("{}.tmp", random_hex()));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?;
+        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
         Ok(Spool {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             hasher: Md5::new(),
@@ -1176,18 +1004,9 @@ impl Spool {
         // tokio's File writes in the background; flushing waits until the bytes reached the OS,
         // so a rename and a later open see all of them.
         self.file.flush().await?;
-        let Spool {
-            file,
-            hasher,
-            size,
-            guard,
-        } = self;
+        let Spool { file, hasher, size, guard } = self;
         drop(file);
-        Ok(Spooled {
-            guard,
-            size,
-            etag: hex::encode(hasher.finalize()),
-        })
+        Ok(Spooled { guard, size, etag: hex::encode(hasher.finalize()) })
     }
 }
 
@@ -1236,11 +1055,7 @@ fn slice_pieces(pieces: &[Piece], start: u64, len: u64) -> VecDeque<Piece> {
         }
         let from = start.max(piece_start);
         let to = end.min(piece_end);
-        out.push_back(Piece {
-            path: piece.path.clone(),
-            offset: piece.offset + (from - piece_start),
-            len: to - from,
-        });
+        out.push_back(Piece { path: piece.path.clone(), offset: piece.offset + (from - piece_start), len: to - from });
     }
     out
 }
@@ -1257,10 +1072,7 @@ async fn open_piece(piece: &Piece) -> io::Result<PieceReader> {
     if piece.offset > 0 {
         file.seek(io::SeekFrom::Start(piece.offset)).await?;
     }
-    Ok(ReaderStream::with_capacity(
-        file.take(piece.len),
-        CHUNK_SIZE,
-    ))
+    Ok(ReaderStream::with_capacity(file.take(piece.len), CHUNK_SIZE))
 }
 
 async fn next_chunk(mut state: PieceStream) -> io::Result<Option<(Bytes, PieceStream)>> {
@@ -1288,14 +1100,9 @@ async fn open_stream(mut pieces: VecDeque<Piece>) -> io::Result<Body> {
         Some(piece) => Some(open_piece(&piece).await?),
         None => None,
     };
-    let state = PieceStream {
-        current,
-        pending: pieces,
-    };
-    let frames = futures_util::stream::try_unfold(state, next_chunk).map(|item| {
-        item.map(Frame::data)
-            .map_err(|err| Box::new(err) as BoxError)
-    });
+    let state = PieceStream { current, pending: pieces };
+    let frames = futures_util::stream::try_unfold(state, next_chunk)
+        .map(|item| item.map(Frame::data).map_err(|err| Box::new(err) as BoxError));
     // Qualified: StreamBody is both a Body and a Stream, and both extension traits have `boxed`.
     Ok(BodyExt::boxed(StreamBody::new(frames)))
 }
@@ -1330,9 +1137,7 @@ fn parse_manifest(value: &HeaderValue) -> Option<(String, String)> {
 /// Decodes the path once, as Swift's WSGI layer does, then splits it: `%2F` is a `/`, `//` and a
 /// trailing `/` in object names are kept, `+` stays a `+`.
 fn parse_target(rest: &str) -> Result<Target, StoreError> {
-    let decoded = percent_decode_str(rest)
-        .decode_utf8()
-        .map_err(|_| StoreError::PreconditionFailed(INVALID_NAME))?;
+    let decoded = percent_decode_str(rest).decode_utf8().map_err(|_| StoreError::PreconditionFailed(INVALID_NAME))?;
     if decoded.contains('\0') {
         return Err(StoreError::PreconditionFailed(INVALID_NAME));
     }
@@ -1347,29 +1152,21 @@ fn parse_target(rest: &str) -> Result<Target, StoreError> {
         return Err(StoreError::NotFound);
     }
     if container.len() > MAX_CONTAINER_NAME_LENGTH {
-        return Err(StoreError::BadRequest(
-            "Container name length longer than 256",
-        ));
+        return Err(StoreError::BadRequest("Container name length longer than 256"));
     }
     if object.is_empty() {
         return Ok(Target::Container(container.to_owned()));
     }
     if object.len() > MAX_OBJECT_NAME_LENGTH {
-        return Err(StoreError::BadRequest(
-            "Object name length longer than 1024",
-        ));
+        return Err(StoreError::BadRequest("Object name length longer than 1024"));
     }
     Ok(Target::Object(container.to_owned(), object.to_owned()))
 }
 
 /// Parses an `X-Copy-From` or `Destination` value: `[/]<container>/<object>`, percent-encoded.
-fn parse_copy_path(
-    value: &HeaderValue,
-    malformed: &'static str,
-) -> Result<(String, String), StoreError> {
-    let decoded = percent_decode(value.as_bytes())
-        .decode_utf8()
-        .map_err(|_| StoreError::PreconditionFailed(INVALID_NAME))?;
+fn parse_copy_path(value: &HeaderValue, malformed: &'static str) -> Result<(String, String), StoreError> {
+    let decoded =
+        percent_decode(value.as_bytes()).decode_utf8().map_err(|_| StoreError::PreconditionFailed(INVALID_NAME))?;
     if decoded.contains('\0') {
         return Err(StoreError::PreconditionFailed(INVALID_NAME));
     }
@@ -1378,14 +1175,10 @@ fn parse_copy_path(
     match path.split_once('/') {
         Some((container, object)) if !container.is_empty() && !object.is_empty() => {
             if container.len() > MAX_CONTAINER_NAME_LENGTH {
-                return Err(StoreError::BadRequest(
-                    "Container name length longer than 256",
-                ));
+                return Err(StoreError::BadRequest("Container name length longer than 256"));
             }
             if object.len() > MAX_OBJECT_NAME_LENGTH {
-                return Err(StoreError::BadRequest(
-                    "Object name length longer than 1024",
-                ));
+                return Err(StoreError::BadRequest("Object name length longer than 1024"));
             }
             Ok((container.to_owned(), object.to_owned()))
         }
@@ -1416,9 +1209,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, StoreError> {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Some)
-            .ok_or(StoreError::BadRequest(
-                "Invalid Content-Length header value",
-            )),
+            .ok_or(StoreError::BadRequest("Invalid Content-Length header value")),
     }
 }
 
@@ -1427,11 +1218,7 @@ fn is_chunked(headers: &HeaderMap) -> bool {
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .any(|value| {
-            value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
-        })
+        .any(|value| value.split(',').any(|t| t.trim().eq_ignore_ascii_case("chunked")))
 }
 
 fn content_type_of(headers: &HeaderMap) -> Option<String> {
@@ -1447,10 +1234,7 @@ fn header_is_true(value: Option<&HeaderValue>) -> bool {
 
 /// Swift's `config_true_value`.
 fn config_true(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes" | "on" | "t" | "y"
-    )
+    matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on" | "t" | "y")
 }
 
 /// Swift's metadata constraints for headers starting with `prefix`.
@@ -1473,9 +1257,9 @@ fn validate_meta(headers: &HeaderMap, prefix: &str) -> Result<(), StoreError> {
 
 fn validate_manifest(headers: &HeaderMap) -> Result<(), StoreError> {
     match headers.get(X_OBJECT_MANIFEST) {
-        Some(value) if parse_manifest(value).is_none() => Err(StoreError::BadRequest(
-            "X-Object-Manifest must be in the format container/prefix",
-        )),
+        Some(value) if parse_manifest(value).is_none() => {
+            Err(StoreError::BadRequest("X-Object-Manifest must be in the format container/prefix"))
+        }
         _ => Ok(()),
     }
 }
@@ -1505,9 +1289,7 @@ fn object_meta_from(headers: &HeaderMap) -> BTreeMap<String, HeaderValue> {
     headers
         .iter()
         .filter(|(name, value)| {
-            name.as_str().len() > OBJECT_META.len()
-                && name.as_str().starts_with(OBJECT_META)
-                && !value.is_empty()
+            name.as_str().len() > OBJECT_META.len() && name.as_str().starts_with(OBJECT_META) && !value.is_empty()
         })
         .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
         .collect()
@@ -1522,20 +1304,13 @@ enum Precondition {
 
 /// RFC 9110 §13.2.2 order: If-Match / If-Unmodified-Since first, then If-None-Match /
 /// If-Modified-Since. `etag` may be quoted (large objects); matching ignores the quotes.
-fn evaluate_conditions(
-    headers: &HeaderMap,
-    etag: &str,
-    last_modified: i64,
-) -> Result<Precondition, StoreError> {
+fn evaluate_conditions(headers: &HeaderMap, etag: &str, last_modified: i64) -> Result<Precondition, StoreError> {
     let bare = etag.trim_matches('"');
     if let Some(value) = headers.get(header::IF_MATCH) {
         if !etag_list_matches(value, bare) {
             return Err(StoreError::PreconditionFailed(PRECONDITION_TEXT));
         }
-    } else if let Some(since) = headers
-        .get(header::IF_UNMODIFIED_SINCE)
-        .and_then(parse_http_date)
-    {
+    } else if let Some(since) = headers.get(header::IF_UNMODIFIED_SINCE).and_then(parse_http_date) {
         if last_modified > since {
             return Err(StoreError::PreconditionFailed(PRECONDITION_TEXT));
         }
@@ -1544,10 +1319,7 @@ fn evaluate_conditions(
         if etag_list_matches(value, bare) {
             return Ok(Precondition::NotModified);
         }
-    } else if let Some(since) = headers
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(parse_http_date)
-    {
+    } else if let Some(since) = headers.get(header::IF_MODIFIED_SINCE).and_then(parse_http_date) {
         if last_modified <= since {
             return Ok(Precondition::NotModified);
         }
@@ -1560,11 +1332,7 @@ fn etag_list_matches(value: &HeaderValue, etag: &str) -> bool {
         return false;
     };
     list.split(',').map(str::trim).any(|candidate| {
-        candidate == "*"
-            || candidate
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .eq_ignore_ascii_case(etag)
+        candidate == "*" || candidate.trim_start_matches("W/").trim_matches('"').eq_ignore_ascii_case(etag)
     })
 }
 
@@ -1581,17 +1349,11 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<ByteRange, StoreError> 
         return Ok(ByteRange::Whole);
     };
     let value = value.trim();
-    let is_bytes = value
-        .get(..6)
-        .is_some_and(|unit| unit.eq_ignore_ascii_case("bytes="));
+    let is_bytes = value.get(..6).is_some_and(|unit| unit.eq_ignore_ascii_case("bytes="));
     if !is_bytes {
         return Ok(ByteRange::Whole);
     }
-    let specs: Vec<&str> = value[6..]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let specs: Vec<&str> = value[6..].split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let [spec] = specs.as_slice() else {
         return Ok(ByteRange::Whole);
     };
@@ -1637,10 +1399,7 @@ enum Format {
 
 impl Format {
     fn from_accept(headers: &HeaderMap) -> Self {
-        let accept = headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
         if accept.contains("application/json") {
             Format::Json
         } else if accept.contains("application/xml") || accept.contains("text/xml") {
@@ -1668,10 +1427,7 @@ fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 impl ListQuery {
     fn parse(params: &[(String, String)], headers: &HeaderMap) -> Result<Self, StoreError> {
-        let format = match param(params, "format")
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        let format = match param(params, "format").map(str::to_ascii_lowercase).as_deref() {
             Some("json") => Format::Json,
             Some("xml") => Format::Xml,
             Some("plain") | Some("text") => Format::Plain,
@@ -1679,12 +1435,10 @@ impl ListQuery {
         };
         // Like Swift's container server: a non-numeric limit is ignored, a too large one refused.
         let limit = match param(params, "limit") {
-            Some(value) if value.bytes().all(|b| b.is_ascii_digit()) => {
-                match value.parse::<usize>() {
-                    Ok(limit) if limit <= LISTING_LIMIT => limit,
-                    _ => return Err(StoreError::PreconditionFailed("Maximum limit is 10000")),
-                }
-            }
+            Some(value) if value.bytes().all(|b| b.is_ascii_digit()) => match value.parse::<usize>() {
+                Ok(limit) if limit <= LISTING_LIMIT => limit,
+                _ => return Err(StoreError::PreconditionFailed("Maximum limit is 10000")),
+            },
             _ => LISTING_LIMIT,
         };
         let delimiter = match param(params, "delimiter") {
@@ -1785,19 +1539,8 @@ fn select<'a, V>(map: &'a BTreeMap<String, V>, q: &ListQuery) -> Vec<Pick<'a, V>
 }
 
 enum Row {
-    Object {
-        name: String,
-        hash: String,
-        bytes: u64,
-        content_type: String,
-        last_modified: SystemTime,
-    },
-    Container {
-        name: String,
-        count: usize,
-        bytes: u64,
-        last_modified: SystemTime,
-    },
+    Object { name: String, hash: String, bytes: u64, content_type: String, last_modified: SystemTime },
+    Container { name: String, count: usize, bytes: u64, last_modified: SystemTime },
     Subdir(String),
 }
 
@@ -1815,12 +1558,7 @@ enum Owner<'a> {
     Container(&'a str),
 }
 
-fn render_listing(
-    rows: &[Row],
-    format: Format,
-    owner: Owner<'_>,
-    headers: HeaderMap,
-) -> Response<Body> {
+fn render_listing(rows: &[Row], format: Format, owner: Owner<'_>, headers: HeaderMap) -> Response<Body> {
     let mut resp = match format {
         // Swift answers an empty plain listing with 204 but an empty JSON one with `200 []`.
         Format::Plain if rows.is_empty() => body::status(StatusCode::NO_CONTENT),
@@ -1832,16 +1570,8 @@ fn render_listing(
             }
             body::with_type(StatusCode::OK, "text/plain; charset=utf-8", out)
         }
-        Format::Json => body::with_type(
-            StatusCode::OK,
-            "application/json; charset=utf-8",
-            json_listing(rows),
-        ),
-        Format::Xml => body::with_type(
-            StatusCode::OK,
-            "application/xml; charset=utf-8",
-            xml_listing(rows, owner),
-        ),
+        Format::Json => body::with_type(StatusCode::OK, "application/json; charset=utf-8", json_listing(rows)),
+        Format::Xml => body::with_type(StatusCode::OK, "application/xml; charset=utf-8", xml_listing(rows, owner)),
     };
     resp.headers_mut().extend(headers);
     resp
@@ -1851,25 +1581,14 @@ fn json_listing(rows: &[Row]) -> String {
     let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|row| match row {
-            Row::Object {
-                name,
-                hash,
-                bytes,
-                content_type,
-                last_modified,
-            } => serde_json::json!({
+            Row::Object { name, hash, bytes, content_type, last_modified } => serde_json::json!({
                 "hash": hash,
                 "last_modified": listing_date(*last_modified),
                 "bytes": bytes,
                 "name": name,
                 "content_type": content_type
             }),
-            Row::Container {
-                name,
-                count,
-                bytes,
-                last_modified,
-            } => serde_json::json!({
+            Row::Container { name, count, bytes, last_modified } => serde_json::json!({
                 "name": name,
                 "count": count,
                 "bytes": bytes,
@@ -1949,46 +1668,20 @@ fn put_meta(headers: &mut HeaderMap, meta: &BTreeMap<String, HeaderValue>) {
 
 fn account_headers(acct: &Account) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        HeaderName::from_static("x-account-container-count"),
-        HeaderValue::from(acct.containers.len()),
-    );
-    headers.insert(
-        HeaderName::from_static("x-account-object-count"),
-        HeaderValue::from(acct.object_count()),
-    );
-    headers.insert(
-        HeaderName::from_static("x-account-bytes-used"),
-        HeaderValue::from(acct.bytes_used()),
-    );
-    put_str(
-        &mut headers,
-        HeaderName::from_static(X_TIMESTAMP),
-        &x_timestamp(acct.created),
-    );
+    headers.insert(HeaderName::from_static("x-account-container-count"), HeaderValue::from(acct.containers.len()));
+    headers.insert(HeaderName::from_static("x-account-object-count"), HeaderValue::from(acct.object_count()));
+    headers.insert(HeaderName::from_static("x-account-bytes-used"), HeaderValue::from(acct.bytes_used()));
+    put_str(&mut headers, HeaderName::from_static(X_TIMESTAMP), &x_timestamp(acct.created));
     put_meta(&mut headers, &acct.meta);
     headers
 }
 
 fn container_headers(cont: &Container) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        HeaderName::from_static("x-container-object-count"),
-        HeaderValue::from(cont.objects.len()),
-    );
-    headers.insert(
-        HeaderName::from_static("x-container-bytes-used"),
-        HeaderValue::from(cont.bytes_used()),
-    );
-    headers.insert(
-        HeaderName::from_static("x-storage-policy"),
-        HeaderValue::from_static("Policy-0"),
-    );
-    put_str(
-        &mut headers,
-        HeaderName::from_static(X_TIMESTAMP),
-        &x_timestamp(cont.created),
-    );
+    headers.insert(HeaderName::from_static("x-container-object-count"), HeaderValue::from(cont.objects.len()));
+    headers.insert(HeaderName::from_static("x-container-bytes-used"), HeaderValue::from(cont.bytes_used()));
+    headers.insert(HeaderName::from_static("x-storage-policy"), HeaderValue::from_static("Policy-0"));
+    put_str(&mut headers, HeaderName::from_static(X_TIMESTAMP), &x_timestamp(cont.created));
     put_meta(&mut headers, &cont.meta);
     headers
 }
@@ -1999,16 +1692,8 @@ fn object_headers(view: &ObjectView) -> HeaderMap {
     let mut headers = HeaderMap::new();
     put_str(&mut headers, header::CONTENT_TYPE, &record.content_type);
     put_str(&mut headers, header::ETAG, &view.etag);
-    put_str(
-        &mut headers,
-        header::LAST_MODIFIED,
-        &http_date(view.last_modified),
-    );
-    put_str(
-        &mut headers,
-        HeaderName::from_static(X_TIMESTAMP),
-        &x_timestamp(record.last_modified),
-    );
+    put_str(&mut headers, header::LAST_MODIFIED, &http_date(view.last_modified));
+    put_str(&mut headers, HeaderName::from_static(X_TIMESTAMP), &x_timestamp(record.last_modified));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     put_meta(&mut headers, &record.user_meta);
     if let Some(value) = &record.content_encoding {
@@ -2029,9 +1714,7 @@ fn object_headers(view: &ObjectView) -> HeaderMap {
 /// and sends it back in If-Modified-Since gets a 304.
 fn unix_seconds_ceil(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_add(i64::from(d.subsec_nanos() > 0)),
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX).saturating_add(i64::from(d.subsec_nanos() > 0)),
         Err(_) => 0,
     }
 }
@@ -2054,9 +1737,7 @@ fn parse_http_date(value: &HeaderValue) -> Option<i64> {
     let text = value.to_str().ok()?;
     PrimitiveDateTime::parse(
         text.trim(),
-        format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        ),
+        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"),
     )
     .ok()
     .map(|dt| dt.assume_utc().unix_timestamp())
@@ -2065,9 +1746,7 @@ fn parse_http_date(value: &HeaderValue) -> Option<i64> {
 /// `2026-11-22T11:03:58.123456`, the listing format.
 fn listing_date(t: SystemTime) -> String {
     OffsetDateTime::from(t)
-        .format(format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
-        ))
+        .format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"))
         .unwrap_or_default()
 }
 
@@ -2080,10 +1759,7 @@ fn x_timestamp(t: SystemTime) -> String {
 /// `tx` + 21 hex digits + `-` + hex Unix time, Swift's transaction id shape.
 fn new_trans_id() -> String {
     let random: u128 = rand::random();
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     format!("tx{:021x}-{:010x}", random >> 44, secs)
 }
 
@@ -2125,47 +1801,26 @@ mod tests {
     }
 
     /// `target` is the raw path after `/v1/<account>`, optionally with `?query`.
-    async fn call(
-        store: &SwiftStore,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Reply {
+    async fn call(store: &SwiftStore, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         let (rest, query) = match target.split_once('?') {
             Some((rest, query)) => (rest, Some(query)),
             None => (target, None),
         };
-        let mut builder = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).unwrap())
-            .uri("/");
+        let mut builder = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri("/");
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let req = builder
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .unwrap();
+        let req = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
         let resp = store.handle(req, ACCOUNT, rest, query).await;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     async fn put(store: &SwiftStore, target: &str, body: &[u8]) -> Reply {
         let len = body.len().to_string();
-        call(
-            store,
-            "PUT",
-            target,
-            &[("content-length", len.as_str())],
-            body,
-        )
-        .await
+        call(store, "PUT", target, &[("content-length", len.as_str())], body).await
     }
 
     async fn get(store: &SwiftStore, target: &str) -> Reply {
@@ -2183,9 +1838,7 @@ mod tests {
         assert_eq!(r.status, StatusCode::CREATED);
         let etag = md5_hex(b"hello world");
         assert_eq!(r.header("etag"), Some(etag.as_str()));
-        assert!(r
-            .header("x-trans-id")
-            .is_some_and(|id| id.starts_with("tx")));
+        assert!(r.header("x-trans-id").is_some_and(|id| id.starts_with("tx")));
         assert_eq!(r.header("x-trans-id"), r.header("x-openstack-request-id"));
 
         let r = get(&store, "/default/hello.txt").await;
@@ -2195,9 +1848,7 @@ mod tests {
         assert_eq!(r.header("content-length"), Some("11"));
         assert_eq!(r.header("content-type"), Some("application/octet-stream"));
         assert_eq!(r.header("accept-ranges"), Some("bytes"));
-        assert!(r
-            .header("last-modified")
-            .is_some_and(|d| d.ends_with(" GMT")));
+        assert!(r.header("last-modified").is_some_and(|d| d.ends_with(" GMT")));
 
         let r = call(&store, "HEAD", "/default/hello.txt", &[], b"").await;
         assert_eq!(r.status, StatusCode::OK);
@@ -2224,32 +1875,18 @@ mod tests {
     #[tokio::test]
     async fn etag_mismatch_is_422_and_keeps_the_old_object() {
         let (_dir, store) = new_store(1 << 20);
-        assert_eq!(
-            put(&store, "/default/o", b"v1").await.status,
-            StatusCode::CREATED
-        );
+        assert_eq!(put(&store, "/default/o", b"v1").await.status, StatusCode::CREATED);
         let good = md5_hex(b"v2");
         let quoted = format!("\"{good}\"");
         let upper = good.to_ascii_uppercase();
         let cases: [(&str, StatusCode, &str); 4] = [
-            (
-                "0123456789abcdef0123456789abcdef",
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "v1",
-            ),
+            ("0123456789abcdef0123456789abcdef", StatusCode::UNPROCESSABLE_ENTITY, "v1"),
             (quoted.as_str(), StatusCode::CREATED, "v2"),
             (upper.as_str(), StatusCode::CREATED, "v2"),
             ("nonsense", StatusCode::UNPROCESSABLE_ENTITY, "v2"),
         ];
         for (etag, expected, content) in cases {
-            let r = call(
-                &store,
-                "PUT",
-                "/default/o",
-                &[("content-length", "2"), ("etag", etag)],
-                b"v2",
-            )
-            .await;
+            let r = call(&store, "PUT", "/default/o", &[("content-length", "2"), ("etag", etag)], b"v2").await;
             assert_eq!(r.status, expected, "etag {etag}");
             assert_eq!(get(&store, "/default/o").await.text(), content);
         }
@@ -2297,10 +1934,7 @@ mod tests {
             assert_eq!(r.status.as_u16(), status, "{range}");
             if let Some(body) = body {
                 assert_eq!(r.text(), body, "{range}");
-                assert_eq!(
-                    r.header("content-length"),
-                    Some(body.len().to_string().as_str())
-                );
+                assert_eq!(r.header("content-length"), Some(body.len().to_string().as_str()));
             }
             assert_eq!(r.header("content-range"), content_range, "{range}");
         }
@@ -2309,15 +1943,9 @@ mod tests {
     #[tokio::test]
     async fn listings() {
         let (_dir, store) = new_store(1 << 20);
-        assert_eq!(
-            call(&store, "PUT", "/list", &[], b"").await.status,
-            StatusCode::CREATED
-        );
+        assert_eq!(call(&store, "PUT", "/list", &[], b"").await.status, StatusCode::CREATED);
         for name in ["d", "a/2", "b", "c/x/y", "a/1"] {
-            assert_eq!(
-                put(&store, &format!("/list/{name}"), b"x").await.status,
-                StatusCode::CREATED
-            );
+            assert_eq!(put(&store, &format!("/list/{name}"), b"x").await.status, StatusCode::CREATED);
         }
         let cases: [(&str, u16, &str); 12] = [
             ("", 200, "a/1\na/2\nb\nc/x/y\nd\n"),
@@ -2349,10 +1977,7 @@ mod tests {
         assert_eq!(entries[0], serde_json::json!({ "subdir": "a/" }));
         let object = entries[1].as_object().unwrap();
         let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            ["hash", "last_modified", "bytes", "name", "content_type"]
-        );
+        assert_eq!(keys, ["hash", "last_modified", "bytes", "name", "content_type"]);
         assert_eq!(object["name"], "b");
         assert_eq!(object["hash"], md5_hex(b"x"));
         assert_eq!(object["bytes"], 1);
@@ -2360,24 +1985,12 @@ mod tests {
         assert_eq!(stamp.len(), 26, "{stamp}");
         assert_eq!(&stamp[10..11], "T");
 
-        let r = call(
-            &store,
-            "GET",
-            "/list?prefix=zz",
-            &[("accept", "application/json")],
-            b"",
-        )
-        .await;
+        let r = call(&store, "GET", "/list?prefix=zz", &[("accept", "application/json")], b"").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.text(), "[]");
 
         let r = get(&store, "/list?format=xml&limit=1").await;
-        assert!(
-            r.text()
-                .contains("<container name=\"list\"><object><name>a/1</name>"),
-            "{}",
-            r.text()
-        );
+        assert!(r.text().contains("<container name=\"list\"><object><name>a/1</name>"), "{}", r.text());
 
         let r = get(&store, "").await;
         assert_eq!(r.text(), "default\ndefault_segments\nlist\n");
@@ -2397,43 +2010,20 @@ mod tests {
         let (_dir, store) = new_store(1 << 20);
         let r = put(&store, "/default/a%20b/%C3%BC%2Fc//d/", b"odd").await;
         assert_eq!(r.status, StatusCode::CREATED);
-        assert_eq!(
-            put(&store, "/default/plus+sign", b"p").await.status,
-            StatusCode::CREATED
-        );
+        assert_eq!(put(&store, "/default/plus+sign", b"p").await.status, StatusCode::CREATED);
 
         assert_eq!(get(&store, "/default/a b/ü/c//d/").await.text(), "odd");
-        assert_eq!(
-            get(&store, "/default/a%20b/%C3%BC/c//d/").await.text(),
-            "odd"
-        );
-        assert_eq!(
-            get(&store, "/default/a b/ü/c/d/").await.status,
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(get(&store, "/default/a%20b/%C3%BC/c//d/").await.text(), "odd");
+        assert_eq!(get(&store, "/default/a b/ü/c/d/").await.status, StatusCode::NOT_FOUND);
 
         let r = get(&store, "/default/?format=json").await;
         let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        let names: Vec<&str> = doc
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|entry| entry["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> = doc.as_array().unwrap().iter().map(|entry| entry["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["a b/ü/c//d/", "plus+sign"]);
         // In queries `+` is a space, `%2B` a plus.
-        assert_eq!(
-            get(&store, "/default?prefix=plus%2B").await.text(),
-            "plus+sign\n"
-        );
-        assert_eq!(
-            get(&store, "/default?prefix=plus+").await.status,
-            StatusCode::NO_CONTENT
-        );
-        assert_eq!(
-            get(&store, "/default?prefix=a+b").await.text(),
-            "a b/ü/c//d/\n"
-        );
+        assert_eq!(get(&store, "/default?prefix=plus%2B").await.text(), "plus+sign\n");
+        assert_eq!(get(&store, "/default?prefix=plus+").await.status, StatusCode::NO_CONTENT);
+        assert_eq!(get(&store, "/default?prefix=a+b").await.text(), "a b/ü/c//d/\n");
 
         let long_ok = format!("/default/{}", "n".repeat(1024));
         let long_bad = format!("/default/{}", "n".repeat(1025));
@@ -2448,12 +2038,7 @@ mod tests {
         ];
         for (method, target, expected) in cases {
             let r = call(&store, method, target, &[("content-length", "1")], b"x").await;
-            assert_eq!(
-                r.status.as_u16(),
-                expected,
-                "{method} {}",
-                &target[..target.len().min(30)]
-            );
+            assert_eq!(r.status.as_u16(), expected, "{method} {}", &target[..target.len().min(30)]);
         }
     }
 
@@ -2467,10 +2052,7 @@ mod tests {
             &store,
             "PUT",
             "/default/big",
-            &[
-                ("content-length", "0"),
-                ("x-object-manifest", "default_segments/big/"),
-            ],
+            &[("content-length", "0"), ("x-object-manifest", "default_segments/big/")],
             b"",
         )
         .await;
@@ -2488,14 +2070,7 @@ mod tests {
         let r = call(&store, "HEAD", "/default/big", &[], b"").await;
         assert_eq!(r.header("content-length"), Some("6"));
 
-        let r = call(
-            &store,
-            "GET",
-            "/default/big",
-            &[("range", "bytes=2-4")],
-            b"",
-        )
-        .await;
+        let r = call(&store, "GET", "/default/big", &[("range", "bytes=2-4")], b"").await;
         assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(r.text(), "cde");
         assert_eq!(r.header("content-range"), Some("bytes 2-4/6"));
@@ -2506,28 +2081,14 @@ mod tests {
         assert_eq!(r.header("etag"), Some(md5_hex(b"").as_str()));
 
         // Copying a DLO yields a plain object holding the concatenation.
-        let r = call(
-            &store,
-            "COPY",
-            "/default/big",
-            &[("destination", "default/flat")],
-            b"",
-        )
-        .await;
+        let r = call(&store, "COPY", "/default/big", &[("destination", "default/flat")], b"").await;
         assert_eq!(r.status, StatusCode::CREATED);
         let r = get(&store, "/default/flat").await;
         assert_eq!(r.text(), "abcdef");
         assert_eq!(r.header("etag"), Some(md5_hex(b"abcdef").as_str()));
         assert_eq!(r.header("x-object-manifest"), None);
 
-        let r = call(
-            &store,
-            "PUT",
-            "/default/slo?multipart-manifest=put",
-            &[("content-length", "2")],
-            b"[]",
-        )
-        .await;
+        let r = call(&store, "PUT", "/default/slo?multipart-manifest=put", &[("content-length", "2")], b"[]").await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
     }
 
@@ -2538,24 +2099,13 @@ mod tests {
             &store,
             "PUT",
             "/default/src",
-            &[
-                ("content-length", "4"),
-                ("content-type", "text/plain"),
-                ("x-object-meta-color", "red"),
-            ],
+            &[("content-length", "4"), ("content-type", "text/plain"), ("x-object-meta-color", "red")],
             b"data",
         )
         .await;
         assert_eq!(r.status, StatusCode::CREATED);
 
-        let r = call(
-            &store,
-            "COPY",
-            "/default/src",
-            &[("destination", "default/dst")],
-            b"",
-        )
-        .await;
+        let r = call(&store, "COPY", "/default/src", &[("destination", "default/dst")], b"").await;
         assert_eq!(r.status, StatusCode::CREATED);
         assert_eq!(r.header("x-copied-from"), Some("default/src"));
         assert_eq!(r.header("etag"), Some(md5_hex(b"data").as_str()));
@@ -2564,23 +2114,14 @@ mod tests {
             &store,
             "PUT",
             "/default/dst2",
-            &[
-                ("x-copy-from", "/default/src"),
-                ("content-length", "0"),
-                ("x-object-meta-color", "blue"),
-            ],
+            &[("x-copy-from", "/default/src"), ("content-length", "0"), ("x-object-meta-color", "blue")],
             b"",
         )
         .await;
         assert_eq!(r.status, StatusCode::CREATED);
 
         // The source goes away; the copies do not depend on its file.
-        assert_eq!(
-            call(&store, "DELETE", "/default/src", &[], b"")
-                .await
-                .status,
-            StatusCode::NO_CONTENT
-        );
+        assert_eq!(call(&store, "DELETE", "/default/src", &[], b"").await.status, StatusCode::NO_CONTENT);
         let cases = [("/default/dst", "red"), ("/default/dst2", "blue")];
         for (target, color) in cases {
             let r = get(&store, target).await;
@@ -2594,20 +2135,11 @@ mod tests {
             ("COPY", "/default/src", &[("destination", "default/x")], 404),
             ("COPY", "/default/dst", &[], 412),
             ("COPY", "/default/dst", &[("destination", "nowhere/x")], 404),
+            ("PUT", "/default/y", &[("x-copy-from", "justone"), ("content-length", "0")], 412),
             (
                 "PUT",
                 "/default/y",
-                &[("x-copy-from", "justone"), ("content-length", "0")],
-                412,
-            ),
-            (
-                "PUT",
-                "/default/y",
-                &[
-                    ("x-copy-from", "default/dst"),
-                    ("x-copy-from-account", "AUTH_other"),
-                    ("content-length", "0"),
-                ],
+                &[("x-copy-from", "default/dst"), ("x-copy-from-account", "AUTH_other"), ("content-length", "0")],
                 403,
             ),
         ];
@@ -2639,39 +2171,17 @@ mod tests {
             assert_eq!(r.status.as_u16(), expected, "{method} {target}");
         }
 
-        call(
-            &store,
-            "PUT",
-            "/meta",
-            &[("x-container-meta-owner", "me")],
-            b"",
-        )
-        .await;
+        call(&store, "PUT", "/meta", &[("x-container-meta-owner", "me")], b"").await;
         let r = call(&store, "HEAD", "/meta", &[], b"").await;
         assert_eq!(r.status, StatusCode::NO_CONTENT);
         assert_eq!(r.header("x-container-meta-owner"), Some("me"));
         assert_eq!(r.header("x-container-object-count"), Some("0"));
-        call(
-            &store,
-            "POST",
-            "/meta",
-            &[("x-remove-container-meta-owner", "x")],
-            b"",
-        )
-        .await;
+        call(&store, "POST", "/meta", &[("x-remove-container-meta-owner", "x")], b"").await;
         let r = call(&store, "HEAD", "/meta", &[], b"").await;
         assert_eq!(r.header("x-container-meta-owner"), None);
 
         assert_eq!(
-            call(
-                &store,
-                "POST",
-                "",
-                &[("x-account-meta-temp-url-key", "k")],
-                b""
-            )
-            .await
-            .status,
+            call(&store, "POST", "", &[("x-account-meta-temp-url-key", "k")], b"").await.status,
             StatusCode::NO_CONTENT
         );
         let r = call(&store, "HEAD", "/", &[], b"").await;
@@ -2682,47 +2192,20 @@ mod tests {
             &store,
             "PUT",
             "/default/m",
-            &[
-                ("content-length", "0"),
-                ("x-object-meta-a", "1"),
-                ("x-object-meta-b", "2"),
-            ],
+            &[("content-length", "0"), ("x-object-meta-a", "1"), ("x-object-meta-b", "2")],
             b"",
         )
         .await;
-        call(
-            &store,
-            "POST",
-            "/default/m",
-            &[
-                ("x-object-meta-b", "3"),
-                ("content-type", "application/directory"),
-            ],
-            b"",
-        )
-        .await;
+        call(&store, "POST", "/default/m", &[("x-object-meta-b", "3"), ("content-type", "application/directory")], b"")
+            .await;
         let r = call(&store, "HEAD", "/default/m", &[], b"").await;
         assert_eq!(r.header("x-object-meta-a"), None);
         assert_eq!(r.header("x-object-meta-b"), Some("3"));
         assert_eq!(r.header("content-type"), Some("application/directory"));
 
-        let r = call(
-            &store,
-            "PUT",
-            "/default/n",
-            &[("content-length", "0"), ("if-none-match", "*")],
-            b"",
-        )
-        .await;
+        let r = call(&store, "PUT", "/default/n", &[("content-length", "0"), ("if-none-match", "*")], b"").await;
         assert_eq!(r.status, StatusCode::CREATED);
-        let r = call(
-            &store,
-            "PUT",
-            "/default/n",
-            &[("content-length", "0"), ("if-none-match", "*")],
-            b"",
-        )
-        .await;
+        let r = call(&store, "PUT", "/default/n", &[("content-length", "0"), ("if-none-match", "*")], b"").await;
         assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     }
 

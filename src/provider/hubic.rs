@@ -130,10 +130,7 @@ impl HubicClient {
 
     fn basic_auth(&self) -> String {
         let raw = format!("{}:{}", self.client_id, self.client_secret.expose());
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
     }
 
     async fn token_call(&self, form: String) -> Result<(TokenBody, SystemTime), ProviderError> {
@@ -142,10 +139,7 @@ impl HubicClient {
             .http
             .post(format!("{}/oauth/token/", self.base))
             .header(reqwest::header::AUTHORIZATION, self.basic_auth())
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form)
             .send()
             .await
@@ -153,14 +147,9 @@ impl HubicClient {
         let status = resp.status();
         let body = resp.bytes().await.map_err(transport)?;
         if status.is_success() {
-            let parsed: TokenBody = serde_json::from_slice(&body).map_err(|e| {
-                ProviderError::Protocol(format!("token response is not the expected JSON: {e}"))
-            })?;
-            if parsed
-                .token_type
-                .as_deref()
-                .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-            {
+            let parsed: TokenBody = serde_json::from_slice(&body)
+                .map_err(|e| ProviderError::Protocol(format!("token response is not the expected JSON: {e}")))?;
+            if parsed.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
                 return Err(ProviderError::Protocol("token_type is not Bearer".into()));
             }
             return Ok((parsed, issued));
@@ -179,11 +168,7 @@ impl HubicClient {
     }
 
     /// Exchanges an authorization code for a refresh token and a first access token.
-    pub async fn exchange_code(
-        &self,
-        code: &str,
-        redirect_uri: &str,
-    ) -> Result<CodeGrant, ProviderError> {
+    pub async fn exchange_code(&self, code: &str, redirect_uri: &str) -> Result<CodeGrant, ProviderError> {
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("code", code)
             .append_pair("redirect_uri", redirect_uri)
@@ -194,13 +179,8 @@ impl HubicClient {
             .refresh_token
             .clone()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ProviderError::Protocol("code exchange returned no refresh_token".into())
-            })?;
-        Ok(CodeGrant {
-            refresh_token: Secret::new(refresh),
-            access: self.access_from(&body, issued),
-        })
+            .ok_or_else(|| ProviderError::Protocol("code exchange returned no refresh_token".into()))?;
+        Ok(CodeGrant { refresh_token: Secret::new(refresh), access: self.access_from(&body, issued) })
     }
 
     /// Trades the refresh token for a new access token. HubiC does not rotate refresh tokens,
@@ -222,10 +202,7 @@ impl HubicClient {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
-            .header(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {}", access.token.expose()),
-            )
+            .header(reqwest::header::AUTHORIZATION, format!("Bearer {}", access.token.expose()))
             .send()
             .await
             .map_err(|e| ApiFailure::Other(transport(e)))?;
@@ -235,10 +212,7 @@ impl HubicClient {
             .get(reqwest::header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiFailure::Other(transport(e)))?;
+        let body = resp.bytes().await.map_err(|e| ApiFailure::Other(transport(e)))?;
         if status.is_success() {
             return Ok((body, server_date));
         }
@@ -254,9 +228,7 @@ impl HubicClient {
     async fn credentials(&self, access: &AccessToken) -> Result<SwiftCredentials, ApiFailure> {
         let (body, server_date) = self.api_get(access, "/1.0/account/credentials").await?;
         let parsed: CredentialsBody = serde_json::from_slice(&body).map_err(|e| {
-            ApiFailure::Other(ProviderError::Protocol(format!(
-                "credentials response is not the expected JSON: {e}"
-            )))
+            ApiFailure::Other(ProviderError::Protocol(format!("credentials response is not the expected JSON: {e}")))
         })?;
         let expires_at = parse_rfc3339(&parsed.expires).ok_or_else(|| {
             ApiFailure::Other(ProviderError::Protocol(format!(
@@ -278,19 +250,13 @@ impl HubicClient {
             Some(date) => now + expires_at.duration_since(date).unwrap_or_default(),
             None => expires_at,
         };
-        Ok(SwiftCredentials {
-            token: Secret::new(parsed.token),
-            endpoint: parsed.endpoint,
-            expires,
-        })
+        Ok(SwiftCredentials { token: Secret::new(parsed.token), endpoint: parsed.endpoint, expires })
     }
 
     async fn usage_with(&self, access: &AccessToken) -> Result<Usage, ApiFailure> {
         let (body, _) = self.api_get(access, "/1.0/account/usage").await?;
         serde_json::from_slice(&body).map_err(|e| {
-            ApiFailure::Other(ProviderError::Protocol(format!(
-                "usage response is not the expected JSON: {e}"
-            )))
+            ApiFailure::Other(ProviderError::Protocol(format!("usage response is not the expected JSON: {e}")))
         })
     }
 }
@@ -303,10 +269,7 @@ impl<'de> Deserialize<'de> for Usage {
             quota: u64,
         }
         let raw = Raw::deserialize(d)?;
-        Ok(Usage {
-            used: raw.used,
-            quota: raw.quota,
-        })
+        Ok(Usage { used: raw.used, quota: raw.quota })
     }
 }
 
@@ -319,15 +282,11 @@ fn transport(e: reqwest::Error) -> ProviderError {
 /// Maps a non-2xx OAuth2 or API answer to an error, keeping HubiC's `error` and description.
 fn classify_oauth_error(status: reqwest::StatusCode, body: &[u8]) -> ProviderError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    let (error, description) = parsed.map_or_else(
-        || (String::new(), String::new()),
-        |b| (b.error, b.error_description),
-    );
+    let (error, description) =
+        parsed.map_or_else(|| (String::new(), String::new()), |b| (b.error, b.error_description));
     if status.is_server_error() || status.as_u16() == 509 || status.as_u16() == 429 {
         return ProviderError::Transient(
-            format!("HubiC answered {status} {error} {description}")
-                .trim_end()
-                .to_owned(),
+            format!("HubiC answered {status} {error} {description}").trim_end().to_owned(),
         );
     }
     if status == 401 && error == "unauthorized_client" {
@@ -343,9 +302,7 @@ fn classify_oauth_error(status: reqwest::StatusCode, body: &[u8]) -> ProviderErr
         return ProviderError::GrantRefused { error, description };
     }
     if error.is_empty() {
-        return ProviderError::Protocol(format!(
-            "HubiC answered {status} without an OAuth2 error body"
-        ));
+        return ProviderError::Protocol(format!("HubiC answered {status} without an OAuth2 error body"));
     }
     ProviderError::Protocol(format!("HubiC answered {status}: {error}: {description}"))
 }
@@ -364,12 +321,7 @@ pub struct HubicAccount {
 impl HubicAccount {
     /// The source for `account`, whose grant lives in `store`.
     pub fn new(client: Arc<HubicClient>, store: Arc<dyn GrantStore>, account: &str) -> Self {
-        HubicAccount {
-            client,
-            store,
-            account: account.to_owned(),
-            access: Mutex::new(None),
-        }
+        HubicAccount { client, store, account: account.to_owned(), access: Mutex::new(None) }
     }
 
     fn cached_access(&self) -> Option<AccessToken> {
@@ -379,11 +331,7 @@ impl HubicAccount {
     }
 
     async fn fresh_access(&self) -> Result<AccessToken, ProviderError> {
-        let grant: Grant = self
-            .store
-            .load(&self.account)
-            .await?
-            .ok_or(ProviderError::NotRegistered)?;
+        let grant: Grant = self.store.load(&self.account).await?.ok_or(ProviderError::NotRegistered)?;
         let access = self.client.refresh(&grant.refresh_token).await?;
         tracing::info!(account = %self.account, token = access.token.prefix(), "access token refreshed");
         *self.access.lock().unwrap_or_else(|p| p.into_inner()) = Some(access.clone());
@@ -403,17 +351,17 @@ impl HubicAccount {
         match call(access).await {
             Ok(v) => Ok(v),
             Err(ApiFailure::Other(e)) => Err(e),
-            Err(ApiFailure::AccessRejected) if fresh => Err(ProviderError::Protocol(
-                "HubiC rejected a freshly issued access token".into(),
-            )),
+            Err(ApiFailure::AccessRejected) if fresh => {
+                Err(ProviderError::Protocol("HubiC rejected a freshly issued access token".into()))
+            }
             Err(ApiFailure::AccessRejected) => {
                 let access = self.fresh_access().await?;
                 match call(access).await {
                     Ok(v) => Ok(v),
                     Err(ApiFailure::Other(e)) => Err(e),
-                    Err(ApiFailure::AccessRejected) => Err(ProviderError::Protocol(
-                        "HubiC rejected a freshly issued access token".into(),
-                    )),
+                    Err(ApiFailure::AccessRejected) => {
+                        Err(ProviderError::Protocol("HubiC rejected a freshly issued access token".into()))
+                    }
                 }
             }
         }
@@ -428,14 +376,12 @@ fn usable(access: &AccessToken, now: SystemTime) -> bool {
 impl CredentialSource for HubicAccount {
     async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
         let client = &self.client;
-        self.with_access(|access| async move { client.credentials(&access).await })
-            .await
+        self.with_access(|access| async move { client.credentials(&access).await }).await
     }
 
     async fn usage(&self) -> Result<Usage, ProviderError> {
         let client = &self.client;
-        self.with_access(|access| async move { client.usage_with(&access).await })
-            .await
+        self.with_access(|access| async move { client.usage_with(&access).await }).await
     }
 
     fn reset(&self) {
@@ -451,73 +397,41 @@ mod tests {
     fn oauth_errors_are_classified() {
         type Check = fn(&ProviderError) -> bool;
         let cases: [(u16, &str, Check); 7] = [
-            (
-                400,
-                r#"{"error_description":"invalid refresh token","error":"invalid_request"}"#,
-                |e| matches!(e, ProviderError::GrantRefused { .. }),
-            ),
-            (
-                400,
-                r#"{"error_description":"x","error":"invalid_grant"}"#,
-                |e| matches!(e, ProviderError::GrantRefused { .. }),
-            ),
-            (
-                401,
-                r#"{"error_description":"please verify credentials","error":"unauthorized_client"}"#,
-                |e| matches!(e, ProviderError::ClientRefused { .. }),
-            ),
-            (
-                500,
-                r#"{"error_description":"please retry","error":"server_error"}"#,
-                |e| e.is_transient(),
-            ),
+            (400, r#"{"error_description":"invalid refresh token","error":"invalid_request"}"#, |e| {
+                matches!(e, ProviderError::GrantRefused { .. })
+            }),
+            (400, r#"{"error_description":"x","error":"invalid_grant"}"#, |e| {
+                matches!(e, ProviderError::GrantRefused { .. })
+            }),
+            (401, r#"{"error_description":"please verify credentials","error":"unauthorized_client"}"#, |e| {
+                matches!(e, ProviderError::ClientRefused { .. })
+            }),
+            (500, r#"{"error_description":"please retry","error":"server_error"}"#, |e| e.is_transient()),
             (509, "Bandwidth Limit Exceeded", |e| e.is_transient()),
             (400, "<html>", |e| matches!(e, ProviderError::Protocol(_))),
-            (
-                400,
-                r#"{"error_description":"missing parameters","error":"invalid_request"}"#,
-                |e| matches!(e, ProviderError::Protocol(_)),
-            ),
+            (400, r#"{"error_description":"missing parameters","error":"invalid_request"}"#, |e| {
+                matches!(e, ProviderError::Protocol(_))
+            }),
         ];
         for (status, body, check) in cases {
-            let err = classify_oauth_error(
-                reqwest::StatusCode::from_u16(status).unwrap(),
-                body.as_bytes(),
-            );
+            let err = classify_oauth_error(reqwest::StatusCode::from_u16(status).unwrap(), body.as_bytes());
             assert!(check(&err), "{status} {body} -> {err:?}");
         }
     }
 
     #[test]
     fn access_tokens_are_renewed_early() {
-        let clock = Arc::new(crate::clock::ManualClock::new(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
-        ));
-        let client =
-            HubicClient::new("http://127.0.0.1:1", "id", Secret::new("s"), clock.clone()).unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)));
+        let client = HubicClient::new("http://127.0.0.1:1", "id", Secret::new("s"), clock.clone()).unwrap();
         let now = clock.now();
-        let body = |expires_in| TokenBody {
-            access_token: "t".into(),
-            expires_in,
-            refresh_token: None,
-            token_type: None,
-        };
+        let body =
+            |expires_in| TokenBody { access_token: "t".into(), expires_in, refresh_token: None, token_type: None };
         // (lifetime, seconds later, still usable)
-        let cases = [
-            (21600, 21539, true),
-            (21600, 21540, false),
-            (10, 8, true),
-            (10, 9, false),
-            (10, 11, false),
-        ];
+        let cases = [(21600, 21539, true), (21600, 21540, false), (10, 8, true), (10, 9, false), (10, 11, false)];
         for (life, later, want) in cases {
             let access = client.access_from(&body(life), now);
             assert_eq!(access.expires, now + Duration::from_secs(life));
-            assert_eq!(
-                usable(&access, now + Duration::from_secs(later)),
-                want,
-                "life {life} at +{later}"
-            );
+            assert_eq!(usable(&access, now + Duration::from_secs(later)), want, "life {life} at +{later}");
         }
     }
 }

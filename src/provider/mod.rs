@@ -47,7 +47,9 @@ pub enum ProviderError {
         description: String,
     },
     /// The provider refused the gateway's own application credentials (client id/secret).
-    #[error("the provider refused the application credentials ({error}: {description}); check client_id and client_secret")]
+    #[error(
+        "the provider refused the application credentials ({error}: {description}); check client_id and client_secret"
+    )]
     ClientRefused {
         /// The provider's `error` code.
         error: String,

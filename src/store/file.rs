@@ -56,17 +56,10 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(io_err(path, source)),
         };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: path.display().to_string(),
-            reason,
-        };
-        let record: Record = serde_json::from_slice(&bytes)
-            .map_err(|e| corrupt(format!("not a grant record: {e}")))?;
+        let corrupt = |reason: String| StoreError::Corrupt { path: path.display().to_string(), reason };
+        let record: Record = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a grant record: {e}")))?;
         if record.version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "unsupported format version {}",
-                record.version
-            )));
+            return Err(corrupt(format!("unsupported format version {}", record.version)));
         }
         if record.refresh_token.is_empty() {
             return Err(corrupt("empty refresh token".into()));
@@ -86,10 +79,8 @@ impl FileStore {
             scope: grant.scope.clone(),
             registered_at: grant.registered_at,
         };
-        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
         let tmp = dir.join(format!(".{}.tmp", crate::secret::random_hex(8)));
         let result = (|| {
             let mut options = std::fs::OpenOptions::new();
@@ -117,10 +108,7 @@ impl FileStore {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    StoreError::Io { path: path.display().to_string(), source }
 }
 
 #[async_trait::async_trait]
@@ -142,10 +130,7 @@ async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|join| {
-        Err(StoreError::Io {
-            path: "<state store>".into(),
-            source: std::io::Error::other(join.to_string()),
-        })
+        Err(StoreError::Io { path: "<state store>".into(), source: std::io::Error::other(join.to_string()) })
     })
 }
 
@@ -154,11 +139,7 @@ mod tests {
     use super::*;
 
     fn grant(token: &str) -> Grant {
-        Grant {
-            refresh_token: Secret::new(token),
-            scope: "credentials.r".into(),
-            registered_at: 7,
-        }
+        Grant { refresh_token: Secret::new(token), scope: "credentials.r".into(), registered_at: 7 }
     }
 
     #[tokio::test]
@@ -172,16 +153,11 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(store.path_of("alice"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(store.path_of("alice")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // No temp files are left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("accounts"))
-            .unwrap()
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("accounts")).unwrap().collect();
         assert_eq!(names.len(), 1);
     }
 
@@ -189,18 +165,10 @@ mod tests {
     async fn corrupt_and_truncated_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        store
-            .save("bob", &grant("secret-token-value"))
-            .await
-            .unwrap();
+        store.save("bob", &grant("secret-token-value")).await.unwrap();
         let path = store.path_of("bob");
         let full = std::fs::read(&path).unwrap();
-        for bad in [
-            &full[..full.len() / 2],
-            b"",
-            b"{\"version\":9}",
-            b"\xff\xfe",
-        ] {
+        for bad in [&full[..full.len() / 2], b"", b"{\"version\":9}", b"\xff\xfe"] {
             std::fs::write(&path, bad).unwrap();
             let err = store.load("bob").await.unwrap_err();
             let msg = err.to_string();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use swiftgate::clock::{Clock, ManualClock};
-use swiftgate::config::Config;
+use swiftgate::config::{Config, Mode};
 use swiftgate::demo::{browser_register, single_user_config};
 use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, EmulatorHandle, UserSpec};
 use swiftgate::gateway::Gateway;
@@ -67,27 +67,13 @@ pub async fn start_gateway(
     listener: tokio::net::TcpListener,
 ) -> RunningGateway {
     let addr = listener.local_addr().unwrap();
-    let policy = RenewPolicy {
-        backoff: Duration::from_millis(10),
-        ..RenewPolicy::default()
-    };
+    let policy = RenewPolicy { backoff: Duration::from_millis(10), ..RenewPolicy::default() };
     let gateway = Gateway::new(config, clock, policy).expect("gateway builds");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listener,
-        gateway.clone(),
-        ServeOptions::default(),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    RunningGateway {
-        gateway,
-        url: format!("http://{addr}"),
-        addr,
-        stop: Some(tx),
-        task,
-    }
+    let task = tokio::spawn(server::run(listener, gateway.clone(), ServeOptions::default(), async {
+        let _ = rx.await;
+    }));
+    RunningGateway { gateway, url: format!("http://{addr}"), addr, stop: Some(tx), task }
 }
 
 impl Stack {
@@ -96,16 +82,17 @@ impl Stack {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut EmulatorConfig)) -> Stack {
+        Self::start_mode(Mode::Redirect, tweak).await
+    }
+
+    pub async fn start_mode(mode: Mode, tweak: impl FnOnce(&mut EmulatorConfig)) -> Stack {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_addr = gw_listener.local_addr().unwrap();
         let app = AppSpec::random(&format!("http://{gw_addr}/callback"));
         let mut config = EmulatorConfig {
             apps: vec![app.clone()],
-            users: vec![UserSpec {
-                login: LOGIN.into(),
-                password: Secret::new(PASSWORD),
-            }],
+            users: vec![UserSpec { login: LOGIN.into(), password: Secret::new(PASSWORD) }],
             clock: clock.clone(),
             ..EmulatorConfig::default()
         };
@@ -113,28 +100,10 @@ impl Stack {
         let emu_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator = Emulator::start(config, emu_listener).await.unwrap();
         let state = tempfile::tempdir().unwrap();
-        let config = single_user_config(
-            state.path(),
-            gw_addr,
-            emulator.base_url(),
-            &app,
-            USER,
-            key_hash(),
-        );
+        let config = single_user_config(state.path(), gw_addr, emulator.base_url(), &app, USER, key_hash(), mode);
         let gw = start_gateway(&config, clock.clone(), gw_listener).await;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Stack {
-            emulator,
-            gw,
-            clock,
-            config,
-            app,
-            http,
-            state,
-        }
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Stack { emulator, gw, clock, config, app, http, state }
     }
 
     pub fn emu(&self) -> &Emulator {
@@ -143,9 +112,7 @@ impl Stack {
 
     /// Registers USER through the browser flow; panics unless it ends on the success page.
     pub async fn register(&self) {
-        let (status, page) = browser_register(&self.gw.url, USER, KEY, LOGIN, PASSWORD)
-            .await
-            .unwrap();
+        let (status, page) = browser_register(&self.gw.url, USER, KEY, LOGIN, PASSWORD).await.unwrap();
         assert_eq!(status, 200, "{page}");
         assert!(page.contains("Registration complete"), "{page}");
     }
@@ -164,10 +131,7 @@ impl Stack {
     pub async fn restart_gateway(&mut self) {
         let addr = self.gw.addr;
         let placeholder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let old = std::mem::replace(
-            &mut self.gw,
-            start_gateway(&self.config, self.clock.clone(), placeholder).await,
-        );
+        let old = std::mem::replace(&mut self.gw, start_gateway(&self.config, self.clock.clone(), placeholder).await);
         old.stop().await;
         let fresh = start_gateway(&self.config, self.clock.clone(), rebind(addr).await).await;
         std::mem::replace(&mut self.gw, fresh).stop().await;
@@ -190,8 +154,5 @@ async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
 }
 
 pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }

@@ -1,0 +1,469 @@
+//! Proxy mode's streaming path: a client's storage request goes to the account's current
+//! upstream endpoint with the upstream token, byte for byte, and the answer comes back the same
+//! way; an upstream 401 renews the upstream token (single-flight, shared with auth) and retries
+//! once when the body can still be sent again.
+//!
+//! Replay policy: body-less requests are re-sent; a body of at most `replay_buffer` bytes is
+//! kept (as the same `Bytes`) while it streams and re-sent; a larger or chunked body is sent with
+//! `Expect: 100-continue` and held back until upstream answers 100, so a 401 (which Swift sends
+//! before 100) costs no byte. Only a 401 after the body was streamed reaches the client.
+
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::{self, Body};
+use crate::front;
+use crate::provider::SwiftCredentials;
+use crate::tokens::{Cached, TokenManager};
+use stream::{Gate, IdleTimeout, Returned, UpstreamBody};
+
+/// Tunables of the streaming path.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Largest body kept while streaming so it can be re-sent after a 401.
+    pub replay_buffer: u64,
+    /// How long to wait for upstream's `100 Continue` before sending the body anyway.
+    pub expect_timeout: Duration,
+    /// How long to wait for upstream's response headers.
+    pub header_timeout: Duration,
+    /// How long a body may go without a chunk, in either direction.
+    pub idle_timeout: Duration,
+    /// Extra PEM CA certificates trusted for HTTPS upstreams, beside the system roots.
+    pub extra_ca: Option<std::path::PathBuf>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            replay_buffer: 4 * 1024 * 1024,
+            expect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(300),
+            extra_ca: None,
+        }
+    }
+}
+
+/// Where an account's storage lives, parsed once per credential renewal.
+#[derive(Debug)]
+pub struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The storage path, e.g. `/v1/AUTH_…` (kept unchanged in the gateway's storage URL).
+    pub path: String,
+    /// `scheme://authority` as upstream writes it in absolute `Location`s.
+    origin: String,
+    /// The upstream token as a header value.
+    token: HeaderValue,
+}
+
+impl Target {
+    /// Parses the credentials' endpoint; `None` if it is not an absolute http(s) URL.
+    pub fn parse(creds: &SwiftCredentials) -> Option<Target> {
+        let uri: Uri = creds.endpoint.parse().ok()?;
+        let scheme = uri.scheme()?.clone();
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return None;
+        }
+        let authority = uri.authority()?.clone();
+        let path = uri.path().trim_end_matches('/').to_owned();
+        let origin = format!("{scheme}://{authority}");
+        let token = HeaderValue::from_str(creds.token.expose()).ok()?;
+        Some(Target { scheme, authority, path, origin, token })
+    }
+
+    /// True when `path` is the storage path or below it.
+    pub fn covers(&self, path: &str) -> bool {
+        path.strip_prefix(self.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The upstream `/info` URL: the storage path's `/v<N>…` replaced by `/info`, as
+    /// python-swiftclient derives it.
+    pub fn info_uri(&self) -> Option<Uri> {
+        let prefix = match self.path.find("/v1") {
+            Some(i) => &self.path[..i],
+            None => "",
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{prefix}/info"))
+            .build()
+            .ok()
+    }
+}
+
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the upstream TLS client: {0}")]
+pub struct ClientError(String);
+
+/// Request headers that never travel upstream: hop-by-hop (RFC 9110 §7.6.1), the gateway's
+/// own token, `Expect` (handled here) and client-supplied forwarding headers.
+const DROP_REQUEST: [HeaderName; 13] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+    header::EXPECT,
+    HeaderName::from_static("x-auth-token"),
+    HeaderName::from_static("x-storage-token"),
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Response headers that never travel back.
+const DROP_RESPONSE: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The streaming proxy.
+pub struct Proxy {
+    client: UpstreamClient,
+    settings: ProxySettings,
+    public_origin: String,
+    forwarded_proto: HeaderValue,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("settings", &self.settings).finish()
+    }
+}
+
+fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+impl Proxy {
+    /// A proxy answering as `public_url` (scheme://host[:port], no path).
+    pub fn new(settings: ProxySettings, public_url: &str) -> Result<Proxy, ClientError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(settings.extra_ca.as_deref())?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        let forwarded_proto =
+            HeaderValue::from_static(if public_url.starts_with("https://") { "https" } else { "http" });
+        Ok(Proxy { client, settings, public_origin: public_url.trim_end_matches('/').to_owned(), forwarded_proto })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
+    /// Forwards an authenticated request of `account` (or an anonymous one, for tempurl and
+    /// public containers, when `account` is `None` and `anonymous` names the target).
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tokens: &Arc<TokenManager>,
+        account: Option<&str>,
+        anonymous: Option<Arc<Cached>>,
+    ) -> Response<Body> {
+        let (parts, client_body) = req.into_parts();
+        let has_body = !client_body.is_end_stream();
+        let declared =
+            parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        // Bodies that fit the replay buffer are kept while they stream; larger or unknown-length
+        // ones wait behind Expect: 100-continue.
+        let gated = has_body && declared.is_none_or(|n| n > self.settings.replay_buffer);
+        let mut headers = parts.headers;
+        for name in connection_listed(&headers) {
+            headers.remove(name);
+        }
+        for name in &DROP_REQUEST {
+            headers.remove(name);
+        }
+        headers.remove("x-forwarded-proto");
+        headers.remove("x-forwarded-host");
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), self.forwarded_proto.clone());
+        if gated {
+            headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        }
+        let path_and_query = parts.uri.path_and_query().cloned();
+        let mut replay = Vec::new();
+        let mut rest = has_body.then_some(client_body);
+        let mut retried = false;
+        loop {
+            let cached = match (account, &anonymous) {
+                (Some(account), _) => match tokens.credentials(account).await {
+                    Ok(c) => c,
+                    Err(e) => return drain_then(rest, front::token_error_response(&e, &self.public_origin)),
+                },
+                (None, Some(c)) => c.clone(),
+                (None, None) => return drain_then(rest, front::unauthorized()),
+            };
+            let target = &cached.target;
+            if !target.covers(parts.uri.path()) {
+                return drain_then(
+                    rest,
+                    body::text(StatusCode::FORBIDDEN, "this token is not valid for that account\n"),
+                );
+            }
+            let mut uri = Uri::builder().scheme(target.scheme.clone()).authority(target.authority.clone());
+            if let Some(pq) = &path_and_query {
+                uri = uri.path_and_query(pq.clone());
+            }
+            let Ok(uri) = uri.build() else {
+                return drain_then(rest, body::text(StatusCode::BAD_REQUEST, "unusable request target\n"));
+            };
+            let gate = gated.then(|| Arc::new(Gate::default()));
+            let (back_tx, back_rx) = tokio::sync::oneshot::channel();
+            let budget = if retried { 0 } else { self.settings.replay_buffer };
+            let body = UpstreamBody::new(
+                std::mem::take(&mut replay),
+                rest.take(),
+                gate.clone(),
+                budget,
+                (!retried).then_some(back_tx),
+            );
+            let mut up = Request::new(body);
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.version_mut() = http::Version::HTTP_11;
+            *up.headers_mut() = headers.clone();
+            if account.is_some() {
+                up.headers_mut().insert(HeaderName::from_static("x-auth-token"), target.token.clone());
+            }
+            if let Some(gate) = &gate {
+                let gate = gate.clone();
+                hyper::ext::on_informational(&mut up, move |res| {
+                    if res.status() == StatusCode::CONTINUE {
+                        gate.open();
+                    }
+                });
+            }
+            let result = self.send(up, gate.as_deref()).await;
+            if let Some(gate) = &gate {
+                gate.cancel();
+            }
+            let resp = match result {
+                Ok(resp) => resp,
+                Err(failure) => return failure,
+            };
+            if resp.status() == StatusCode::UNAUTHORIZED && account.is_some() && !retried {
+                // The upstream token was refused: renew (shared with every other waiter) and
+                // retry once if the body can be sent again.
+                if let Some(account) = account {
+                    tokens.invalidate(account, &cached.creds.token);
+                }
+                let returned = match tokio::time::timeout(Duration::from_secs(10), back_rx).await {
+                    Ok(Ok(r)) => r,
+                    _ => Returned { sent: None, rest: None },
+                };
+                let consumed_whole_or_kept = returned.sent.is_some();
+                if consumed_whole_or_kept || !has_body {
+                    tracing::info!(status = 401, "upstream refused its token; renewed, retrying");
+                    replay = returned.sent.unwrap_or_default();
+                    rest = returned.rest;
+                    retried = true;
+                    drop(resp);
+                    continue;
+                }
+                return self.respond(resp, target);
+            }
+            return self.respond(resp, target);
+        }
+    }
+
+    /// Sends one attempt; while the body waits for `100 Continue`, opens the gate after the
+    /// expect timeout (RFC 9110 lets a client stop waiting).
+    async fn send(&self, up: Request<UpstreamBody>, gate: Option<&Gate>) -> Result<Response<Incoming>, Response<Body>> {
+        let request = self.client.request(up);
+        tokio::pin!(request);
+        if let Some(gate) = gate {
+            tokio::select! {
+                r = &mut request => return finish(r),
+                () = tokio::time::sleep(self.settings.expect_timeout) => gate.open(),
+            }
+        }
+        match tokio::time::timeout(self.settings.header_timeout, request).await {
+            Ok(r) => finish(r),
+            Err(_) => Err(upstream_error(StatusCode::GATEWAY_TIMEOUT, "upstream did not answer in time")),
+        }
+    }
+
+    /// The upstream answer as the client gets it: hop-by-hop headers dropped, absolute
+    /// locations pointing at upstream rewritten to the gateway, the body streamed.
+    fn respond(&self, resp: Response<Incoming>, target: &Target) -> Response<Body> {
+        let (mut parts, upstream_body) = resp.into_parts();
+        for name in connection_listed(&parts.headers) {
+            parts.headers.remove(name);
+        }
+        for name in &DROP_RESPONSE {
+            parts.headers.remove(name);
+        }
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(rewritten) = parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix(target.origin.as_str()))
+                .and_then(|rest| HeaderValue::from_str(&format!("{}{rest}", self.public_origin)).ok())
+            {
+                parts.headers.insert(name, rewritten);
+            }
+        }
+        let body = IdleTimeout::new(upstream_body, self.settings.idle_timeout);
+        Response::from_parts(parts, BodyExt::boxed(body))
+    }
+
+    /// `GET /info` from the upstream of `target`.
+    pub async fn info(&self, target: &Target) -> Response<Body> {
+        let Some(uri) = target.info_uri() else {
+            return body::text(StatusCode::BAD_GATEWAY, "no upstream /info\n");
+        };
+        let mut up = Request::new(UpstreamBody::new(Vec::new(), None, None, 0, None));
+        *up.uri_mut() = uri;
+        match self.send(up, None).await {
+            Ok(resp) => self.respond(resp, target),
+            Err(failure) => failure,
+        }
+    }
+}
+
+fn finish(
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    result.map_err(|e| {
+        if e.is_connect() {
+            tracing::warn!(cause = %e, "upstream unreachable");
+            upstream_error(StatusCode::SERVICE_UNAVAILABLE, "upstream storage is unreachable")
+        } else {
+            tracing::warn!(cause = %e, "upstream request failed");
+            upstream_error(StatusCode::BAD_GATEWAY, "upstream storage failed to answer")
+        }
+    })
+}
+
+/// A Swift-style error page for upstream failures.
+fn upstream_error(status: StatusCode, what: &str) -> Response<Body> {
+    body::html(status, format!("<html><h1>{}</h1><p>{what}.</p></html>", status.canonical_reason().unwrap_or("Error")))
+}
+
+/// Header names listed in `Connection`, which are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Answers with `resp`, first reading (and discarding) what the client is still sending, up to
+/// a bound, so a client that sent no `Expect` reads the answer instead of a reset.
+pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body> {
+    if let Some(body) = body {
+        tokio::spawn(async move {
+            let mut body = body;
+            let mut seen: u64 = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        });
+    }
+    resp
+}
+
+/// Most bytes read and discarded from a rejected upload.
+const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn target(endpoint: &str) -> Target {
+        let creds = SwiftCredentials {
+            token: Secret::new("tok"),
+            endpoint: endpoint.into(),
+            expires: std::time::SystemTime::now(),
+        };
+        Target::parse(&creds).unwrap()
+    }
+
+    #[test]
+    fn targets_cover_their_storage_path_only() {
+        let t = target("https://lb1040.hubic.ovh.net/v1/AUTH_abc");
+        for (path, want) in [
+            ("/v1/AUTH_abc", true),
+            ("/v1/AUTH_abc/", true),
+            ("/v1/AUTH_abc/c/o", true),
+            ("/v1/AUTH_abcd", false),
+            ("/v1/AUTH_ab", false),
+            ("/v1/AUTH_other/c", false),
+            ("/info", false),
+        ] {
+            assert_eq!(t.covers(path), want, "{path}");
+        }
+        assert_eq!(t.origin, "https://lb1040.hubic.ovh.net");
+        assert_eq!(t.info_uri().unwrap().to_string(), "https://lb1040.hubic.ovh.net/info");
+        assert_eq!(target("http://h:8080/swift/v1/AUTH_t").info_uri().unwrap().to_string(), "http://h:8080/swift/info");
+    }
+
+    #[test]
+    fn connection_listed_headers_are_found() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Foo"));
+        let names = connection_listed(&h);
+        assert_eq!(names, vec![HeaderName::from_static("keep-alive"), HeaderName::from_static("x-foo")]);
+    }
+}
