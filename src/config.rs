@@ -282,7 +282,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.public_url {
             check_url("public_url", url)?;
-            let has_path = url.parse::<http::Uri>().is_ok_and(|u| u.path().trim_end_matches('/') != "");
+            let has_path = url.parse::<http::Uri>().is_ok_and(|u| !u.path().trim_end_matches('/').is_empty());
             if self.mode == Mode::Proxy && has_path {
                 return Err(invalid(
                     "public_url",

@@ -292,7 +292,7 @@ impl Proxy {
             }
             let resp = match result {
                 Ok(resp) => resp,
-                Err(failure) => return failure,
+                Err(failure) => return failure.response(),
             };
             if resp.status() == StatusCode::UNAUTHORIZED && account.is_some() && !retried {
                 // The upstream token was refused: renew (shared with every other waiter) and
@@ -321,7 +321,7 @@ impl Proxy {
 
     /// Sends one attempt; while the body waits for `100 Continue`, opens the gate after the
     /// expect timeout (RFC 9110 lets a client stop waiting).
-    async fn send(&self, up: Request<UpstreamBody>, gate: Option<&Gate>) -> Result<Response<Incoming>, Response<Body>> {
+    async fn send(&self, up: Request<UpstreamBody>, gate: Option<&Gate>) -> Result<Response<Incoming>, Failure> {
         let request = self.client.request(up);
         tokio::pin!(request);
         if let Some(gate) = gate {
@@ -332,7 +332,7 @@ impl Proxy {
         }
         match tokio::time::timeout(self.settings.header_timeout, request).await {
             Ok(r) => finish(r),
-            Err(_) => Err(upstream_error(StatusCode::GATEWAY_TIMEOUT, "upstream did not answer in time")),
+            Err(_) => Err(Failure::Timeout),
         }
     }
 
@@ -370,28 +370,46 @@ impl Proxy {
         *up.uri_mut() = uri;
         match self.send(up, None).await {
             Ok(resp) => self.respond(resp, target),
-            Err(failure) => failure,
+            Err(failure) => failure.response(),
         }
+    }
+}
+
+/// Why an upstream attempt produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection could be made.
+    Unreachable,
+    /// The connection failed before a complete response head arrived.
+    Broken,
+    /// No response head within the header timeout.
+    Timeout,
+}
+
+impl Failure {
+    /// The Swift-style error page the client gets.
+    fn response(self) -> Response<Body> {
+        let (status, what) = match self {
+            Failure::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "upstream storage is unreachable"),
+            Failure::Broken => (StatusCode::BAD_GATEWAY, "upstream storage failed to answer"),
+            Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream storage did not answer in time"),
+        };
+        let reason = status.canonical_reason().unwrap_or("Error");
+        body::html(status, format!("<html><h1>{reason}</h1><p>{what}.</p></html>"))
     }
 }
 
 fn finish(
     result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-) -> Result<Response<Incoming>, Response<Body>> {
+) -> Result<Response<Incoming>, Failure> {
     result.map_err(|e| {
+        tracing::warn!(cause = %e, "upstream request failed");
         if e.is_connect() {
-            tracing::warn!(cause = %e, "upstream unreachable");
-            upstream_error(StatusCode::SERVICE_UNAVAILABLE, "upstream storage is unreachable")
+            Failure::Unreachable
         } else {
-            tracing::warn!(cause = %e, "upstream request failed");
-            upstream_error(StatusCode::BAD_GATEWAY, "upstream storage failed to answer")
+            Failure::Broken
         }
     })
-}
-
-/// A Swift-style error page for upstream failures.
-fn upstream_error(status: StatusCode, what: &str) -> Response<Body> {
-    body::html(status, format!("<html><h1>{}</h1><p>{what}.</p></html>", status.canonical_reason().unwrap_or("Error")))
 }
 
 /// Header names listed in `Connection`, which are hop-by-hop too.
