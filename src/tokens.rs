@@ -7,6 +7,7 @@
 //! (that is the [`CredentialSource`]) nor where grants live (the store).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -79,6 +80,10 @@ struct Slot {
     /// Held only to read or swap the entry, never across an await.
     entry: Mutex<Entry>,
     renewal: Arc<tokio::sync::Mutex<()>>,
+    /// Set once an early renewal brought back the very token it was meant to replace (HubiC
+    /// hands out the same Swift token until it expires): from then on this account renews at
+    /// expiry only, which costs one provider call per token instead of a burst near the end.
+    sticky: AtomicBool,
 }
 
 /// Per-account credential cache with single-flight renewal.
@@ -110,8 +115,12 @@ impl TokenManager {
         let slots = sources
             .into_iter()
             .map(|(name, source)| {
-                let slot =
-                    Slot { source, entry: Mutex::new(Entry::Empty), renewal: Arc::new(tokio::sync::Mutex::new(())) };
+                let slot = Slot {
+                    source,
+                    entry: Mutex::new(Entry::Empty),
+                    renewal: Arc::new(tokio::sync::Mutex::new(())),
+                    sticky: AtomicBool::new(false),
+                };
                 (name, slot)
             })
             .collect();
@@ -173,6 +182,10 @@ impl TokenManager {
 
     /// Renews with the renewal lock held; retries transient errors with backoff.
     async fn renew_locked(&self, slot: &Slot) -> Result<Arc<Cached>, TokenError> {
+        let previous = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+            Entry::Fresh(c) => Some((c.creds.token.clone(), c.creds.expires)),
+            _ => None,
+        };
         let mut delay = self.policy.backoff;
         let mut attempt = 1;
         let result = loop {
@@ -194,13 +207,22 @@ impl TokenManager {
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((creds, target)) => {
+                let same = previous.is_some_and(|(token, expires)| token == creds.token && expires == creds.expires);
+                if same {
+                    slot.sticky.store(true, Ordering::Relaxed);
+                }
                 let life = creds.expires.duration_since(now).unwrap_or_default();
-                let cached = Arc::new(Cached {
-                    target,
-                    renew_at: creds.expires - self.policy.renew_ahead.min(life / 4),
-                    stale_at: creds.expires - self.policy.expiry_margin.min(life / 10),
-                    creds,
-                });
+                let (renew_at, stale_at) = if slot.sticky.load(Ordering::Relaxed) {
+                    // No fresher token exists before this one expires; an upstream 401 at the
+                    // very end is renewed and retried by the proxy.
+                    (creds.expires, creds.expires)
+                } else {
+                    (
+                        creds.expires - self.policy.renew_ahead.min(life / 4),
+                        creds.expires - self.policy.expiry_margin.min(life / 10),
+                    )
+                };
+                let cached = Arc::new(Cached { target, renew_at, stale_at, creds });
                 *entry = Entry::Fresh(cached.clone());
                 Ok(cached)
             }
@@ -405,6 +427,60 @@ mod tests {
         clock.advance(Duration::from_secs(3));
         source.fail_next.store(0, Ordering::SeqCst);
         assert!(manager.credentials("a").await.is_ok());
+    }
+
+    /// HubiC's behaviour: the same token until it expires, then a new one.
+    #[derive(Debug)]
+    struct SameUntilExpiry {
+        clock: Arc<ManualClock>,
+        calls: AtomicU32,
+        current: Mutex<Option<(String, SystemTime)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl CredentialSource for SameUntilExpiry {
+        async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let now = self.clock.now();
+            let mut current = self.current.lock().unwrap();
+            let (token, expires) = match current.as_ref() {
+                Some((t, e)) if *e > now => (t.clone(), *e),
+                _ => (format!("tok{n}"), now + Duration::from_secs(3600)),
+            };
+            *current = Some((token.clone(), expires));
+            Ok(SwiftCredentials { token: Secret::new(token), endpoint: "http://up/v1/AUTH_x".into(), expires })
+        }
+        async fn usage(&self) -> Result<Usage, ProviderError> {
+            Ok(Usage { used: 0, quota: 0 })
+        }
+        fn reset(&self) {}
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_keeps_its_token_costs_one_call_per_expiry() {
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)));
+        let source =
+            Arc::new(SameUntilExpiry { clock: clock.clone(), calls: AtomicU32::new(0), current: Mutex::new(None) });
+        let manager = Arc::new(TokenManager::new(
+            [("a".to_owned(), source.clone() as Arc<dyn CredentialSource>)],
+            clock.clone(),
+            RenewPolicy::default(),
+        ));
+        // Six hours of requests every 30 s: six tokens.
+        let mut tokens = std::collections::BTreeSet::new();
+        for _ in 0..(6 * 120) {
+            let c = manager.credentials("a").await.unwrap();
+            assert!(c.creds.expires > clock.now(), "never hands out an expired token");
+            tokens.insert(c.creds.token.expose().to_owned());
+            // Let a background renewal, if one started, finish before time moves on.
+            while manager.is_renewing("a") {
+                tokio::task::yield_now().await;
+            }
+            clock.advance(Duration::from_secs(30));
+        }
+        assert_eq!(tokens.len(), 6);
+        // One early renewal discovers the provider keeps its token; then one call per token.
+        assert!(source.calls.load(Ordering::SeqCst) <= 7, "{} calls", source.calls.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

@@ -75,10 +75,19 @@ fn swift(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::O
 
 #[test]
 fn swift_cli_against_demo_in_redirect_mode() {
+    swift_cli_against_demo("redirect");
+}
+
+#[test]
+fn swift_cli_against_demo_in_proxy_mode() {
+    swift_cli_against_demo("proxy");
+}
+
+fn swift_cli_against_demo(mode: &str) {
     if !swift_cli_available() {
         return;
     }
-    let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0"], 3);
+    let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0", "--mode", mode], 3);
     let mut env = Vec::new();
     for (line, name) in lines.iter().zip(["ST_AUTH", "ST_USER", "ST_KEY"]) {
         let value = line.strip_prefix(&format!("export {name}=")).unwrap_or_else(|| panic!("unexpected line {line:?}"));
@@ -97,6 +106,9 @@ fn swift_cli_against_demo_in_redirect_mode() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let auth = ok(swift(dir.path(), &env, &["auth"]), "auth");
+    let gateway = env[0].1.trim_end_matches("/auth/v1.0");
+    assert_eq!(auth.contains(&format!("OS_STORAGE_URL={gateway}/v1/AUTH_")), mode == "proxy", "{auth}");
     let stat = ok(swift(dir.path(), &env, &["stat"]), "stat");
     assert!(stat.contains("Containers: 2"), "{stat}");
     ok(swift(dir.path(), &env, &["upload", "c1", "blob.bin"]), "upload");

@@ -26,6 +26,9 @@ pub fn key_hash() -> &'static str {
     HASH.get_or_init(|| swiftgate::front::hash_key(KEY).expect("hash"))
 }
 
+pub mod echo;
+pub mod raw;
+
 pub struct RunningGateway {
     pub gateway: Arc<Gateway>,
     pub url: String,
@@ -86,6 +89,14 @@ impl Stack {
     }
 
     pub async fn start_mode(mode: Mode, tweak: impl FnOnce(&mut EmulatorConfig)) -> Stack {
+        Self::start_custom(mode, tweak, |_| {}).await
+    }
+
+    pub async fn start_custom(
+        mode: Mode,
+        tweak: impl FnOnce(&mut EmulatorConfig),
+        tweak_config: impl FnOnce(&mut Config),
+    ) -> Stack {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_addr = gw_listener.local_addr().unwrap();
@@ -100,7 +111,8 @@ impl Stack {
         let emu_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator = Emulator::start(config, emu_listener).await.unwrap();
         let state = tempfile::tempdir().unwrap();
-        let config = single_user_config(state.path(), gw_addr, emulator.base_url(), &app, USER, key_hash(), mode);
+        let mut config = single_user_config(state.path(), gw_addr, emulator.base_url(), &app, USER, key_hash(), mode);
+        tweak_config(&mut config);
         let gw = start_gateway(&config, clock.clone(), gw_listener).await;
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Stack { emulator, gw, clock, config, app, http, state }

@@ -1,0 +1,340 @@
+//! Proxy mode end to end on port 0: gateway tokens, every verb, byte-exact paths, header rules,
+//! transparent renewal on upstream 401 (replayed and 100-continue-gated bodies), failures.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw::{self, chunked, full};
+use common::{header, Stack, KEY, LOGIN, USER};
+use swiftgate::config::Mode;
+use swiftgate::emulator::StorageConfig;
+use swiftgate::secret::Secret;
+
+/// The gateway's storage URL and token for USER.
+async fn login(stack: &Stack) -> (String, String) {
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 200);
+    (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned())
+}
+
+async fn proxy_stack() -> Stack {
+    let stack = Stack::start_mode(Mode::Proxy, |_| {}).await;
+    stack.register().await;
+    stack
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(data))
+}
+
+fn pattern(len: usize, seed: u32) -> Bytes {
+    (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8).collect::<Vec<u8>>().into()
+}
+
+#[tokio::test]
+async fn auth_hands_out_gateway_urls_and_tokens() {
+    let stack = proxy_stack().await;
+    let account = stack.emu().swift_account(LOGIN).unwrap();
+    let (url, token) = login(&stack).await;
+    assert_eq!(url, format!("{}/v1/{account}", stack.gw.url));
+    assert!(token.starts_with("SG1_"), "{token}");
+    let again = stack.auth(USER, KEY).await;
+    assert_eq!(header(&again, "x-auth-token"), token, "same token within its life");
+    assert_eq!(header(&again, "x-storage-token"), token);
+    let expires: u64 = header(&again, "x-auth-token-expires").parse().unwrap();
+    assert!(expires > 86000 && expires <= 86400);
+    // /info comes from upstream.
+    let info: serde_json::Value =
+        stack.http.get(format!("{}/info", stack.gw.url)).send().await.unwrap().json().await.unwrap();
+    assert!(info["swift"]["max_file_size"].is_u64(), "{info}");
+}
+
+#[tokio::test]
+async fn every_verb_passes_through() {
+    let stack = proxy_stack().await;
+    let (url, token) = login(&stack).await;
+    let t = [("x-auth-token", token.as_str())];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut h: Vec<(&str, &str)> = t.to_vec();
+        h.extend_from_slice(extra);
+        h
+    };
+    assert_eq!(raw::send("PUT", &format!("{url}/c1"), &t, full("")).await.status, 201);
+    let data = pattern(200_000, 1);
+    let put = raw::send(
+        "PUT",
+        &format!("{url}/c1/obj"),
+        &with(&[("content-type", "text/x-test"), ("x-object-meta-colour", "blue")]),
+        full(data.clone()),
+    )
+    .await;
+    assert_eq!(put.status, 201);
+    assert_eq!(put.header("etag"), md5_hex(&data));
+    let head = raw::send("HEAD", &format!("{url}/c1/obj"), &t, full("")).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), "200000", "HEAD keeps the object's length");
+    assert_eq!(head.header("x-object-meta-colour"), "blue");
+    assert!(head.body.is_empty());
+    let get = raw::send("GET", &format!("{url}/c1/obj"), &t, full("")).await;
+    assert_eq!((get.status, get.header("content-type")), (200, "text/x-test"));
+    assert_eq!(get.body, data);
+    let range = raw::send("GET", &format!("{url}/c1/obj"), &with(&[("range", "bytes=10-19")]), full("")).await;
+    assert_eq!((range.status, range.header("content-range")), (206, "bytes 10-19/200000"));
+    assert_eq!(range.body, data.slice(10..20));
+    let cond = raw::send(
+        "GET",
+        &format!("{url}/c1/obj"),
+        &[("x-auth-token", &token), ("if-none-match", &md5_hex(&data))],
+        full(""),
+    )
+    .await;
+    assert_eq!(cond.status, 304);
+    let post = raw::send("POST", &format!("{url}/c1/obj"), &with(&[("x-object-meta-colour", "red")]), full("")).await;
+    assert_eq!(post.status, 202);
+    let copy = raw::send("COPY", &format!("{url}/c1/obj"), &with(&[("destination", "c1/copied")]), full("")).await;
+    assert_eq!(copy.status, 201);
+    let copy2 = raw::send("PUT", &format!("{url}/c1/copied2"), &with(&[("x-copy-from", "c1/obj")]), full("")).await;
+    assert_eq!(copy2.status, 201);
+    let got = raw::send("GET", &format!("{url}/c1/copied2"), &t, full("")).await;
+    assert_eq!((got.body.clone(), got.header("x-object-meta-colour")), (data.clone(), "red"));
+    let chunks: Vec<Bytes> = (0..8).map(|i| pattern(70_000, i)).collect();
+    let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let ch = raw::send("PUT", &format!("{url}/c1/chunked"), &t, chunked(chunks)).await;
+    assert_eq!((ch.status, ch.header("etag").to_owned()), (201, md5_hex(&whole)));
+    let list = raw::send("GET", &format!("{url}/c1?format=json&prefix=co"), &t, full("")).await;
+    let names: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&list.body)
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["copied", "copied2"]);
+    let options = raw::send("OPTIONS", &format!("{url}/c1/obj"), &t, full("")).await;
+    assert_eq!(options.status, 405, "upstream's answer passes through");
+    assert_eq!(raw::send("DELETE", &format!("{url}/c1/obj"), &t, full("")).await.status, 204);
+    assert_eq!(raw::send("GET", &format!("{url}/c1/obj"), &t, full("")).await.status, 404);
+    let account = raw::send("HEAD", &url, &t, full("")).await;
+    assert_eq!((account.status, account.header("x-account-container-count")), (204, "3"));
+}
+
+#[tokio::test]
+async fn paths_and_queries_go_upstream_byte_for_byte() {
+    let stack = proxy_stack().await;
+    let (url, token) = login(&stack).await;
+    let t = [("x-auth-token", token.as_str())];
+    raw::send("PUT", &format!("{url}/p"), &t, full("")).await;
+    let cases = [
+        ("a%20b/%C3%BC%2Fc//d/", "a b/ü/c//d/"),
+        ("a%2Fb", "a/b"),
+        ("a//b", "a//b"),
+        ("/lead", "/lead"),
+        ("trail/", "trail/"),
+        ("plus+sign", "plus+sign"),
+        ("pct%2525", "pct%25"),
+        ("q%3Fmark", "q?mark"),
+        ("uni%C3%A9", "unié"),
+        ("dots/../x", "dots/../x"),
+    ];
+    for (sent, _) in cases {
+        let put = raw::send("PUT", &format!("{url}/p/{sent}"), &t, full(sent.as_bytes().to_vec())).await;
+        assert_eq!(put.status, 201, "{sent}");
+        let get = raw::send("GET", &format!("{url}/p/{sent}"), &t, full("")).await;
+        assert_eq!(get.body, sent.as_bytes(), "{sent}");
+    }
+    let list = raw::send("GET", &format!("{url}/p?format=json"), &t, full("")).await;
+    let mut names: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&list.body)
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = cases.iter().map(|(_, stored)| (*stored).to_owned()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    let bad = raw::send("PUT", &format!("{url}/p/bad%FF"), &t, full("x")).await;
+    assert_eq!(bad.status, 412, "upstream's verdict on invalid UTF-8 passes through");
+    // `+` in a query is a space; %2B is a plus.
+    raw::send("PUT", &format!("{url}/p/plus%20space"), &t, full("x")).await;
+    let space = raw::send("GET", &format!("{url}/p?prefix=plus+"), &t, full("")).await;
+    assert_eq!(String::from_utf8_lossy(&space.body), "plus space\n");
+    let plus = raw::send("GET", &format!("{url}/p?prefix=plus%2B"), &t, full("")).await;
+    assert_eq!(String::from_utf8_lossy(&plus.body), "plus+sign\n");
+}
+
+#[tokio::test]
+async fn gateway_tokens_are_checked() {
+    let stack = proxy_stack().await;
+    let (url, token) = login(&stack).await;
+    let account_url = url.clone();
+    for (tok, want) in [(Some("bogus"), 401), (Some("SG1_AAAA"), 401), (None, 401)] {
+        let headers: Vec<(&str, &str)> = tok.map(|t| vec![("x-auth-token", t)]).unwrap_or_default();
+        let resp = raw::send("GET", &account_url, &headers, full("")).await;
+        assert_eq!(resp.status, want, "{tok:?}");
+    }
+    // X-Storage-Token works too.
+    assert_eq!(raw::send("HEAD", &url, &[("x-storage-token", &token)], full("")).await.status, 204);
+    // Another account's path.
+    let other = format!("{}/v1/AUTH_0123456789abcdef0123456789abcdef/c", stack.gw.url);
+    let resp = raw::send("GET", &other, &[("x-auth-token", &token)], full("")).await;
+    assert_eq!(resp.status, 403);
+    // A rejected upload with no Expect still gets its answer (the body is drained, no reset).
+    let resp = raw::send("PUT", &format!("{url}/c/x"), &[("x-auth-token", "bogus")], full(pattern(3_000_000, 3))).await;
+    assert_eq!(resp.status, 401);
+    // Expired gateway token (24 h).
+    stack.clock.advance(Duration::from_secs(86401));
+    assert_eq!(raw::send("HEAD", &url, &[("x-auth-token", &token)], full("")).await.status, 401);
+}
+
+#[tokio::test]
+async fn upstream_401s_are_renewed_and_retried_transparently() {
+    // A 64 KiB replay buffer: small PUTs are kept and replayed, larger ones wait for 100.
+    let stack = Stack::start_custom(Mode::Proxy, |_| {}, |c| c.proxy.replay_buffer = 64 * 1024).await;
+    stack.register().await;
+    let (url, token) = login(&stack).await;
+    let t = [("x-auth-token", token.as_str())];
+    assert_eq!(raw::send("PUT", &format!("{url}/r"), &t, full("")).await.status, 201);
+    let small = pattern(30_000, 5);
+    let large = pattern(3_000_000, 6);
+    let chunks: Vec<Bytes> = (0..20).map(|i| pattern(100_000, i)).collect();
+    let chunked_whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let calls = stack.emu().count("credentials");
+    type Step = (&'static str, &'static str, raw::Boxed, u16);
+    let steps: Vec<(Step, Option<Vec<u8>>)> = vec![
+        (("GET", "", full(""), 200), None),
+        (("PUT", "/r/small", full(small.clone()), 201), Some(small.to_vec())),
+        (("PUT", "/r/large", full(large.clone()), 201), Some(large.to_vec())),
+        (("PUT", "/r/chunked", chunked(chunks.clone()), 201), Some(chunked_whole.clone())),
+        (("DELETE", "/r/small", full(""), 204), None),
+    ];
+    for (i, ((method, path, body, want), content)) in steps.into_iter().enumerate() {
+        stack.emu().revoke(false, true, false);
+        let resp = raw::send(method, &format!("{url}{path}"), &t, body).await;
+        assert_eq!(resp.status, want, "{method} {path}");
+        assert_eq!(
+            stack.emu().count("credentials"),
+            calls + i as u64 + 1,
+            "one renewal per revocation ({method} {path})"
+        );
+        if let Some(content) = content {
+            let back = raw::send("GET", &format!("{url}{path}"), &t, full("")).await;
+            assert!(back.body == content, "{path} content differs");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_401s_share_one_renewal() {
+    let stack = proxy_stack().await;
+    let (url, token) = login(&stack).await;
+    raw::send("PUT", &format!("{url}/c"), &[("x-auth-token", &token)], full("")).await;
+    stack.emu().revoke(false, true, false);
+    let calls = stack.emu().count("credentials");
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (url, token) = (url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            raw::send("PUT", &format!("{url}/c/o{i}"), &[("x-auth-token", &token)], full(format!("body {i}")))
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    assert_eq!(stack.emu().count("credentials"), calls + 1);
+}
+
+#[tokio::test]
+async fn expiry_is_renewed_ahead_without_401() {
+    let stack = Stack::start_mode(Mode::Proxy, |c| c.swift_token_ttl = Duration::from_secs(120)).await;
+    stack.register().await;
+    let (url, token) = login(&stack).await;
+    let storage_before = stack.emu().count("storage");
+    for _ in 0..5 {
+        stack.clock.advance(Duration::from_secs(121));
+        assert_eq!(raw::send("HEAD", &url, &[("x-auth-token", &token)], full("")).await.status, 204);
+    }
+    // Each request found its credentials stale and renewed before going upstream: no 401 and
+    // no retry, so exactly one upstream request each.
+    assert_eq!(stack.emu().count("storage"), storage_before + 5);
+}
+
+#[tokio::test]
+async fn header_rules_both_ways() {
+    let echo = common::echo::start().await;
+    let auth_url = format!("{}/auth/v1.0", echo.origin);
+    let stack = Stack::start_mode(Mode::Proxy, |c| {
+        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
+    })
+    .await;
+    stack.register().await;
+    let (url, token) = login(&stack).await;
+    assert_eq!(url, format!("{}/v1/AUTH_echo", stack.gw.url));
+    let resp = raw::send(
+        "PUT",
+        &format!("{url}/c/o%2Fx?multipart-manifest=put&a=b+c"),
+        &[
+            ("x-auth-token", &token),
+            ("connection", "x-client-hop"),
+            ("x-client-hop", "secret"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-object-meta-kept", "yes"),
+            ("if-none-match", "*"),
+            ("x-object-manifest", "c/segs/"),
+            ("content-type", "application/x-test"),
+            ("content-encoding", "gzip"),
+            ("destination", "c/d"),
+        ],
+        full("hello"),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["target"], "/v1/AUTH_echo/c/o%2Fx?multipart-manifest=put&a=b+c");
+    let h = &seen["headers"];
+    assert_eq!(h["x-auth-token"], common::echo::TOKEN, "the upstream token replaces the gateway's");
+    assert_eq!(h["host"], echo.origin.trim_start_matches("http://"));
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    for gone in ["x-client-hop", "connection", "x-forwarded-host", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} must not reach upstream: {h}");
+    }
+    for (name, value) in [
+        ("x-object-meta-kept", "yes"),
+        ("if-none-match", "*"),
+        ("x-object-manifest", "c/segs/"),
+        ("content-type", "application/x-test"),
+        ("content-encoding", "gzip"),
+        ("destination", "c/d"),
+        ("content-length", "5"),
+    ] {
+        assert_eq!(h[name], value, "{name}");
+    }
+    // Response side.
+    assert_eq!(resp.header("location"), format!("{}/v1/AUTH_echo/c/moved", stack.gw.url));
+    assert_eq!(resp.header("content-location"), "https://elsewhere.example/v1/x", "other origins are left alone");
+    assert_eq!(resp.header("x-object-meta-kept"), "yes");
+    assert_eq!(resp.header("x-resp-hop"), "");
+    assert_eq!(resp.header("keep-alive"), "");
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_swift_style_503() {
+    let mut stack = proxy_stack().await;
+    let (url, token) = login(&stack).await;
+    let placeholder = swiftgate::emulator::Emulator::start(
+        swiftgate::emulator::EmulatorConfig::default(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    std::mem::replace(&mut stack.emulator, placeholder).stop().await;
+    let resp = raw::send("GET", &url, &[("x-auth-token", &token)], full("")).await;
+    assert_eq!(resp.status, 503);
+    assert!(String::from_utf8_lossy(&resp.body).starts_with("<html><h1>Service Unavailable</h1>"));
+}
