@@ -183,7 +183,7 @@ impl TokenManager {
     /// Renews with the renewal lock held; retries transient errors with backoff.
     async fn renew_locked(&self, slot: &Slot) -> Result<Arc<Cached>, TokenError> {
         let previous = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Fresh(c) => Some((c.creds.token.clone(), c.creds.expires)),
+            Entry::Fresh(c) => Some(c.creds.token.clone()),
             _ => None,
         };
         let mut delay = self.policy.backoff;
@@ -207,7 +207,7 @@ impl TokenManager {
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((creds, target)) => {
-                let same = previous.is_some_and(|(token, expires)| token == creds.token && expires == creds.expires);
+                let same = previous.is_some_and(|token| token == creds.token);
                 if same {
                     slot.sticky.store(true, Ordering::Relaxed);
                 }

@@ -27,6 +27,7 @@ pub fn key_hash() -> &'static str {
 }
 
 pub mod echo;
+pub mod faulty;
 pub mod raw;
 
 pub struct RunningGateway {
@@ -58,6 +59,7 @@ pub struct Stack {
     pub emulator: EmulatorHandle,
     pub gw: RunningGateway,
     pub clock: Arc<ManualClock>,
+    pub shared_clock: Arc<dyn Clock>,
     pub config: Config,
     pub app: AppSpec,
     pub http: reqwest::Client,
@@ -108,14 +110,16 @@ impl Stack {
             ..EmulatorConfig::default()
         };
         tweak(&mut config);
+        // The gateway reads the emulator's clock: manual unless the test asked for real time.
+        let shared_clock = config.clock.clone();
         let emu_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator = Emulator::start(config, emu_listener).await.unwrap();
         let state = tempfile::tempdir().unwrap();
         let mut config = single_user_config(state.path(), gw_addr, emulator.base_url(), &app, USER, key_hash(), mode);
         tweak_config(&mut config);
-        let gw = start_gateway(&config, clock.clone(), gw_listener).await;
+        let gw = start_gateway(&config, shared_clock.clone(), gw_listener).await;
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Stack { emulator, gw, clock, config, app, http, state }
+        Stack { emulator, gw, clock, shared_clock, config, app, http, state }
     }
 
     pub fn emu(&self) -> &Emulator {
@@ -143,9 +147,10 @@ impl Stack {
     pub async fn restart_gateway(&mut self) {
         let addr = self.gw.addr;
         let placeholder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let old = std::mem::replace(&mut self.gw, start_gateway(&self.config, self.clock.clone(), placeholder).await);
+        let old =
+            std::mem::replace(&mut self.gw, start_gateway(&self.config, self.shared_clock.clone(), placeholder).await);
         old.stop().await;
-        let fresh = start_gateway(&self.config, self.clock.clone(), rebind(addr).await).await;
+        let fresh = start_gateway(&self.config, self.shared_clock.clone(), rebind(addr).await).await;
         std::mem::replace(&mut self.gw, fresh).stop().await;
     }
 }

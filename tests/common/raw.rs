@@ -13,6 +13,8 @@ pub struct Answer {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// The response body broke off (connection error) instead of ending.
+    pub body_failed: bool,
 }
 
 impl Answer {
@@ -32,14 +34,27 @@ pub fn chunked(chunks: Vec<Bytes>) -> Boxed {
 }
 
 pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Boxed) -> Answer {
+    try_send(method, url, headers, body).await.expect("request sent")
+}
+
+/// Like [`send`], but a request that fails before a response arrives is an `Err`.
+pub async fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Boxed,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
     let client: Client<_, Boxed> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(body).unwrap()).await.unwrap();
+    let resp = client.request(req.body(body).unwrap()).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    Answer { status, headers, body }
+    let (body, body_failed) = match resp.into_body().collect().await {
+        Ok(c) => (c.to_bytes(), false),
+        Err(_) => (Bytes::new(), true),
+    };
+    Ok(Answer { status, headers, body, body_failed })
 }

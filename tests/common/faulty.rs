@@ -1,0 +1,78 @@
+//! A deliberately broken Swift upstream on raw TCP: it answers v1.0 auth, then breaks
+//! connections mid-body: a GET gets a partial body and a reset, a PUT is reset after part of
+//! its body was read. For the proxy's fault tests.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub struct Faulty {
+    pub origin: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return Some((head, buf[end + 4..].to_vec()));
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, origin: String) {
+    let Some((head, mut body)) = read_head(&mut stream).await else { return };
+    let request_line = head.lines().next().unwrap_or("").to_owned();
+    if request_line.starts_with("GET /auth/v1.0") {
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nX-Storage-Url: {origin}/v1/AUTH_faulty\r\nX-Auth-Token: AUTH_tkfaulty\r\nX-Auth-Token-Expires: 86400\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let _ = stream.write_all(resp.as_bytes()).await;
+        return;
+    }
+    if request_line.starts_with("GET ") {
+        // Promise 10 MB, deliver 1 MB, then reset.
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\nEtag: x\r\n\r\n").await;
+        let _ = stream.write_all(&vec![b'g'; 1_000_000]).await;
+        let _ = stream.set_zero_linger();
+        return;
+    }
+    if request_line.starts_with("PUT ") {
+        // Read about 1 MB of the body, then reset without answering.
+        let mut chunk = vec![0u8; 65536];
+        while body.len() < 1_000_000 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = stream.set_zero_linger();
+    }
+}
+
+pub async fn start() -> Faulty {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let origin = format!("http://{addr}");
+    let o = origin.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, o.clone()));
+        }
+    });
+    Faulty { origin, task }
+}

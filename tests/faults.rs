@@ -1,0 +1,85 @@
+//! The proxy when things break: upstream resets mid-GET and mid-PUT, a client that vanishes
+//! mid-upload. A broken transfer must never look like a success, and nothing may leak.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw::{self, full};
+use common::{header, Stack, KEY, USER};
+use http_body_util::BodyExt;
+use swiftgate::config::Mode;
+use swiftgate::emulator::StorageConfig;
+use swiftgate::secret::Secret;
+
+async fn faulty_stack(faulty: &common::faulty::Faulty) -> Stack {
+    let auth_url = format!("{}/auth/v1.0", faulty.origin);
+    let stack = Stack::start_mode(Mode::Proxy, |c| {
+        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
+    })
+    .await;
+    stack.register().await;
+    stack
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_get_breaks_the_clients_transfer() {
+    let faulty = common::faulty::start().await;
+    let stack = faulty_stack(&faulty).await;
+    let resp = stack.auth(USER, KEY).await;
+    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let got = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
+    assert_eq!(got.status, 200, "the head arrived before the break");
+    assert!(got.body_failed, "a truncated body must fail, not end cleanly");
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_put_is_a_502() {
+    let faulty = common::faulty::start().await;
+    let stack = faulty_stack(&faulty).await;
+    let resp = stack.auth(USER, KEY).await;
+    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let body = Bytes::from(vec![b'p'; 3_000_000]);
+    let put = raw::send("PUT", &format!("{url}/c/o"), &[("x-auth-token", &token)], full(body)).await;
+    assert_eq!(put.status, 502);
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_put_aborts_the_upstream_upload() {
+    let stack = Stack::start_mode(Mode::Proxy, |_| {}).await;
+    stack.register().await;
+    let resp = stack.auth(USER, KEY).await;
+    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    assert_eq!(raw::send("PUT", &format!("{url}/c"), &[("x-auth-token", &token)], full("")).await.status, 201);
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    // A chunked upload that sends 2 MiB and then fails on the client side.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+    let put = tokio::spawn({
+        let url = format!("{url}/c/vanishing");
+        let token = token.clone();
+        async move { raw::try_send("PUT", &url, &[("x-auth-token", &token)], body).await }
+    });
+    for _ in 0..2 {
+        tx.send(Ok(hyper::body::Frame::data(Bytes::from(vec![b'v'; 1 << 20])))).await.unwrap();
+    }
+    tx.send(Err(std::io::Error::other("client gave up"))).await.unwrap();
+    drop(tx);
+    let _ = put.await;
+    // The object never appears upstream, and every task the transfer started ends.
+    let head = raw::send("HEAD", &format!("{url}/c/vanishing"), &[("x-auth-token", &token)], full("")).await;
+    assert_eq!(head.status, 404);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.num_alive_tasks() > baseline {
+        assert!(tokio::time::Instant::now() < deadline, "{} tasks alive, {baseline} before", metrics.num_alive_tasks());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
