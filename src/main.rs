@@ -244,16 +244,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     let tls = match &config.tls {
         Some(t) => Some(server::tls_acceptor(&t.cert, &t.key)?),
         None => None,
     };
-    let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url(), "swiftgate serving");
+    // With port 0 the default public URL must name the port actually bound.
+    config.listen = listener.local_addr()?;
+    let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", config.public_url())?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(listen = %config.listen, public_url = %config.public_url(), "swiftgate serving");
     server::run(listener, gateway, ServeOptions { tls, http1_only: false }, server::shutdown_signal()).await;
     tracing::info!("swiftgate stopped");
     Ok(())
