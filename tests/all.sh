@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: installs the real Swift clients the tests drive (idempotent, quiet), then
+# Runs every test: installs the real Swift clients the tests drive (python-swiftclient, rclone) (idempotent, quiet), then
 # the whole cargo test suite with those clients required. This is the README's test command
 # and what CI runs.
 set -euo pipefail
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v swift >/dev/null 2>&1 || need_apt+=(python3-swiftclient)
+command -v rclone >/dev/null 2>&1 || need_apt+=(rclone)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"

@@ -274,3 +274,85 @@ async fn headless_register_takes_the_pasted_redirect_url() {
     assert!(rest.iter().any(|l| l.contains("registered account alice")), "{rest:?}");
     assert!(dir.path().join("state/accounts/alice.json").exists());
 }
+
+fn file_md5(path: &Path) -> String {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        md5.update(&buf[..n]);
+    }
+    hex::encode(md5.finalize())
+}
+
+fn rclone_available() -> bool {
+    let found = Command::new("rclone").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(), "rclone is required (tests/all.sh installs it)");
+        eprintln!("SKIPPED: rclone is not installed; `bash tests/all.sh` installs it");
+    }
+    found
+}
+
+#[test]
+fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
+    if !swift_cli_available() || !rclone_available() {
+        return;
+    }
+    let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0", "--swift-token-ttl", "3"], 3);
+    let env: Vec<(String, String)> = lines
+        .iter()
+        .zip(["ST_AUTH", "ST_USER", "ST_KEY"])
+        .map(|(line, name)| (name.to_owned(), line.strip_prefix(&format!("export {name}=")).unwrap().to_owned()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+        let block: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        for i in 0..1024u32 {
+            f.write_all(&i.to_le_bytes()).unwrap();
+            f.write_all(&block[4..]).unwrap();
+        }
+    }
+    let want = file_md5(&big);
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd.current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    let swift = |args: &[&str]| {
+        let mut cmd = Command::new("swift");
+        cmd.args(args);
+        for var in ["OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_STORAGE_URL", "OS_AUTH_TOKEN", "ST_AUTH_VERSION"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    };
+    // python-swiftclient: whole object, then segmented (DLO, 100 MiB segments).
+    run(&mut swift(&["upload", "whole", "big.bin"]), "swift upload");
+    run(&mut swift(&["download", "whole", "big.bin", "-o", "whole.out"]), "swift download");
+    assert_eq!(file_md5(&dir.path().join("whole.out")), want, "swift whole");
+    run(&mut swift(&["upload", "-S", "104857600", "segs", "big.bin"]), "swift upload -S");
+    run(&mut swift(&["download", "segs", "big.bin", "-o", "segs.out"]), "swift download segmented");
+    assert_eq!(file_md5(&dir.path().join("segs.out")), want, "swift segmented");
+    // rclone (swift backend, v1 auth): one 1 GiB PUT with Expect: 100-continue, then a download.
+    let rclone = |args: &[&str]| {
+        let mut cmd = Command::new("rclone");
+        cmd.args(["-q", "--config", "/nonexistent/rclone.conf", "--retries", "1", "--low-level-retries", "1"]).args(args);
+        cmd.env("RCLONE_CONFIG_GW_TYPE", "swift")
+            .env("RCLONE_CONFIG_GW_AUTH", &env[0].1)
+            .env("RCLONE_CONFIG_GW_USER", &env[1].1)
+            .env("RCLONE_CONFIG_GW_KEY", &env[2].1);
+        cmd
+    };
+    run(&mut rclone(&["copyto", "big.bin", "gw:rc/big.bin"]), "rclone upload");
+    run(&mut rclone(&["copyto", "gw:rc/big.bin", "rclone.out"]), "rclone download");
+    assert_eq!(file_md5(&dir.path().join("rclone.out")), want, "rclone");
+}
