@@ -292,9 +292,17 @@ fn file_md5(path: &Path) -> String {
 }
 
 fn rclone_available() -> bool {
-    let found = Command::new("rclone").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let found = Command::new("rclone")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !found {
-        assert!(std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(), "rclone is required (tests/all.sh installs it)");
+        assert!(
+            std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(),
+            "rclone is required (tests/all.sh installs it)"
+        );
         eprintln!("SKIPPED: rclone is not installed; `bash tests/all.sh` installs it");
     }
     found
@@ -324,7 +332,12 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
     let want = file_md5(&big);
     let run = |cmd: &mut Command, what: &str| {
         let out = cmd.current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let swift = |args: &[&str]| {
         let mut cmd = Command::new("swift");
@@ -345,7 +358,8 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
     // rclone (swift backend, v1 auth): one 1 GiB PUT with Expect: 100-continue, then a download.
     let rclone = |args: &[&str]| {
         let mut cmd = Command::new("rclone");
-        cmd.args(["-q", "--config", "/nonexistent/rclone.conf", "--retries", "1", "--low-level-retries", "1"]).args(args);
+        cmd.args(["-q", "--config", "/nonexistent/rclone.conf", "--retries", "1", "--low-level-retries", "1"])
+            .args(args);
         cmd.env("RCLONE_CONFIG_GW_TYPE", "swift")
             .env("RCLONE_CONFIG_GW_AUTH", &env[0].1)
             .env("RCLONE_CONFIG_GW_USER", &env[1].1)
