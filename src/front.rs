@@ -283,7 +283,13 @@ pub async fn v1_auth(
         return unauthorized();
     };
     let account = users.list[index].account.as_str();
-    let cached = match tokens.credentials(account).await {
+    let lookup = match issue {
+        // The client will use the upstream token itself: give it one that outlives the skew
+        // between the gateway's idea of its expiry and upstream's.
+        Issue::Upstream => tokens.credentials_lasting(account, Duration::from_secs(2)).await,
+        Issue::Gateway(_) => tokens.credentials(account).await,
+    };
+    let cached = match lookup {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(user = %user, account = %account, cause = %e, "v1.0 auth: no upstream credentials");

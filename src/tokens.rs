@@ -163,6 +163,23 @@ impl TokenManager {
         }
     }
 
+    /// Like [`credentials`](Self::credentials), but never hands out credentials with less than
+    /// `min_life` left: for redirect mode, where the client uses the upstream token itself and the
+    /// gateway cannot renew it on a 401. A provider that keeps its token until expiry has nothing
+    /// fresher before then, so this waits out the last moments (at most `min_life`) and renews.
+    pub async fn credentials_lasting(self: &Arc<Self>, account: &str, min_life: Duration) -> Result<Arc<Cached>, TokenError> {
+        let cached = self.credentials(account).await?;
+        let now = self.clock.now();
+        if cached.creds.expires > now + min_life {
+            return Ok(cached);
+        }
+        if let Ok(left) = cached.creds.expires.duration_since(now) {
+            tokio::time::sleep(left.min(min_life)).await;
+        }
+        self.invalidate(account, &cached.creds.token);
+        self.credentials(account).await
+    }
+
     fn renew_in_background(self: &Arc<Self>, account: &str, slot: &Slot) {
         // Only one background renewal: if the lock is taken, a renewal is already under way.
         let Ok(guard) = slot.renewal.clone().try_lock_owned() else {
