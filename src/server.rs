@@ -57,7 +57,7 @@ pub enum TlsError {
     Invalid(String),
 }
 
-/// A TLS acceptor for the PEM certificate chain and key, offering h2 and HTTP/1.1 by ALPN.
+/// A TLS acceptor for the PEM certificate chain and key, offering HTTP/1.1 and h2 by ALPN.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source });
     let cert_pem = read(cert)?;
@@ -75,7 +75,10 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Invalid(format!("certificate and key do not fit together: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 first: Swift clients send `Expect: 100-continue` on uploads, and hyper's h2
+    // server cannot answer it, so a Go client (rclone, restic) that picked h2 would wait its
+    // 1 s expect timeout on every PUT. A client that offers only h2 still gets it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

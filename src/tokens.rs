@@ -167,7 +167,11 @@ impl TokenManager {
     /// `min_life` left: for redirect mode, where the client uses the upstream token itself and the
     /// gateway cannot renew it on a 401. A provider that keeps its token until expiry has nothing
     /// fresher before then, so this waits out the last moments (at most `min_life`) and renews.
-    pub async fn credentials_lasting(self: &Arc<Self>, account: &str, min_life: Duration) -> Result<Arc<Cached>, TokenError> {
+    pub async fn credentials_lasting(
+        self: &Arc<Self>,
+        account: &str,
+        min_life: Duration,
+    ) -> Result<Arc<Cached>, TokenError> {
         let cached = self.credentials(account).await?;
         let now = self.clock.now();
         if cached.creds.expires > now + min_life {
@@ -178,6 +182,26 @@ impl TokenManager {
         }
         self.invalidate(account, &cached.creds.token);
         self.credentials(account).await
+    }
+
+    /// Credentials other than `refused`, which upstream just rejected. A provider may keep
+    /// handing out a token in its last moments although upstream already refuses it; keep asking
+    /// (single-flight, a few times a second) until `patience` runs out.
+    pub async fn credentials_except(
+        self: &Arc<Self>,
+        account: &str,
+        refused: &crate::secret::Secret,
+        patience: Duration,
+    ) -> Result<Arc<Cached>, TokenError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            self.invalidate(account, refused);
+            let cached = self.credentials(account).await?;
+            if &cached.creds.token != refused || tokio::time::Instant::now() >= deadline {
+                return Ok(cached);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn renew_in_background(self: &Arc<Self>, account: &str, slot: &Slot) {

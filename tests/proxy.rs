@@ -338,3 +338,24 @@ async fn upstream_down_is_a_swift_style_503() {
     assert_eq!(resp.status, 503);
     assert!(String::from_utf8_lossy(&resp.body).starts_with("<html><h1>Service Unavailable</h1>"));
 }
+
+#[tokio::test]
+async fn an_upload_refused_before_100_gets_its_answer_not_a_reset() {
+    // Found by the compatibility suite: Swift answers 413 to a too-large PUT before asking for
+    // the body; a client that sent no Expect must read that 413, so the gateway drains the body.
+    let stack = Stack::start_mode(Mode::Proxy, |c| {
+        c.storage = StorageConfig::BuiltIn { data_dir: None, max_file_size: 10 * 1024 * 1024 };
+    })
+    .await;
+    stack.register().await;
+    let (url, token) = login(&stack).await;
+    let resp = raw::try_send(
+        "PUT",
+        &format!("{url}/default/too-big"),
+        &[("x-auth-token", &token)],
+        full(pattern(11_000_000, 9)),
+    )
+    .await
+    .expect("an answer, not a broken connection");
+    assert_eq!(resp.status, 413);
+}

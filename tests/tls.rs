@@ -31,8 +31,11 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
         roots.add(cert.unwrap()).unwrap();
     }
+    // HTTP/1.1 is preferred (hyper's h2 server cannot send 100 Continue); h2 when it is all
+    // the client speaks.
     for (offer, want) in [
-        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"h2".as_slice()),
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"http/1.1".as_slice()),
+        (vec![b"h2".to_vec()], b"h2".as_slice()),
         (vec![b"http/1.1".to_vec()], b"http/1.1".as_slice()),
     ] {
         let mut config = rustls::ClientConfig::builder().with_root_certificates(roots.clone()).with_no_client_auth();

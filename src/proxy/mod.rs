@@ -29,7 +29,7 @@ use crate::body::{self, Body};
 use crate::front;
 use crate::provider::SwiftCredentials;
 use crate::tokens::{Cached, TokenManager};
-use stream::{Gate, IdleTimeout, Returned, UpstreamBody};
+use stream::{Gate, IdleTimeout, UpstreamBody};
 
 /// Tunables of the streaming path.
 #[derive(Clone, Debug)]
@@ -236,15 +236,18 @@ impl Proxy {
         let path_and_query = parts.uri.path_and_query().cloned();
         let mut replay = Vec::new();
         let mut rest = has_body.then_some(client_body);
-        let mut retried = false;
+        let mut refused: Option<crate::secret::Secret> = None;
         loop {
-            let cached = match (account, &anonymous) {
-                (Some(account), _) => match tokens.credentials(account).await {
-                    Ok(c) => c,
-                    Err(e) => return drain_then(rest, front::token_error_response(&e, &self.public_origin)),
-                },
-                (None, Some(c)) => c.clone(),
-                (None, None) => return drain_then(rest, front::unauthorized()),
+            let retried = refused.is_some();
+            let cached = match (account, &anonymous, &refused) {
+                (Some(account), _, None) => tokens.credentials(account).await,
+                (Some(account), _, Some(token)) => tokens.credentials_except(account, token, REFUSAL_PATIENCE).await,
+                (None, Some(c), _) => Ok(c.clone()),
+                (None, None, _) => return drain_then(rest, front::unauthorized()),
+            };
+            let cached = match cached {
+                Ok(c) => c,
+                Err(e) => return drain_then(rest, front::token_error_response(&e, &self.public_origin)),
             };
             let target = &cached.target;
             if !target.covers(parts.uri.path()) {
@@ -261,15 +264,11 @@ impl Proxy {
                 return drain_then(rest, body::text(StatusCode::BAD_REQUEST, "unusable request target\n"));
             };
             let gate = gated.then(|| Arc::new(Gate::default()));
+            let sent = has_body.then(|| Arc::new(tokio::sync::Notify::new()));
             let (back_tx, back_rx) = tokio::sync::oneshot::channel();
             let budget = if retried { 0 } else { self.settings.replay_buffer };
-            let body = UpstreamBody::new(
-                std::mem::take(&mut replay),
-                rest.take(),
-                gate.clone(),
-                budget,
-                (!retried).then_some(back_tx),
-            );
+            let body = UpstreamBody::new(std::mem::take(&mut replay), rest.take(), gate.clone(), budget, back_tx)
+                .notify_end(sent.clone());
             let mut up = Request::new(body);
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;
@@ -286,7 +285,9 @@ impl Proxy {
                     }
                 });
             }
-            let result = self.send(up, gate.as_deref()).await;
+            let result = self.send(up, gate.as_deref(), sent.as_deref()).await;
+            // Upstream answered without asking for the body: the body stays with the client.
+            let body_unsent = gate.as_ref().is_some_and(|g| !g.is_open());
             if let Some(gate) = &gate {
                 gate.cancel();
             }
@@ -294,40 +295,51 @@ impl Proxy {
                 Ok(resp) => resp,
                 Err(failure) => return failure.response(),
             };
-            if resp.status() == StatusCode::UNAUTHORIZED && account.is_some() && !retried {
-                // The upstream token was refused: renew (shared with every other waiter) and
-                // retry once if the body can be sent again.
-                if let Some(account) = account {
-                    tokens.invalidate(account, &cached.creds.token);
+            let returned = if body_unsent || resp.status() == StatusCode::UNAUTHORIZED {
+                match tokio::time::timeout(Duration::from_secs(10), back_rx).await {
+                    Ok(Ok(r)) => Some(r),
+                    _ => None,
                 }
-                let returned = match tokio::time::timeout(Duration::from_secs(10), back_rx).await {
-                    Ok(Ok(r)) => r,
-                    _ => Returned { sent: None, rest: None },
-                };
-                let consumed_whole_or_kept = returned.sent.is_some();
-                if consumed_whole_or_kept || !has_body {
+            } else {
+                None
+            };
+            let replayable = returned.as_ref().is_some_and(|r| r.sent.is_some() || !has_body);
+            if resp.status() == StatusCode::UNAUTHORIZED && account.is_some() && !retried && replayable {
+                // The upstream token was refused: renew (shared with every other waiter) and
+                // retry once, sending what was kept and then the rest of the client's body.
+                if let Some(r) = returned {
                     tracing::info!(status = 401, "upstream refused its token; renewed, retrying");
-                    replay = returned.sent.unwrap_or_default();
-                    rest = returned.rest;
-                    retried = true;
-                    drop(resp);
+                    replay = r.sent.unwrap_or_default();
+                    rest = r.rest;
+                    refused = Some(cached.creds.token.clone());
                     continue;
                 }
-                return self.respond(resp, target);
             }
-            return self.respond(resp, target);
+            return drain_then(returned.and_then(|r| r.rest), self.respond(resp, target));
         }
     }
 
-    /// Sends one attempt; while the body waits for `100 Continue`, opens the gate after the
-    /// expect timeout (RFC 9110 lets a client stop waiting).
-    async fn send(&self, up: Request<UpstreamBody>, gate: Option<&Gate>) -> Result<Response<Incoming>, Failure> {
+    /// Sends one attempt. While a gated body waits for `100 Continue`, the gate opens after the
+    /// expect timeout (RFC 9110 lets a client stop waiting). The header timeout runs only once
+    /// the body is sent: an upload has no total time limit.
+    async fn send(
+        &self,
+        up: Request<UpstreamBody>,
+        gate: Option<&Gate>,
+        sent: Option<&tokio::sync::Notify>,
+    ) -> Result<Response<Incoming>, Failure> {
         let request = self.client.request(up);
         tokio::pin!(request);
         if let Some(gate) = gate {
             tokio::select! {
                 r = &mut request => return finish(r),
                 () = tokio::time::sleep(self.settings.expect_timeout) => gate.open(),
+            }
+        }
+        if let Some(sent) = sent {
+            tokio::select! {
+                r = &mut request => return finish(r),
+                () = sent.notified() => {}
             }
         }
         match tokio::time::timeout(self.settings.header_timeout, request).await {
@@ -366,9 +378,9 @@ impl Proxy {
         let Some(uri) = target.info_uri() else {
             return body::text(StatusCode::BAD_GATEWAY, "no upstream /info\n");
         };
-        let mut up = Request::new(UpstreamBody::new(Vec::new(), None, None, 0, None));
+        let mut up = Request::new(UpstreamBody::empty());
         *up.uri_mut() = uri;
-        match self.send(up, None).await {
+        match self.send(up, None, None).await {
             Ok(resp) => self.respond(resp, target),
             Err(failure) => failure.response(),
         }
@@ -440,6 +452,10 @@ pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body
     }
     resp
 }
+
+/// How long a 401 retry waits for the provider to hand out a token other than the one
+/// upstream just refused (tokens near their end can be refused before the provider lets go).
+const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Most bytes read and discarded from a rejected upload.
 const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;

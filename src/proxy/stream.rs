@@ -83,6 +83,8 @@ pub struct UpstreamBody {
     kept_len: u64,
     budget: u64,
     back: Option<tokio::sync::oneshot::Sender<Returned>>,
+    /// Told when the last byte went upstream (the response wait starts then).
+    end: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl UpstreamBody {
@@ -93,16 +95,36 @@ impl UpstreamBody {
         rest: Option<Incoming>,
         gate: Option<Arc<Gate>>,
         budget: u64,
-        back: Option<tokio::sync::oneshot::Sender<Returned>>,
+        back: tokio::sync::oneshot::Sender<Returned>,
     ) -> Self {
         UpstreamBody {
             replay: replay.into_iter(),
             rest,
             gate,
-            kept: back.as_ref().map(|_| Vec::new()),
+            kept: Some(Vec::new()),
             kept_len: 0,
             budget,
-            back,
+            back: Some(back),
+            end: None,
+        }
+    }
+
+    /// A body with nothing to send.
+    pub fn empty() -> Self {
+        UpstreamBody::new(Vec::new(), None, None, 0, tokio::sync::oneshot::channel().0)
+    }
+
+    /// Notifies `end` once the whole body has been handed to hyper.
+    pub fn notify_end(mut self, end: Option<Arc<tokio::sync::Notify>>) -> Self {
+        self.end = end;
+        self
+    }
+
+    fn finished(&mut self) {
+        self.rest = None;
+        self.hand_back();
+        if let Some(end) = self.end.take() {
+            end.notify_one();
         }
     }
 
@@ -144,9 +166,13 @@ impl HttpBody for UpstreamBody {
         }
         if let Some(chunk) = this.replay.next() {
             this.keep(&chunk);
+            if this.replay.len() == 0 && this.rest.is_none() {
+                this.finished();
+            }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(rest) = this.rest.as_mut() else {
+            this.finished();
             return Poll::Ready(None);
         };
         match ready!(Pin::new(rest).poll_frame(cx)) {
@@ -155,16 +181,22 @@ impl HttpBody for UpstreamBody {
                     let chunk = chunk.clone();
                     this.keep(&chunk);
                 }
+                // hyper stops polling once a Content-Length body is complete, so notice the end
+                // here rather than waiting for a `None` that may never be asked for.
+                if this.rest.as_ref().is_some_and(HttpBody::is_end_stream) {
+                    this.finished();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                // The client went away or broke its body: upstream must see an aborted upload.
+                // The client went away or broke its body: upstream must see an aborted upload,
+                // and what was kept is no longer a whole body to replay.
                 this.rest = None;
+                this.kept = None;
                 Poll::Ready(Some(Err(e.into())))
             }
             None => {
-                this.rest = None;
-                this.hand_back();
+                this.finished();
                 Poll::Ready(None)
             }
         }

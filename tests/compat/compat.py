@@ -60,7 +60,8 @@ class Stack:
     def __init__(self, base):
         self.base = base
         self.procs = []
-        self.swift = swift_upstream.Swift(os.path.join(base, "swift"), token_life=TOKEN_LIFE, max_file_size=MAX_FILE)
+        self.swift = swift_upstream.Swift(os.path.join(base, "swift"), token_life=TOKEN_LIFE, max_file_size=MAX_FILE,
+                                          listing_limit=10000)
         self.gateways = {}
 
     def spawn(self, args, **kw):
@@ -283,6 +284,24 @@ def api_objects(ctx):
         c.delete_object("api", n)
 
 
+def api_listing_pages(ctx):
+    c = api_conn(ctx)
+    c.put_container("apipages")
+    for i in range(25):
+        c.put_object("apipages", f"p/{i:02}", str(i).encode())
+    names, marker, pages = [], "", 0
+    while True:
+        _, page = c.get_container("apipages", limit=10, marker=marker, prefix="p/")
+        if not page:
+            break
+        pages += 1
+        names += [o["name"] for o in page]
+        marker = page[-1]["name"]
+    check(pages == 3 and names == [f"p/{i:02}" for i in range(25)], f"{pages} pages, {len(names)} names")
+    _, subdirs = c.get_container("apipages", delimiter="/")
+    check([d.get("subdir") for d in subdirs] == ["p/"], f"{subdirs}")
+
+
 def api_token_expiry(ctx):
     """A client holding one token across several upstream expiries (proxy mode: the gateway's
     token outlives upstream's, so preauth use keeps working; redirect mode: re-auth works)."""
@@ -418,6 +437,7 @@ SCENARIOS = [
     ("swift", "delete incl. bulk", sw_delete_bulk),
     ("swift", "long run over expiries", sw_long_run),
     ("swift-api", "objects (file, generator, range, post, copy, delete)", api_objects),
+    ("swift-api", "listing: 3 pages by marker, delimiter", api_listing_pages),
     ("swift-api", "one token across expiries", api_token_expiry),
     ("rclone", "auth+list", rc_auth_list),
     ("rclone", "small + names + md5", rc_small_and_names),
@@ -448,6 +468,9 @@ def main():
         stack.start()
         print(f"setup: {time.monotonic() - started:.1f}s (swift {stack.swift.auth_url}, gateways {stack.gateways})", flush=True)
         for mode in ("proxy", "redirect"):
+            # Both gateways front the same upstream account: start each mode from an empty one.
+            subprocess.run(["swift", "-A", stack.swift.auth_url, "-U", "test:tester", "-K", "testing", "delete", "--all"],
+                           capture_output=True, check=False)
             work = os.path.join(base, f"work-{mode}")
             os.makedirs(work)
             make_files(work)
