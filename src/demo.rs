@@ -73,6 +73,13 @@ pub async fn browser_register(
         return Ok((resp.status().as_u16(), resp.text().await?));
     }
     let authorize = location(&resp)?;
+    // A browser keeps the registration cookie and brings it back to the callback.
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
     let page = http.get(&authorize).send().await?;
     if page.status() != 200 {
         bail!("consent page answered {}", page.status());
@@ -98,7 +105,11 @@ pub async fn browser_register(
         return Ok((resp.status().as_u16(), resp.text().await?));
     }
     let callback = location(&resp)?;
-    let resp = http.get(&callback).send().await?;
+    let mut request = http.get(&callback);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let resp = request.send().await?;
     Ok((resp.status().as_u16(), resp.text().await?))
 }
 

@@ -40,6 +40,9 @@ pub struct Users {
     cache_key: [u8; 32],
     /// user index → HMAC of the last key that verified; short critical sections only.
     verified: Mutex<HashMap<usize, [u8; 32]>>,
+    /// Argon2 runs at most this many at once (one per core): each takes 7 MiB and real CPU,
+    /// and anyone can ask for one by sending a wrong key.
+    argon_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Users {
@@ -55,7 +58,14 @@ impl Users {
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut cache_key);
         let by_name = users.iter().enumerate().map(|(i, u)| (u.name.clone(), i)).collect();
         let list = users.iter().map(|u| User { key_hash: u.key_hash.clone(), account: u.account.clone() }).collect();
-        Users { by_name, list, cache_key, verified: Mutex::new(HashMap::new()) }
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Users {
+            by_name,
+            list,
+            cache_key,
+            verified: Mutex::new(HashMap::new()),
+            argon_slots: tokio::sync::Semaphore::new(cores),
+        }
     }
 
     /// The account `user` is bound to.
@@ -90,6 +100,7 @@ impl Users {
         }
         let hash = self.list[index].key_hash.clone();
         let key = key.to_owned();
+        let Ok(_slot) = self.argon_slots.acquire().await else { return None };
         let ok = tokio::task::spawn_blocking(move || verify_key(&hash, &key)).await.unwrap_or(false);
         if ok {
             self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(index, mac);

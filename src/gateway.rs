@@ -112,8 +112,18 @@ impl Gateway {
             *resp.status_mut() = StatusCode::UNAUTHORIZED;
             return resp;
         };
-        let (_, url) = self.registrar.begin(&account);
-        body::redirect(&url)
+        let (_, url, cookie) = self.registrar.begin_in_browser(&account);
+        let mut resp = body::redirect(&url);
+        let secure = if self.public_url.starts_with("https://") { "; Secure" } else { "" };
+        let value = format!(
+            "{}={cookie}; Path=/callback; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            crate::register::BROWSER_COOKIE,
+            crate::register::STATE_TTL.as_secs()
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(http::header::SET_COOKIE, v);
+        }
+        resp
     }
 
     async fn autoregister_post(&self, req: Request<Incoming>) -> Response<Body> {
@@ -157,7 +167,8 @@ impl Gateway {
             (&Method::POST, "/autoregister" | "/autoregister/") => self.autoregister_post(req).await,
             (&Method::GET, "/callback" | "/callback/") => {
                 let query = req.uri().query().unwrap_or("").to_owned();
-                outcome_page(&self.registrar.complete(&query).await)
+                let cookie = registration_cookie(req.headers());
+                outcome_page(&self.registrar.complete(&query, cookie.as_deref()).await)
             }
             (_, "/healthz" | "/info" | "/usage" | "/register" | "/autoregister" | "/callback") => {
                 body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
@@ -197,6 +208,18 @@ impl Gateway {
             None => crate::proxy::drain_then(Some(req.into_body()), front::unauthorized()),
         }
     }
+}
+
+/// The registration cookie's value from a request's `Cookie` headers.
+fn registration_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == crate::register::BROWSER_COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
 impl Handler for Gateway {

@@ -338,7 +338,7 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
                         println!("That is not the redirect URL (it has no query string); paste the whole URL:");
                         continue;
                     };
-                    match gateway.registrar().complete(query).await {
+                    match gateway.registrar().complete(query, None).await {
                         Ok(_) => break Ok(()),
                         Err(e) => break Err(e.into()),
                     }

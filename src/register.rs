@@ -36,6 +36,9 @@ pub enum RegisterError {
         /// HubiC's `error_description`.
         description: String,
     },
+    /// The callback came from a browser other than the one that started the registration.
+    #[error("this registration was started in another browser; start it again from this one")]
+    OtherBrowser,
     /// The callback carried neither a code nor an error.
     #[error("the callback carries no authorization code")]
     MissingCode,
@@ -56,7 +59,13 @@ pub enum RegisterError {
 struct Pending {
     account: String,
     expires: SystemTime,
+    /// For a registration started in a browser: the value of the cookie that browser got, so
+    /// a consent link handed to someone else cannot bind their HubiC account to this user.
+    browser: Option<Secret>,
 }
+
+/// The cookie that ties a browser registration to the browser that started it.
+pub const BROWSER_COOKIE: &str = "swiftgate_registration";
 
 /// Runs registrations for the gateway's accounts.
 pub struct Registrar {
@@ -112,28 +121,45 @@ impl Registrar {
 
     /// Starts a registration of `account`: a single-use state, and the URL to send the user to.
     pub fn begin(&self, account: &str) -> (String, String) {
+        self.begin_bound(account, None)
+    }
+
+    /// Starts a browser registration: also returns the cookie value the browser must bring
+    /// back to `/callback`.
+    pub fn begin_in_browser(&self, account: &str) -> (String, String, String) {
+        let cookie = random_hex(16);
+        let (state, url) = self.begin_bound(account, Some(Secret::new(cookie.clone())));
+        (state, url, cookie)
+    }
+
+    fn begin_bound(&self, account: &str, browser: Option<Secret>) -> (String, String) {
         let state = random_hex(16);
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, p| p.expires > now);
-        pending.insert(state.clone(), Pending { account: account.to_owned(), expires: now + STATE_TTL });
+        pending.insert(state.clone(), Pending { account: account.to_owned(), expires: now + STATE_TTL, browser });
         drop(pending);
         let url = self.client.authorize_url(&self.redirect_uri, &self.scope, &state);
         (state, url)
     }
 
-    fn take_state(&self, state: &str) -> Option<String> {
+    fn take_state(&self, state: &str, browser: Option<&str>) -> Result<String, RegisterError> {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.remove(state).filter(|p| p.expires > now).map(|p| p.account)
+        let p = pending.remove(state).filter(|p| p.expires > now).ok_or(RegisterError::BadState)?;
+        match &p.browser {
+            Some(want) if browser.is_none_or(|got| &Secret::new(got) != want) => Err(RegisterError::OtherBrowser),
+            _ => Ok(p.account),
+        }
     }
 
-    /// Completes a registration from the callback's query string; returns the account.
-    pub async fn complete(&self, query: &str) -> Result<String, RegisterError> {
+    /// Completes a registration from the callback's query string and, for one started in a
+    /// browser, that browser's registration cookie; returns the account.
+    pub async fn complete(&self, query: &str, browser: Option<&str>) -> Result<String, RegisterError> {
         let pairs = body::form_pairs(query.as_bytes());
         let get = |k| body::form_get(&pairs, k);
         // The state is consumed first, whatever the outcome, so a link works once.
-        let account = get("state").and_then(|s| self.take_state(s)).ok_or(RegisterError::BadState)?;
+        let account = self.take_state(get("state").ok_or(RegisterError::BadState)?, browser)?;
         if let Some(error) = get("error") {
             return Err(RegisterError::Denied {
                 error: error.to_owned(),
@@ -165,7 +191,7 @@ impl Registrar {
         let status = page.status();
         if status.is_redirection() {
             let location = page.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("");
-            self.take_state(&state);
+            let _ = self.take_state(&state, None);
             return Err(redirect_error(location).unwrap_or_else(|| {
                 RegisterError::UnexpectedPage(format!("consent page answered {status} to {location:?}"))
             }));
@@ -197,10 +223,10 @@ impl Registrar {
         if status == StatusCode::FOUND || status == StatusCode::SEE_OTHER {
             let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             let query = location.split_once('?').map_or("", |(_, q)| q);
-            return self.complete(query).await.map(|_| ());
+            return self.complete(query, None).await.map(|_| ());
         }
         let text = resp.text().await.unwrap_or_default();
-        self.take_state(&state);
+        let _ = self.take_state(&state, None);
         if status == StatusCode::OK {
             if let Some(message) = scrape_error(&text) {
                 return Err(RegisterError::LoginFailed(message));
@@ -248,7 +274,7 @@ pub fn outcome_page(result: &Result<String, RegisterError>) -> Response<Body> {
         ),
         Err(e) => {
             let status = match e {
-                RegisterError::BadState | RegisterError::MissingCode | RegisterError::Denied { .. } | RegisterError::LoginFailed(_) => StatusCode::BAD_REQUEST,
+                RegisterError::BadState | RegisterError::OtherBrowser | RegisterError::MissingCode | RegisterError::Denied { .. } | RegisterError::LoginFailed(_) => StatusCode::BAD_REQUEST,
                 RegisterError::Exchange(p) if !p.is_transient() => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::BAD_GATEWAY,
             };

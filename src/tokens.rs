@@ -270,8 +270,16 @@ impl TokenManager {
             Err(e) => {
                 tracing::warn!(cause = %e, "credential renewal failed");
                 let error = Arc::new(e);
-                let until = error.is_transient().then(|| now + self.policy.failure_hold);
-                *entry = Entry::Failed { error: error.clone(), until };
+                // A failed early renewal leaves credentials that are still valid in place.
+                if let Entry::Fresh(c) = &*entry {
+                    if now < c.stale_at {
+                        return Ok(c.clone());
+                    }
+                }
+                // Held briefly, never for good: a grant restored on disk or registered by another
+                // process (`swiftgate register`) is picked up without a restart.
+                let hold = if error.is_transient() { self.policy.failure_hold } else { self.policy.failure_hold * 5 };
+                *entry = Entry::Failed { error: error.clone(), until: Some(now + hold) };
                 Err(TokenError::Provider(error))
             }
         }

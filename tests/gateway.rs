@@ -345,3 +345,39 @@ async fn ops_endpoints() {
     let missing = stack.http.get(format!("{}/nope", stack.gw.url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn a_consent_link_completed_in_another_browser_is_refused() {
+    // A gateway user starts /register and sends the HubiC link to someone else; that person's
+    // consent must not bind their HubiC account to the user, because their browser lacks the
+    // registration cookie.
+    let stack = Stack::start().await;
+    let form = format!("user={USER}&key={KEY}");
+    let resp = stack
+        .http
+        .post(format!("{}/register", stack.gw.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let cookie = header(&resp, "set-cookie").to_owned();
+    assert!(cookie.starts_with("swiftgate_registration=") && cookie.contains("HttpOnly"), "{cookie}");
+    let authorize = header(&resp, "location").to_owned();
+    let page = stack.http.get(&authorize).send().await.unwrap().text().await.unwrap();
+    let oauth = swiftgate::register::scrape_oauth_id(&page).unwrap();
+    let consent = stack
+        .http
+        .post(format!("{}/oauth/auth/", stack.emulator.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("oauth={oauth}&action=accepted&login=alice%40example.com&user_pwd={PASSWORD}"))
+        .send()
+        .await
+        .unwrap();
+    let callback = header(&consent, "location").to_owned();
+    let resp = stack.http.get(&callback).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("another browser"));
+    assert!(!stack.state.path().join("accounts").join("alice.json").exists());
+}

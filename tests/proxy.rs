@@ -281,6 +281,8 @@ async fn header_rules_both_ways() {
             ("x-client-hop", "secret"),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-host", "evil.example"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
             ("proxy-authorization", "Basic eA=="),
             ("x-object-meta-kept", "yes"),
             ("if-none-match", "*"),
@@ -301,7 +303,9 @@ async fn header_rules_both_ways() {
     assert_eq!(h["host"], echo.origin.trim_start_matches("http://"));
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    for gone in ["x-client-hop", "connection", "x-forwarded-host", "proxy-authorization"] {
+    for gone in
+        ["x-client-hop", "connection", "x-forwarded-host", "proxy-authorization", "x-cluster-client-ip", "forwarded"]
+    {
         assert!(h.get(gone).is_none(), "{gone} must not reach upstream: {h}");
     }
     for (name, value) in [

@@ -158,7 +158,8 @@ impl HubicClient {
     }
 
     fn access_from(&self, body: &TokenBody, issued: SystemTime) -> AccessToken {
-        let life = Duration::from_secs(body.expires_in);
+        // HubiC says 21600; anything beyond a year is nonsense, not a reason to overflow.
+        let life = Duration::from_secs(body.expires_in.min(365 * 86400));
         let expires = issued + life;
         AccessToken {
             token: Secret::new(body.access_token.clone()),

@@ -59,7 +59,6 @@ impl Default for ProxySettings {
 }
 
 /// Where an account's storage lives, parsed once per credential renewal.
-#[derive(Debug)]
 pub struct Target {
     scheme: Scheme,
     authority: Authority,
@@ -69,6 +68,12 @@ pub struct Target {
     origin: String,
     /// The upstream token as a header value.
     token: HeaderValue,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("origin", &self.origin).field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 impl Target {
@@ -82,7 +87,8 @@ impl Target {
         let authority = uri.authority()?.clone();
         let path = uri.path().trim_end_matches('/').to_owned();
         let origin = format!("{scheme}://{authority}");
-        let token = HeaderValue::from_str(creds.token.expose()).ok()?;
+        let mut token = HeaderValue::from_str(creds.token.expose()).ok()?;
+        token.set_sensitive(true);
         Some(Target { scheme, authority, path, origin, token })
     }
 
@@ -116,7 +122,7 @@ pub struct ClientError(String);
 
 /// Request headers that never travel upstream: hop-by-hop (RFC 9110 §7.6.1), the gateway's
 /// own token, `Expect` (handled here) and client-supplied forwarding headers.
-const DROP_REQUEST: [HeaderName; 13] = [
+const DROP_REQUEST: [HeaderName; 17] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -130,10 +136,14 @@ const DROP_REQUEST: [HeaderName; 13] = [
     HeaderName::from_static("x-auth-token"),
     HeaderName::from_static("x-storage-token"),
     HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-cluster-client-ip"),
 ];
 
 /// Response headers that never travel back.
-const DROP_RESPONSE: [HeaderName; 7] = [
+const DROP_RESPONSE: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -141,6 +151,7 @@ const DROP_RESPONSE: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// The streaming proxy.
@@ -224,8 +235,7 @@ impl Proxy {
         for name in &DROP_REQUEST {
             headers.remove(name);
         }
-        headers.remove("x-forwarded-proto");
-        headers.remove("x-forwarded-host");
+        headers.remove(header::FORWARDED);
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
@@ -364,6 +374,8 @@ impl Proxy {
                 .get(&name)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix(target.origin.as_str()))
+                // The origin must end there: `https://up.example.evil/` is not `https://up.example`.
+                .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
                 .and_then(|rest| HeaderValue::from_str(&format!("{}{rest}", self.public_origin)).ok())
             {
                 parts.headers.insert(name, rewritten);
@@ -440,14 +452,17 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body> {
     if let Some(body) = body {
         tokio::spawn(async move {
-            let mut body = body;
-            let mut seen: u64 = 0;
-            while let Some(Ok(frame)) = body.frame().await {
-                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-                if seen > DRAIN_LIMIT {
-                    break;
+            let drain = async move {
+                let mut body = body;
+                let mut seen: u64 = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if seen > DRAIN_LIMIT {
+                        break;
+                    }
                 }
-            }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
         });
     }
     resp
@@ -456,6 +471,9 @@ pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body
 /// How long a 401 retry waits for the provider to hand out a token other than the one
 /// upstream just refused (tokens near their end can be refused before the provider lets go).
 const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Longest time spent reading and discarding a rejected upload.
+const DRAIN_TIME: Duration = Duration::from_secs(60);
 
 /// Most bytes read and discarded from a rejected upload.
 const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;
