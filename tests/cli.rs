@@ -44,9 +44,11 @@ fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
     (running, lines)
 }
 
-fn swift_cli_available() -> bool {
-    let found = Command::new("swift")
-        .arg("--version")
+/// True when `program` runs; when it does not, a failure if the suite requires the real
+/// clients (tests/all.sh sets SWIFTGATE_REQUIRE_CLIENTS), else a visible skip.
+fn client_available(program: &str, version_arg: &str, package: &str) -> bool {
+    let found = Command::new(program)
+        .arg(version_arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -54,11 +56,19 @@ fn swift_cli_available() -> bool {
     if !found {
         assert!(
             std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(),
-            "the `swift` CLI is required (tests/all.sh installs python3-swiftclient)"
+            "`{program}` is required (tests/all.sh installs {package})"
         );
-        eprintln!("SKIPPED: python-swiftclient's `swift` is not installed; `bash tests/all.sh` installs it");
+        eprintln!("SKIPPED: `{program}` is not installed; `bash tests/all.sh` installs {package}");
     }
     found
+}
+
+fn swift_cli_available() -> bool {
+    client_available("swift", "--version", "python3-swiftclient")
+}
+
+fn rclone_available() -> bool {
+    client_available("rclone", "version", "rclone")
 }
 
 fn swift(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
@@ -289,23 +299,6 @@ fn file_md5(path: &Path) -> String {
         md5.update(&buf[..n]);
     }
     hex::encode(md5.finalize())
-}
-
-fn rclone_available() -> bool {
-    let found = Command::new("rclone")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(),
-            "rclone is required (tests/all.sh installs it)"
-        );
-        eprintln!("SKIPPED: rclone is not installed; `bash tests/all.sh` installs it");
-    }
-    found
 }
 
 #[test]

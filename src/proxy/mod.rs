@@ -120,9 +120,8 @@ type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 #[error("cannot set up the upstream TLS client: {0}")]
 pub struct ClientError(String);
 
-/// Request headers that never travel upstream: hop-by-hop (RFC 9110 §7.6.1), the gateway's
-/// own token, `Expect` (handled here) and client-supplied forwarding headers.
-const DROP_REQUEST: [HeaderName; 17] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, either way.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -130,6 +129,11 @@ const DROP_REQUEST: [HeaderName; 17] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+];
+
+/// Further request headers that never travel upstream: the gateway's own token, `Host` and
+/// `Expect` (set here), proxy credentials, and client-supplied forwarding headers.
+const DROP_REQUEST: [HeaderName; 10] = [
     header::PROXY_AUTHORIZATION,
     header::HOST,
     header::EXPECT,
@@ -142,17 +146,15 @@ const DROP_REQUEST: [HeaderName; 17] = [
     HeaderName::from_static("x-cluster-client-ip"),
 ];
 
-/// Response headers that never travel back.
-const DROP_RESPONSE: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
+/// Removes the hop-by-hop headers, those named in `Connection`, and `extra`.
+fn strip(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP.iter().chain(extra) {
+        headers.remove(name);
+    }
+}
 
 /// The streaming proxy.
 pub struct Proxy {
@@ -229,12 +231,7 @@ impl Proxy {
         // ones wait behind Expect: 100-continue.
         let gated = has_body && declared.is_none_or(|n| n > self.settings.replay_buffer);
         let mut headers = parts.headers;
-        for name in connection_listed(&headers) {
-            headers.remove(name);
-        }
-        for name in &DROP_REQUEST {
-            headers.remove(name);
-        }
+        strip(&mut headers, &DROP_REQUEST);
         headers.remove(header::FORWARDED);
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
@@ -362,12 +359,7 @@ impl Proxy {
     /// locations pointing at upstream rewritten to the gateway, the body streamed.
     fn respond(&self, resp: Response<Incoming>, target: &Target) -> Response<Body> {
         let (mut parts, upstream_body) = resp.into_parts();
-        for name in connection_listed(&parts.headers) {
-            parts.headers.remove(name);
-        }
-        for name in &DROP_RESPONSE {
-            parts.headers.remove(name);
-        }
+        strip(&mut parts.headers, &[header::PROXY_AUTHENTICATE]);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(rewritten) = parts
                 .headers

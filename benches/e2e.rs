@@ -1,0 +1,665 @@
+//! End-to-end benchmark: the same load, round by round, straight to a fast Swift-like upstream
+//! and through `swiftgate serve` (release build, its own process), plain HTTP and TLS.
+//!
+//! `cargo bench --bench e2e` (full), `cargo bench --bench e2e -- --quick` (smoke, < 2 min).
+//! Prints a table with per-round ratios (median, min-max) and writes target/bench/results.json.
+//! Under `cargo test` it runs one tiny round as a check that the harness works.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const TOKEN: &str = "AUTH_tkbench";
+
+// ------------------------------------------------------------------ the fast upstream
+
+/// `remaining` bytes as slices of one preallocated buffer: no copy, no allocation per chunk.
+struct Repeat {
+    buf: Bytes,
+    remaining: u64,
+}
+
+impl HttpBody for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.buf.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.buf.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+type Boxed = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn boxed<B>(b: B) -> Boxed
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    b.map_err(Into::into).boxed()
+}
+
+/// Swift-like enough for the gateway: v1.0 auth, GET of `/v1/AUTH_bench/c/<bytes>` from a
+/// preallocated buffer, PUT bodies drained and counted.
+async fn upstream(req: Request<Incoming>, origin: Arc<String>, buf: Bytes) -> Result<Response<Boxed>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let reply =
+        |status: StatusCode| Response::builder().status(status).body(boxed(http_body_util::Empty::new())).unwrap();
+    if path == "/auth/v1.0" {
+        let mut r = reply(StatusCode::OK);
+        let h = r.headers_mut();
+        h.insert("x-storage-url", format!("{origin}/v1/AUTH_bench").parse().unwrap());
+        h.insert("x-auth-token", TOKEN.parse().unwrap());
+        h.insert("x-auth-token-expires", "86400".parse().unwrap());
+        return Ok(r);
+    }
+    if path == "/info" {
+        return Ok(Response::new(boxed(http_body_util::Full::new(Bytes::from_static(b"{\"swift\":{}}")))));
+    }
+    if req.headers().get("x-auth-token").and_then(|v| v.to_str().ok()) != Some(TOKEN) {
+        return Ok(reply(StatusCode::UNAUTHORIZED));
+    }
+    match *req.method() {
+        http::Method::GET => {
+            let size: u64 = path.rsplit('/').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let mut r = Response::new(boxed(Repeat { buf, remaining: size }));
+            r.headers_mut().insert("content-length", size.into());
+            Ok(r)
+        }
+        http::Method::PUT => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                n += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            let mut r = reply(StatusCode::CREATED);
+            r.headers_mut().insert("x-bytes-received", n.into());
+            Ok(r)
+        }
+        _ => Ok(reply(StatusCode::METHOD_NOT_ALLOWED)),
+    }
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin = Arc::new(format!("http://{addr}"));
+    let buf = Bytes::from(vec![0x5au8; MIB as usize]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let (origin, buf) = (origin.clone(), buf.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| upstream(req, origin.clone(), buf.clone()));
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+// ------------------------------------------------------------------ the gateway process
+
+struct Gateway {
+    child: Child,
+    url: String,
+    _dir: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+impl Gateway {
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU seconds used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+}
+
+async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool, tag: &str) -> Gateway {
+    let dir = std::env::temp_dir().join(format!("swiftgate-bench-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
+    let tls_block = if tls {
+        format!("[tls]\ncert = \"{0}/server.crt\"\nkey = \"{0}/server.key\"\n", certs.display())
+    } else {
+        String::new()
+    };
+    let host = if tls { "localhost" } else { "127.0.0.1" };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let scheme = if tls { "https" } else { "http" };
+    // The emulator checks the redirect URI by origin, so the app names this gateway's.
+    let app = swiftgate::emulator::AppSpec::random(&format!("{scheme}://{host}:{port}/callback"));
+    emulator.emulator.add_app(app.clone());
+    let emulator = emulator.base_url();
+    let hash = swiftgate::front::hash_key("bench-key").unwrap();
+    std::fs::write(
+        dir.join("c.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://{host}:{port}\"\nstate_dir = \"state\"\n{tls_block}\
+             [hubic]\napi_base = \"{emulator}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+             [[user]]\nname = \"bench\"\nkey_hash = \"{hash}\"\n",
+            app.client_id,
+            app.client_secret.expose()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_swiftgate");
+    let mut reg = Command::new(bin)
+        .args(["register", "--user", "bench", "--login", "bench@example.com", "--config"])
+        .arg(dir.join("c.toml"))
+        .env("SWIFTGATE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    reg.stdin.take().unwrap().write_all(b"bench-pw\n").unwrap();
+    assert!(reg.wait().unwrap().success(), "registration failed");
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(dir.join("c.toml"))
+        .env("SWIFTGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    Gateway { child, url: line.trim().to_owned(), _dir: dir }
+}
+
+// ------------------------------------------------------------------ the peer to beat: nginx
+
+/// A tuned nginx reverse proxy in front of the same upstream (buffering off, 1 MiB buffers,
+/// upstream keepalive), started when SWIFTGATE_BENCH_NGINX is set (benches/nginx.sh).
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_nginx(upstream: SocketAddr) -> Option<Nginx> {
+    std::env::var_os("SWIFTGATE_BENCH_NGINX")?;
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!("swiftgate-bench-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+           upstream up {{ server {upstream}; keepalive 64; }}\n\
+           server {{ listen 127.0.0.1:{port}; client_max_body_size 0;\n\
+             proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+             proxy_buffering off; proxy_request_buffering off;\n\
+             proxy_buffer_size 1m; proxy_buffers 4 1m; client_body_buffer_size 1m;\n\
+             location / {{ proxy_pass http://up; }} }} }}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).ok()?;
+    let child = Command::new(binary).arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir).spawn().ok()?;
+    // Poll with a deadline until it accepts connections.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(Nginx { child, port, dir })
+}
+
+// ------------------------------------------------------------------ the load generator
+
+type HttpClient = Client<HttpConnector, Boxed>;
+type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Boxed>;
+
+#[derive(Clone)]
+enum Load {
+    Plain(HttpClient),
+    Tls(TlsClient),
+}
+
+impl Load {
+    async fn send(&self, req: Request<Boxed>) -> Response<Incoming> {
+        match self {
+            Load::Plain(c) => c.request(req).await.expect("request"),
+            Load::Tls(c) => c.request(req).await.expect("request"),
+        }
+    }
+}
+
+fn clients() -> (Load, Load) {
+    let plain = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(128).build_http();
+    let ca = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev/ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
+    let tls = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(128).build(https);
+    (Load::Plain(plain), Load::Tls(tls))
+}
+
+/// One way to reach storage: a name, its client, its storage URL and token.
+#[derive(Clone)]
+struct Path_ {
+    name: &'static str,
+    load: Load,
+    url: String,
+    token: String,
+}
+
+fn empty() -> Boxed {
+    boxed(http_body_util::Empty::new())
+}
+
+async fn get_bytes(p: &Path_, size: u64) -> u64 {
+    let req = Request::get(format!("{}/c/{size}", p.url)).header("x-auth-token", &p.token).body(empty()).unwrap();
+    let resp = p.load.send(req).await;
+    assert_eq!(resp.status(), 200, "{} GET", p.name);
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        n += frame.expect("body").data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(n, size, "{} GET length", p.name);
+    n
+}
+
+async fn put_bytes(p: &Path_, size: u64, buf: &Bytes) {
+    let req = Request::put(format!("{}/c/{size}", p.url))
+        .header("x-auth-token", &p.token)
+        .header("content-length", size)
+        .body(boxed(Repeat { buf: buf.clone(), remaining: size }))
+        .unwrap();
+    let resp = p.load.send(req).await;
+    assert_eq!(resp.status(), 201, "{} PUT", p.name);
+}
+
+/// MB/s of one transfer.
+async fn throughput(p: &Path_, op: &str, size: u64, buf: &Bytes) -> f64 {
+    let t = Instant::now();
+    if op == "GET" {
+        get_bytes(p, size).await;
+    } else {
+        put_bytes(p, size, buf).await;
+    }
+    size as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+/// (requests/s, p50 ms, p99 ms) for `total` 4 KiB GETs at `concurrency`.
+async fn small_gets(p: &Path_, concurrency: usize, total: usize) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let per = total / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                get_bytes(&p, 4 * KIB).await;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (all.len() as f64 / secs, pct(0.50), pct(0.99))
+}
+
+async fn auths(load: &Load, url: &str, user: &str, key: &str, concurrency: usize, total: usize) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (load, url, user, key) = (load.clone(), url.to_owned(), user.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..total / concurrency {
+                let req =
+                    Request::get(&url).header("x-auth-user", &user).header("x-auth-key", &key).body(empty()).unwrap();
+                let resp = load.send(req).await;
+                assert_eq!(resp.status(), 200);
+                let _ = resp.into_body().collect().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn login(load: &Load, base: &str) -> (String, String) {
+    let req = Request::get(format!("{base}/auth/v1.0"))
+        .header("x-auth-user", "bench")
+        .header("x-auth-key", "bench-key")
+        .body(empty())
+        .unwrap();
+    let resp = load.send(req).await;
+    assert_eq!(resp.status(), 200, "gateway auth");
+    let h = |n: &str| resp.headers()[n].to_str().unwrap().to_owned();
+    (h("x-storage-url"), h("x-auth-token"))
+}
+
+// ------------------------------------------------------------------ statistics and output
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+fn span(v: &[f64]) -> (f64, f64) {
+    (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+}
+
+struct Settings {
+    rounds: usize,
+    sizes: Vec<u64>,
+    small_total: usize,
+    auth_total: usize,
+    rss_transfer: u64,
+}
+
+fn human(size: u64) -> String {
+    if size >= GIB {
+        format!("{} GiB", size / GIB)
+    } else if size >= MIB {
+        format!("{} MiB", size / MIB)
+    } else {
+        format!("{} KiB", size / KIB)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let quick = args.iter().any(|a| a == "--quick");
+    let settings = match (bench, quick) {
+        (true, false) => Settings {
+            rounds: 5,
+            sizes: vec![MIB, 64 * MIB, GIB],
+            small_total: 4096,
+            auth_total: 4000,
+            rss_transfer: 4 * GIB,
+        },
+        (true, true) => Settings {
+            rounds: 5,
+            sizes: vec![MIB, 64 * MIB],
+            small_total: 1024,
+            auth_total: 1000,
+            rss_transfer: 512 * MIB,
+        },
+        // `cargo test`: one tiny round proves the harness and the gateway process work.
+        (false, _) => Settings { rounds: 1, sizes: vec![MIB], small_total: 64, auth_total: 64, rss_transfer: 16 * MIB },
+    };
+    let up = start_upstream().await;
+    let emulator = swiftgate::emulator::Emulator::start(
+        swiftgate::emulator::EmulatorConfig {
+            storage: swiftgate::emulator::StorageConfig::External {
+                auth_url: format!("http://{up}/auth/v1.0"),
+                user: "bench".into(),
+                key: swiftgate::secret::Secret::new("bench"),
+            },
+            users: vec![swiftgate::emulator::UserSpec {
+                login: "bench@example.com".into(),
+                password: swiftgate::secret::Secret::new("bench-pw"),
+            }],
+            ..Default::default()
+        },
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let gateways = [start_gateway(&emulator, false, "plain").await, start_gateway(&emulator, true, "tls").await];
+    let (plain, tls) = clients();
+    let (gw_url, gw_token) = login(&plain, &gateways[0].url).await;
+    let (gwt_url, gwt_token) = login(&tls, &gateways[1].url).await;
+    let nginx = start_nginx(up);
+    let mut paths = vec![
+        Path_ { name: "direct", load: plain.clone(), url: format!("http://{up}/v1/AUTH_bench"), token: TOKEN.into() },
+        Path_ { name: "gateway", load: plain.clone(), url: gw_url, token: gw_token },
+        Path_ { name: "gateway+TLS", load: tls.clone(), url: gwt_url, token: gwt_token },
+    ];
+    if let Some(n) = &nginx {
+        paths.push(Path_ {
+            name: "nginx",
+            load: plain.clone(),
+            url: format!("http://127.0.0.1:{}/v1/AUTH_bench", n.port),
+            token: TOKEN.into(),
+        });
+    }
+    let idle_rss = gateways[0].status_kib("VmRSS:");
+    let buf = Bytes::from(vec![0xa5u8; MIB as usize]);
+    let mut results: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut record =
+        |key: String, path: &'static str, v: f64| results.entry(key).or_default().entry(path).or_default().push(v);
+    let cpu_start = [gateways[0].cpu_seconds(), gateways[1].cpu_seconds()];
+    let mut bulk_bytes = 0u64;
+    for round in 0..settings.rounds {
+        for &size in &settings.sizes {
+            for op in ["GET", "PUT"] {
+                // Rotate the order each round so no path always goes first.
+                for i in 0..paths.len() {
+                    let p = &paths[(i + round) % paths.len()];
+                    let mbps = throughput(p, op, size, &buf).await;
+                    if p.name.starts_with("gateway") {
+                        bulk_bytes += size;
+                    }
+                    record(format!("{op} {} MB/s", human(size)), p.name, mbps);
+                }
+            }
+        }
+    }
+    let bulk_per_gateway = bulk_bytes as f64 / 2.0 / GIB as f64;
+    let cpu_bulk = [
+        (gateways[0].cpu_seconds() - cpu_start[0]) / bulk_per_gateway.max(1e-9),
+        (gateways[1].cpu_seconds() - cpu_start[1]) / bulk_per_gateway.max(1e-9),
+    ];
+    // CPU time is read in 10 ms ticks: sum over every c=64 run so the resolution is fine.
+    let (mut cpu_c64, mut requests_c64) = (0.0, 0usize);
+    for round in 0..settings.rounds {
+        for c in [1usize, 16, 64] {
+            for i in 0..paths.len() {
+                let p = &paths[(i + round) % paths.len()];
+                let gw = match p.name {
+                    "gateway" => Some(&gateways[0]),
+                    "gateway+TLS" => Some(&gateways[1]),
+                    _ => None,
+                };
+                let before = gw.map(|g| g.cpu_seconds());
+                let total = if c == 1 { settings.small_total / 4 } else { settings.small_total };
+                let (rps, p50, p99) = small_gets(p, c, total).await;
+                if let (Some(g), Some(b)) = (gw, before) {
+                    if c == 64 && p.name == "gateway" {
+                        cpu_c64 += g.cpu_seconds() - b;
+                        requests_c64 += total;
+                    }
+                }
+                record(format!("4 KiB GET c={c} req/s"), p.name, rps);
+                record(format!("4 KiB GET c={c} p50 ms"), p.name, p50);
+                record(format!("4 KiB GET c={c} p99 ms"), p.name, p99);
+            }
+        }
+        let direct_auth =
+            auths(&plain, &format!("http://{up}/auth/v1.0"), "bench", "bench", 16, settings.auth_total).await;
+        let gw_auth =
+            auths(&plain, &format!("{}/auth/v1.0", gateways[0].url), "bench", "bench-key", 16, settings.auth_total)
+                .await;
+        record("v1.0 auth req/s (warm)".into(), "direct", direct_auth);
+        record("v1.0 auth req/s (warm)".into(), "gateway", gw_auth);
+    }
+    // Peak RSS while a large object streams through (GET then PUT).
+    get_bytes(&paths[1], settings.rss_transfer).await;
+    put_bytes(&paths[1], settings.rss_transfer, &buf).await;
+    let peak_rss = gateways[0].status_kib("VmHWM:");
+
+    // ---- table
+    println!(
+        "\nswiftgate e2e ({} rounds{}); MB/s and req/s: higher is better; ms: lower is better",
+        settings.rounds,
+        if quick { ", quick" } else { "" }
+    );
+    println!(
+        "{:30} {:>22} {:>22} {:>22} {:>22} {:>16} {:>16} {:>16}",
+        "metric", "direct", "gateway", "gateway+TLS", "nginx", "gw/direct", "tls/direct", "nginx/direct"
+    );
+    let mut json_rows = serde_json::Map::new();
+    for (key, by_path) in &results {
+        let cell = |name: &str| {
+            by_path.get(name).map_or("-".to_owned(), |v| {
+                let (lo, hi) = span(v);
+                format!("{:.1} ({:.1}-{:.1})", median(v), lo, hi)
+            })
+        };
+        // Ratios are taken within each round, then summarised.
+        let ratio = |name: &str| -> Option<Vec<f64>> {
+            let (a, d) = (by_path.get(name)?, by_path.get("direct")?);
+            let per_round = a.len() / settings.rounds.max(1);
+            let rounds: Vec<f64> = (0..settings.rounds)
+                .map(|r| {
+                    let sa: f64 = a[r * per_round..(r + 1) * per_round].iter().sum();
+                    let sd: f64 = d[r * per_round..(r + 1) * per_round].iter().sum();
+                    sa / sd
+                })
+                .collect();
+            Some(rounds)
+        };
+        let fmt_ratio = |r: &Option<Vec<f64>>| {
+            r.as_ref().map_or("-".to_owned(), |v| {
+                let (lo, hi) = span(v);
+                format!("{:.2} ({:.2}-{:.2})", median(v), lo, hi)
+            })
+        };
+        let (rg, rt, rn) = (ratio("gateway"), ratio("gateway+TLS"), ratio("nginx"));
+        println!(
+            "{key:30} {:>22} {:>22} {:>22} {:>22} {:>16} {:>16} {:>16}",
+            cell("direct"),
+            cell("gateway"),
+            cell("gateway+TLS"),
+            cell("nginx"),
+            fmt_ratio(&rg),
+            fmt_ratio(&rt),
+            fmt_ratio(&rn)
+        );
+        json_rows.insert(
+            key.clone(),
+            json!({
+                "samples": by_path,
+                "ratio_gateway": rg.as_ref().map(|v| median(v)),
+                "ratio_tls": rt.as_ref().map(|v| median(v)),
+                "ratio_nginx": rn.as_ref().map(|v| median(v)),
+            }),
+        );
+    }
+    let cpu_req = cpu_c64 / requests_c64.max(1) as f64 * 1e6;
+    println!(
+        "\ngateway CPU: {:.3} CPU-s/GiB plain, {:.3} CPU-s/GiB TLS (bulk transfers); {:.1} µs per 4 KiB GET at c=64",
+        cpu_bulk[0], cpu_bulk[1], cpu_req
+    );
+    println!(
+        "gateway RSS: {:.1} MiB idle, {:.1} MiB peak after a {} GET + PUT",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        human(settings.rss_transfer)
+    );
+    let doc = json!({
+        "quick": quick,
+        "rounds": settings.rounds,
+        "metrics": json_rows,
+        "gateway_cpu_s_per_gib": { "plain": cpu_bulk[0], "tls": cpu_bulk[1] },
+        "gateway_cpu_us_per_4k_get_c64": cpu_req,
+        "gateway_rss_kib": { "idle": idle_rss, "peak": peak_rss, "transfer_bytes": settings.rss_transfer },
+        "commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+    });
+    if !bench {
+        // Under `cargo test` this was a check of the harness, not a measurement.
+        drop(gateways);
+        drop(nginx);
+        emulator.stop().await;
+        return;
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out = target.join("bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("wrote {}", out.join("results.json").display());
+    drop(gateways);
+    emulator.stop().await;
+}
