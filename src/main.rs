@@ -255,6 +255,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     // With port 0 the default public URL must name the port actually bound.
     config.listen = listener.local_addr()?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
+    tokio::spawn(gateway.tokens().clone().warm_up());
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", config.public_url())?;
     out.flush()?;

@@ -316,14 +316,27 @@ impl TokenManager {
         self.slot(account).is_ok_and(|slot| slot.renewal.try_lock().is_err())
     }
 
-    /// Cached credentials whose storage path covers `path`, for anonymous requests (tempurl,
-    /// public containers); never renews.
+    /// The last known credentials whose storage path covers `path`, for anonymous requests
+    /// (tempurl, public containers). Only the target matters (no token is sent), so stale
+    /// credentials serve; this never renews, so unauthenticated clients cannot make the gateway
+    /// call the provider.
     pub fn cached_for_path(&self, path: &str) -> Option<Arc<Cached>> {
-        let now = self.clock.now();
         self.slots.values().find_map(|slot| match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Fresh(c) if now < c.stale_at && c.target.covers(path) => Some(c.clone()),
+            Entry::Fresh(c) if c.target.covers(path) => Some(c.clone()),
             _ => None,
         })
+    }
+
+    /// Fetches credentials for every account now (errors are logged, not returned), so the
+    /// first client after a start does not wait and anonymous requests know their targets.
+    pub async fn warm_up(self: Arc<Self>) {
+        let mut names: Vec<String> = self.slots.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            if let Err(e) = self.credentials(&name).await {
+                tracing::info!(account = %name, cause = %e, "no credentials at start");
+            }
+        }
     }
 
     /// Valid credentials of any account (the first that has or can get some), for `/info`.

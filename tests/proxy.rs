@@ -363,3 +363,26 @@ async fn an_upload_refused_before_100_gets_its_answer_not_a_reset() {
     .expect("an answer, not a broken connection");
     assert_eq!(resp.status, 413);
 }
+
+#[tokio::test]
+async fn anonymous_requests_go_upstream_without_credentials() {
+    // tempurl, formpost and public containers carry no token: they are forwarded to the
+    // account's last known upstream as they are, without the upstream token.
+    let echo = common::echo::start().await;
+    let auth_url = format!("{}/auth/v1.0", echo.origin);
+    let mut stack = Stack::start_mode(Mode::Proxy, |c| {
+        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
+    })
+    .await;
+    stack.register().await;
+    let url = format!("{}/v1/AUTH_echo/c/o?temp_url_sig=abc&temp_url_expires=1", stack.gw.url);
+    // After a restart nothing is cached until the start-up warm-up (what `serve` runs) has run.
+    stack.restart_gateway().await;
+    assert_eq!(raw::send("GET", &url, &[], full("")).await.status, 401, "no known upstream yet");
+    stack.gw.gateway.tokens().clone().warm_up().await;
+    let resp = raw::send("GET", &url, &[], full("")).await;
+    assert_eq!(resp.status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(seen["target"], "/v1/AUTH_echo/c/o?temp_url_sig=abc&temp_url_expires=1");
+    assert!(seen["headers"].get("x-auth-token").is_none(), "no credentials added: {seen}");
+}
