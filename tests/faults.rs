@@ -83,3 +83,27 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_upload_is_cut_off_after_the_idle_timeout() {
+    let stack = Stack::start_custom(Mode::Proxy, |_| {}, |c| c.proxy.idle_timeout = 1).await;
+    stack.register().await;
+    let resp = stack.auth(USER, KEY).await;
+    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(vec![b's'; 65536])))).await.unwrap();
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+    // The sender stays alive but sends nothing more: the gateway must give up, not wait forever.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        raw::try_send("PUT", &format!("{url}/default/stalled"), &[("x-auth-token", &token)], body),
+    )
+    .await
+    .expect("the gateway gave up on the idle upload");
+    drop(tx);
+    if let Ok(answer) = answer {
+        assert!(answer.status >= 500, "status {}", answer.status);
+    }
+    let head = raw::send("HEAD", &format!("{url}/default/stalled"), &[("x-auth-token", &token)], full("")).await;
+    assert_eq!(head.status, 404, "nothing stored");
+}

@@ -275,7 +275,8 @@ impl Proxy {
             let (back_tx, back_rx) = tokio::sync::oneshot::channel();
             let budget = if retried { 0 } else { self.settings.replay_buffer };
             let body = UpstreamBody::new(std::mem::take(&mut replay), rest.take(), gate.clone(), budget, back_tx)
-                .notify_end(sent.clone());
+                .notify_end(sent.clone())
+                .idle_timeout(self.settings.idle_timeout);
             let mut up = Request::new(body);
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;

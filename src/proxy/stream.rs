@@ -85,6 +85,8 @@ pub struct UpstreamBody {
     back: Option<tokio::sync::oneshot::Sender<Returned>>,
     /// Told when the last byte went upstream (the response wait starts then).
     end: Option<Arc<tokio::sync::Notify>>,
+    /// Fails the upload when the client stops sending.
+    idle: Option<IdleClock>,
 }
 
 impl UpstreamBody {
@@ -106,7 +108,16 @@ impl UpstreamBody {
             budget,
             back: Some(back),
             end: None,
+            idle: None,
         }
+    }
+
+    /// Fails the body (and so the upstream upload) when the client sends nothing for `idle`.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        if self.rest.is_some() {
+            self.idle = Some(IdleClock::new(idle));
+        }
+        self
     }
 
     /// A body with nothing to send.
@@ -175,7 +186,19 @@ impl HttpBody for UpstreamBody {
             this.finished();
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(rest).poll_frame(cx)) {
+        let polled = Pin::new(rest).poll_frame(cx);
+        if polled.is_pending() {
+            if this.idle.as_mut().is_some_and(|clock| clock.expired(cx)) {
+                this.rest = None;
+                this.kept = None;
+                return Poll::Ready(Some(Err("client body idle timeout".into())));
+            }
+            return Poll::Pending;
+        }
+        if let Some(clock) = &mut this.idle {
+            clock.activity();
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(chunk) = frame.data_ref() {
                     let chunk = chunk.clone();
@@ -218,20 +241,47 @@ impl HttpBody for UpstreamBody {
     }
 }
 
-/// Fails a body that produces no frame for `idle`; no total time limit. The timer is re-armed
+/// Tracks activity on a body and says when it has been idle too long. The timer is re-armed
 /// only when it fires, not on every chunk.
-pub struct IdleTimeout<B> {
-    inner: B,
+struct IdleClock {
     idle: Duration,
     last: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
+impl IdleClock {
+    fn new(idle: Duration) -> Self {
+        let now = Instant::now();
+        IdleClock { idle, last: now, timer: Box::pin(tokio::time::sleep_until(now + idle)) }
+    }
+
+    fn activity(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// True once `idle` has passed without activity; otherwise arranges a wake-up.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + self.idle;
+            if Instant::now() >= deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
+/// Fails a body that produces no frame for `idle`; no total time limit.
+pub struct IdleTimeout<B> {
+    inner: B,
+    clock: IdleClock,
+}
+
 impl<B> IdleTimeout<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, idle: Duration) -> Self {
-        let now = Instant::now();
-        IdleTimeout { inner, idle, last: now, timer: Box::pin(tokio::time::sleep_until(now + idle)) }
+        IdleTimeout { inner, clock: IdleClock::new(idle) }
     }
 }
 
@@ -247,19 +297,12 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.last = Instant::now();
-                return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+                this.clock.activity();
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => {}
+            Poll::Pending if this.clock.expired(cx) => Poll::Ready(Some(Err("body idle timeout".into()))),
+            Poll::Pending => Poll::Pending,
         }
-        while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.last + this.idle;
-            if Instant::now() >= deadline {
-                return Poll::Ready(Some(Err("body idle timeout".into())));
-            }
-            this.timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
