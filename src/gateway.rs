@@ -4,7 +4,6 @@
 //! Everything per-request that can be computed once (public URL, users, sources) is computed
 //! in [`Gateway::new`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
@@ -146,7 +145,7 @@ impl Gateway {
     }
 
     /// The router: path and method to handler, nothing else decides.
-    pub async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn route(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         let path = req.uri().path();
         if front::is_auth_path(path) {
             let issue = match self.proxy {
@@ -193,18 +192,18 @@ impl Gateway {
 
     /// A storage request in proxy mode: the gateway token names the user (and so the account);
     /// a request without one goes upstream anonymously (tempurl, public containers).
-    async fn storage(&self, proxy: &Proxy, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn storage(&self, proxy: &Proxy, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         let headers = req.headers();
         let token = headers.get("x-auth-token").or_else(|| headers.get("x-storage-token"));
         let Some(token) = token else {
             let anonymous = self.tokens.cached_for_path(req.uri().path());
-            return proxy.forward(req, peer, &self.tokens, None, anonymous).await;
+            return proxy.forward(req, &peer, &self.tokens, None, anonymous).await;
         };
         let now = self.tokens.clock().now();
         let account =
             token.to_str().ok().and_then(|t| self.issuer.verify(t, now)).and_then(|i| self.users.account_at(i));
         match account {
-            Some(account) => proxy.forward(req, peer, &self.tokens, Some(account), None).await,
+            Some(account) => proxy.forward(req, &peer, &self.tokens, Some(account), None).await,
             None => crate::proxy::drain_then(Some(req.into_body()), front::unauthorized()),
         }
     }
@@ -223,7 +222,7 @@ fn registration_cookie(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Handler for Gateway {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         self.route(req, peer).await
     }
 }

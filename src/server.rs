@@ -26,10 +26,29 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time open connections get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The other end of a connection, with what the proxy forwards about it computed once per
+/// connection rather than per request.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The client's IP as an `X-Forwarded-For` value.
+    pub forwarded_for: http::HeaderValue,
+}
+
+impl Peer {
+    /// Describes `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let forwarded_for = http::HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        Peer { addr, forwarded_for }
+    }
+}
+
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers `req`, which arrived from `peer`.
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
+    fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// How to serve.
@@ -118,9 +137,10 @@ pub async fn run<H: Handler>(
         let builder = builder.clone();
         let tls = options.tls.clone();
         tokio::spawn(async move {
+            let client = Arc::new(Peer::new(peer));
             let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+                let (handler, client) = (handler.clone(), client.clone());
+                async move { Ok::<_, Infallible>(handler.handle(req, client).await) }
             });
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -481,7 +481,7 @@ fn fault_response(status: u16, class: &str) -> Response<Body> {
 }
 
 impl Handler for Emulator {
-    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, _peer: Arc<crate::server::Peer>) -> Response<Body> {
         let mut resp = self.dispatch(req).await;
         // HubiC's nginx front end; some clients logged it.
         resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("nginx/1.4.7"));

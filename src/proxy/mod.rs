@@ -10,7 +10,6 @@
 
 pub mod stream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,7 +217,7 @@ impl Proxy {
     pub async fn forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &crate::server::Peer,
         tokens: &Arc<TokenManager>,
         account: Option<&str>,
         anonymous: Option<Arc<Cached>>,
@@ -233,9 +232,7 @@ impl Proxy {
         let mut headers = parts.headers;
         strip(&mut headers, &DROP_REQUEST);
         headers.remove(header::FORWARDED);
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+        headers.insert(HeaderName::from_static("x-forwarded-for"), peer.forwarded_for.clone());
         headers.insert(HeaderName::from_static("x-forwarded-proto"), self.forwarded_proto.clone());
         if gated {
             headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));

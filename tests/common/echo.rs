@@ -2,7 +2,6 @@
 //! storage request back (method, raw target, headers as JSON), with hop-by-hop headers and an
 //! absolute Location of its own in the response: for header-rule tests.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
@@ -17,7 +16,7 @@ pub struct Echo {
 }
 
 impl Handler for Echo {
-    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, _peer: Arc<swiftgate::server::Peer>) -> Response<Body> {
         if req.uri().path() == "/auth/v1.0" {
             let mut resp = body::status(StatusCode::OK);
             let h = resp.headers_mut();
