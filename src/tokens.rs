@@ -15,6 +15,9 @@ use crate::clock::Clock;
 use crate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
 use crate::proxy::Target;
 
+/// Least time between two provider calls for an account whose token upstream keeps refusing.
+const REFETCH_PACE: Duration = Duration::from_millis(200);
+
 /// When to renew and how hard to retry.
 #[derive(Clone, Debug)]
 pub struct RenewPolicy {
@@ -63,6 +66,8 @@ pub struct Cached {
     pub target: Target,
     renew_at: SystemTime,
     stale_at: SystemTime,
+    /// When the provider handed these out (monotonic), to pace re-fetches after a refusal.
+    fetched: tokio::time::Instant,
 }
 
 enum Entry {
@@ -195,12 +200,13 @@ impl TokenManager {
     ) -> Result<Arc<Cached>, TokenError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            self.invalidate(account, refused);
+            // However many requests wait here, the provider is asked at most every 200 ms.
+            self.invalidate_fetched_before(account, refused, tokio::time::Instant::now() - REFETCH_PACE);
             let cached = self.credentials(account).await?;
             if &cached.creds.token != refused || tokio::time::Instant::now() >= deadline {
                 return Ok(cached);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(REFETCH_PACE).await;
         }
     }
 
@@ -263,7 +269,8 @@ impl TokenManager {
                         creds.expires - self.policy.expiry_margin.min(life / 10),
                     )
                 };
-                let cached = Arc::new(Cached { target, renew_at, stale_at, creds });
+                let cached =
+                    Arc::new(Cached { target, renew_at, stale_at, creds, fetched: tokio::time::Instant::now() });
                 *entry = Entry::Fresh(cached.clone());
                 Ok(cached)
             }
@@ -289,9 +296,14 @@ impl TokenManager {
     /// the next [`credentials`](Self::credentials) call renews. Concurrent refusals of the same
     /// token cause one renewal, not one each.
     pub fn invalidate(&self, account: &str, token: &crate::secret::Secret) {
+        self.invalidate_fetched_before(account, token, tokio::time::Instant::now() + Duration::from_secs(1));
+    }
+
+    /// Like [`invalidate`](Self::invalidate), but keeps credentials fetched at or after `before`.
+    fn invalidate_fetched_before(&self, account: &str, token: &crate::secret::Secret, before: tokio::time::Instant) {
         if let Ok(slot) = self.slot(account) {
             let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
-            if matches!(&*entry, Entry::Fresh(c) if &c.creds.token == token) {
+            if matches!(&*entry, Entry::Fresh(c) if &c.creds.token == token && c.fetched < before) {
                 *entry = Entry::Empty;
             }
         }
