@@ -73,10 +73,10 @@ pub struct Cached {
 enum Entry {
     Empty,
     Fresh(Arc<Cached>),
-    /// A failure answered from cache until `until` (None: until the account is reset).
+    /// A failure answered from cache until `until`.
     Failed {
         error: Arc<ProviderError>,
-        until: Option<SystemTime>,
+        until: SystemTime,
     },
 }
 
@@ -141,7 +141,7 @@ impl TokenManager {
         let entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         match &*entry {
             Entry::Fresh(c) if now < c.stale_at => Lookup::Use(c.clone(), now >= c.renew_at),
-            Entry::Failed { error, until } if until.is_none_or(|u| now < u) => Lookup::Fail(error.clone()),
+            Entry::Failed { error, until } if now < *until => Lookup::Fail(error.clone()),
             _ => Lookup::Renew,
         }
     }
@@ -286,7 +286,7 @@ impl TokenManager {
                 // Held briefly, never for good: a grant restored on disk or registered by another
                 // process (`swiftgate register`) is picked up without a restart.
                 let hold = if error.is_transient() { self.policy.failure_hold } else { self.policy.failure_hold * 5 };
-                *entry = Entry::Failed { error: error.clone(), until: Some(now + hold) };
+                *entry = Entry::Failed { error: error.clone(), until: now + hold };
                 Err(TokenError::Provider(error))
             }
         }
