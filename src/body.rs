@@ -123,6 +123,18 @@ impl ReadError {
     }
 }
 
+/// The `user:password` pair of an `Authorization: Basic …` header; `None` when absent or not
+/// decodable (a client may send a broken Basic header beside valid credentials elsewhere).
+pub fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
 /// Parses an `application/x-www-form-urlencoded` document (or query string) into pairs.
 pub fn form_pairs(input: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(input).into_owned().collect()

@@ -50,6 +50,16 @@ impl Clock for ManualClock {
     }
 }
 
+/// Whole seconds since the Unix epoch (0 before it).
+pub fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// `at` rounded down to a whole second, as timestamps without a fraction carry it.
+pub fn whole_seconds(at: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix_secs(at))
+}
+
 /// Seconds from `now` until `at`, or 0 when `at` has passed.
 pub fn secs_until(now: SystemTime, at: SystemTime) -> u64 {
     at.duration_since(now).map_or(0, |d| d.as_secs())
@@ -77,7 +87,7 @@ pub fn paris_offset(utc: OffsetDateTime) -> UtcOffset {
 
 /// Formats `at` as HubiC did: `YYYY-MM-DDTHH:MM:SS+01:00` in Paris local time, no fraction.
 pub fn format_paris(at: SystemTime) -> String {
-    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let secs = unix_secs(at) as i64;
     let utc = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let local = utc.to_offset(paris_offset(utc));
     let (oh, om, _) = local.offset().as_hms();

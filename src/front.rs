@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 
@@ -156,8 +156,8 @@ impl TokenIssuer {
                 return (token.clone(), *expires);
             }
         }
-        let secs = (now + self.ttl).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let expires = UNIX_EPOCH + Duration::from_secs(secs);
+        let expires = crate::clock::whole_seconds(now + self.ttl);
+        let secs = crate::clock::unix_secs(expires);
         let mut payload = [0u8; PAYLOAD_LEN];
         payload[0] = 1;
         payload[1..5].copy_from_slice(&(user as u32).to_be_bytes());
@@ -184,7 +184,7 @@ impl TokenIssuer {
             return None;
         }
         let expires = u64::from_be_bytes(payload[5..13].try_into().ok()?);
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = crate::clock::unix_secs(now);
         (now < expires).then(|| u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]) as usize)
     }
 }
@@ -333,6 +333,7 @@ pub async fn v1_auth(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn auth_paths() {

@@ -100,16 +100,28 @@ impl Gateway {
         &self.users
     }
 
-    async fn register_post(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Reads a registration form and checks its `user` and `key`: the form and the user's
+    /// account, or the page to answer with.
+    async fn verified_form(&self, req: Request<Incoming>) -> Result<(Vec<(String, String)>, String), Response<Body>> {
         let form = match body::read_limited(req.into_body(), FORM_LIMIT).await {
             Ok(b) => body::form_pairs(&b),
-            Err(e) => return body::text(e.status(), "registration form could not be read\n"),
+            Err(e) => return Err(body::text(e.status(), "registration form could not be read\n")),
         };
-        let (user, key) = (body::form_get(&form, "user").unwrap_or(""), body::form_get(&form, "key").unwrap_or(""));
-        let Some(account) = self.users.verify(user, key).await else {
-            let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
-            return resp;
+        let field = |k| body::form_get(&form, k).unwrap_or("");
+        match self.users.verify(field("user"), field("key")).await {
+            Some(account) => Ok((form, account)),
+            None => {
+                let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
+                *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                Err(resp)
+            }
+        }
+    }
+
+    async fn register_post(&self, req: Request<Incoming>) -> Response<Body> {
+        let account = match self.verified_form(req).await {
+            Ok((_, account)) => account,
+            Err(resp) => return resp,
         };
         let (_, url, cookie) = self.registrar.begin_in_browser(&account);
         let mut resp = body::redirect(&url);
@@ -126,16 +138,11 @@ impl Gateway {
     }
 
     async fn autoregister_post(&self, req: Request<Incoming>) -> Response<Body> {
-        let form = match body::read_limited(req.into_body(), FORM_LIMIT).await {
-            Ok(b) => body::form_pairs(&b),
-            Err(e) => return body::text(e.status(), "registration form could not be read\n"),
+        let (form, account) = match self.verified_form(req).await {
+            Ok(v) => v,
+            Err(resp) => return resp,
         };
         let field = |k| body::form_get(&form, k).unwrap_or("");
-        let Some(account) = self.users.verify(field("user"), field("key")).await else {
-            let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
-            return resp;
-        };
         let result = self
             .registrar
             .autoregister(&account, field("login"), &Secret::new(field("password")))

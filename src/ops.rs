@@ -3,7 +3,6 @@
 //!
 //! Nothing here touches storage traffic.
 
-use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, escape_html, Body};
@@ -42,20 +41,11 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, key) = text.split_once(':')?;
-    Some((user.to_owned(), key.to_owned()))
-}
-
 /// `GET /usage`, authenticated with the gateway user's key (v1.0 headers or HTTP Basic).
 pub async fn usage(headers: &HeaderMap, users: &Users, tokens: &TokenManager, public_url: &str) -> Response<Body> {
     let creds = front::v1_credentials(headers)
         .map(|(u, k)| (u.to_owned(), k.to_owned()))
-        .or_else(|| basic_credentials(headers));
+        .or_else(|| body::basic_credentials(headers));
     let account = match creds {
         Some((user, key)) => users.verify(&user, &key).await,
         None => None,
@@ -119,8 +109,8 @@ mod tests {
     fn basic_auth_is_parsed() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dTprOnY="));
-        assert_eq!(basic_credentials(&h), Some(("u".into(), "k:v".into())));
+        assert_eq!(body::basic_credentials(&h), Some(("u".into(), "k:v".into())));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!"));
-        assert_eq!(basic_credentials(&h), None);
+        assert_eq!(body::basic_credentials(&h), None);
     }
 }

@@ -174,7 +174,7 @@ impl Registrar {
 
     async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
         let grant = self.client.exchange_code(code, &self.redirect_uri).await?;
-        let registered_at = self.clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let registered_at = crate::clock::unix_secs(self.clock.now());
         self.store.save(account, &Grant { refresh_token: grant.refresh_token, scope, registered_at }).await?;
         self.tokens.reset(account);
         tracing::info!(account = %account, "account registered");

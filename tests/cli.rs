@@ -71,16 +71,38 @@ fn rclone_available() -> bool {
     client_available("rclone", "version", "rclone")
 }
 
-fn swift(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+/// `swift args…` in `dir` with exactly the v1.0 environment `env` (no stray OS_* variables,
+/// which would switch the auth version).
+fn swift_command(dir: &Path, env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new("swift");
     cmd.args(args).current_dir(dir);
     for var in ["OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_STORAGE_URL", "OS_AUTH_TOKEN", "ST_AUTH_VERSION"] {
         cmd.env_remove(var);
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("swift runs")
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd
+}
+
+fn swift(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    swift_command(dir, env, args).output().expect("swift runs")
+}
+
+/// Starts `swiftgate demo args…` and returns it with ST_AUTH, ST_USER, ST_KEY from its
+/// first three lines.
+fn start_demo(args: &[&str]) -> (Running, Vec<(String, String)>) {
+    let mut all = vec!["demo", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (demo, lines) = start(&all, 3);
+    let env = lines
+        .iter()
+        .zip(["ST_AUTH", "ST_USER", "ST_KEY"])
+        .map(|(line, name)| {
+            let value =
+                line.strip_prefix(&format!("export {name}=")).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            (name.to_owned(), value.to_owned())
+        })
+        .collect();
+    (demo, env)
 }
 
 #[test]
@@ -97,12 +119,7 @@ fn swift_cli_against_demo(mode: &str) {
     if !swift_cli_available() {
         return;
     }
-    let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0", "--mode", mode], 3);
-    let mut env = Vec::new();
-    for (line, name) in lines.iter().zip(["ST_AUTH", "ST_USER", "ST_KEY"]) {
-        let value = line.strip_prefix(&format!("export {name}=")).unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        env.push((name.to_owned(), value.to_owned()));
-    }
+    let (_demo, env) = start_demo(&["--mode", mode]);
     assert!(env[0].1.starts_with("http://127.0.0.1:") && env[0].1.ends_with("/auth/v1.0"));
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -306,12 +323,7 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
     if !swift_cli_available() || !rclone_available() {
         return;
     }
-    let (_demo, lines) = start(&["demo", "--listen", "127.0.0.1:0", "--swift-token-ttl", "3"], 3);
-    let env: Vec<(String, String)> = lines
-        .iter()
-        .zip(["ST_AUTH", "ST_USER", "ST_KEY"])
-        .map(|(line, name)| (name.to_owned(), line.strip_prefix(&format!("export {name}=")).unwrap().to_owned()))
-        .collect();
+    let (_demo, env) = start_demo(&["--swift-token-ttl", "3"]);
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
     {
@@ -332,15 +344,7 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let swift = |args: &[&str]| {
-        let mut cmd = Command::new("swift");
-        cmd.args(args);
-        for var in ["OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_STORAGE_URL", "OS_AUTH_TOKEN", "ST_AUTH_VERSION"] {
-            cmd.env_remove(var);
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        cmd
-    };
+    let swift = |args: &[&str]| swift_command(dir.path(), &env, args);
     // python-swiftclient: whole object, then segmented (DLO, 100 MiB segments).
     run(&mut swift(&["upload", "whole", "big.bin"]), "swift upload");
     run(&mut swift(&["download", "whole", "big.bin", "-o", "whole.out"]), "swift download");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::raw::{self, chunked, full};
-use common::{header, Stack, KEY, USER};
+use common::Stack;
 use swiftgate::clock::SystemClock;
 use swiftgate::config::Mode;
 
@@ -61,8 +61,7 @@ async fn thirty_seconds_of_traffic_across_two_second_tokens() {
     })
     .await;
     stack.register().await;
-    let resp = stack.auth(USER, KEY).await;
-    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let (url, token) = stack.storage_login().await;
     assert_eq!(raw::send("PUT", &format!("{url}/soak"), &[("x-auth-token", &token)], full("")).await.status, 201);
     let before = stack.emu().count("credentials");
     let small = pattern(20_000, 1);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::raw::{self, full};
-use common::{header, Stack, KEY, USER};
+use common::Stack;
 use http_body_util::BodyExt;
 use swiftgate::config::Mode;
 use swiftgate::emulator::StorageConfig;
@@ -27,8 +27,7 @@ async fn faulty_stack(faulty: &common::faulty::Faulty) -> Stack {
 async fn upstream_reset_mid_get_breaks_the_clients_transfer() {
     let faulty = common::faulty::start().await;
     let stack = faulty_stack(&faulty).await;
-    let resp = stack.auth(USER, KEY).await;
-    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let (url, token) = stack.storage_login().await;
     let got = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
     assert_eq!(got.status, 200, "the head arrived before the break");
     assert!(got.body_failed, "a truncated body must fail, not end cleanly");
@@ -38,8 +37,7 @@ async fn upstream_reset_mid_get_breaks_the_clients_transfer() {
 async fn upstream_reset_mid_put_is_a_502() {
     let faulty = common::faulty::start().await;
     let stack = faulty_stack(&faulty).await;
-    let resp = stack.auth(USER, KEY).await;
-    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let (url, token) = stack.storage_login().await;
     let body = Bytes::from(vec![b'p'; 3_000_000]);
     let put = raw::send("PUT", &format!("{url}/c/o"), &[("x-auth-token", &token)], full(body)).await;
     assert_eq!(put.status, 502);
@@ -49,8 +47,7 @@ async fn upstream_reset_mid_put_is_a_502() {
 async fn a_client_that_vanishes_mid_put_aborts_the_upstream_upload() {
     let stack = Stack::start_mode(Mode::Proxy, |_| {}).await;
     stack.register().await;
-    let resp = stack.auth(USER, KEY).await;
-    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let (url, token) = stack.storage_login().await;
     assert_eq!(raw::send("PUT", &format!("{url}/c"), &[("x-auth-token", &token)], full("")).await.status, 201);
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
@@ -88,8 +85,7 @@ fn tokio_stream_from<T: Send + 'static>(
 async fn a_client_that_stalls_mid_upload_is_cut_off_after_the_idle_timeout() {
     let stack = Stack::start_custom(Mode::Proxy, |_| {}, |c| c.proxy.idle_timeout = 1).await;
     stack.register().await;
-    let resp = stack.auth(USER, KEY).await;
-    let (url, token) = (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned());
+    let (url, token) = stack.storage_login().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
     tx.send(Ok(hyper::body::Frame::data(Bytes::from(vec![b's'; 65536])))).await.unwrap();
     let body = BodyExt::boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));

@@ -12,13 +12,6 @@ use swiftgate::config::Mode;
 use swiftgate::emulator::StorageConfig;
 use swiftgate::secret::Secret;
 
-/// The gateway's storage URL and token for USER.
-async fn login(stack: &Stack) -> (String, String) {
-    let resp = stack.auth(USER, KEY).await;
-    assert_eq!(resp.status(), 200);
-    (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned())
-}
-
 async fn proxy_stack() -> Stack {
     let stack = Stack::start_mode(Mode::Proxy, |_| {}).await;
     stack.register().await;
@@ -38,7 +31,7 @@ fn pattern(len: usize, seed: u32) -> Bytes {
 async fn auth_hands_out_gateway_urls_and_tokens() {
     let stack = proxy_stack().await;
     let account = stack.emu().swift_account(LOGIN).unwrap();
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     assert_eq!(url, format!("{}/v1/{account}", stack.gw.url));
     assert!(token.starts_with("SG1_"), "{token}");
     let again = stack.auth(USER, KEY).await;
@@ -55,7 +48,7 @@ async fn auth_hands_out_gateway_urls_and_tokens() {
 #[tokio::test]
 async fn every_verb_passes_through() {
     let stack = proxy_stack().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let t = [("x-auth-token", token.as_str())];
     let with = |extra: &[(&'static str, &'static str)]| {
         let mut h: Vec<(&str, &str)> = t.to_vec();
@@ -122,7 +115,7 @@ async fn every_verb_passes_through() {
 #[tokio::test]
 async fn paths_and_queries_go_upstream_byte_for_byte() {
     let stack = proxy_stack().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let t = [("x-auth-token", token.as_str())];
     raw::send("PUT", &format!("{url}/p"), &t, full("")).await;
     let cases = [
@@ -166,7 +159,7 @@ async fn paths_and_queries_go_upstream_byte_for_byte() {
 #[tokio::test]
 async fn gateway_tokens_are_checked() {
     let stack = proxy_stack().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let account_url = url.clone();
     for (tok, want) in [(Some("bogus"), 401), (Some("SG1_AAAA"), 401), (None, 401)] {
         let headers: Vec<(&str, &str)> = tok.map(|t| vec![("x-auth-token", t)]).unwrap_or_default();
@@ -192,7 +185,7 @@ async fn upstream_401s_are_renewed_and_retried_transparently() {
     // A 64 KiB replay buffer: small PUTs are kept and replayed, larger ones wait for 100.
     let stack = Stack::start_custom(Mode::Proxy, |_| {}, |c| c.proxy.replay_buffer = 64 * 1024).await;
     stack.register().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let t = [("x-auth-token", token.as_str())];
     assert_eq!(raw::send("PUT", &format!("{url}/r"), &t, full("")).await.status, 201);
     let small = pattern(30_000, 5);
@@ -227,7 +220,7 @@ async fn upstream_401s_are_renewed_and_retried_transparently() {
 #[tokio::test]
 async fn concurrent_401s_share_one_renewal() {
     let stack = proxy_stack().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     raw::send("PUT", &format!("{url}/c"), &[("x-auth-token", &token)], full("")).await;
     stack.emu().revoke(false, true, false);
     let calls = stack.emu().count("credentials");
@@ -250,7 +243,7 @@ async fn concurrent_401s_share_one_renewal() {
 async fn expiry_is_renewed_ahead_without_401() {
     let stack = Stack::start_mode(Mode::Proxy, |c| c.swift_token_ttl = Duration::from_secs(120)).await;
     stack.register().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let storage_before = stack.emu().count("storage");
     for _ in 0..5 {
         stack.clock.advance(Duration::from_secs(121));
@@ -270,7 +263,7 @@ async fn header_rules_both_ways() {
     })
     .await;
     stack.register().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     assert_eq!(url, format!("{}/v1/AUTH_echo", stack.gw.url));
     let resp = raw::send(
         "PUT",
@@ -330,7 +323,7 @@ async fn header_rules_both_ways() {
 #[tokio::test]
 async fn upstream_down_is_a_swift_style_503() {
     let mut stack = proxy_stack().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let placeholder = swiftgate::emulator::Emulator::start(
         swiftgate::emulator::EmulatorConfig::default(),
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -352,7 +345,7 @@ async fn an_upload_refused_before_100_gets_its_answer_not_a_reset() {
     })
     .await;
     stack.register().await;
-    let (url, token) = login(&stack).await;
+    let (url, token) = stack.storage_login().await;
     let resp = raw::try_send(
         "PUT",
         &format!("{url}/default/too-big"),

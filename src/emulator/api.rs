@@ -7,7 +7,7 @@ use http::{header, Request, Response, StatusCode};
 
 use super::{Emulator, ExternalToken, StorageConfig, SwiftTokenRec};
 use crate::body::{self, Body};
-use crate::clock::format_paris;
+use crate::clock::{format_paris, whole_seconds};
 use crate::secret::random_hex;
 
 const API_JSON: &str = "application/json; charset=utf8";
@@ -97,8 +97,7 @@ fn builtin_token(emu: &Emulator, login: &str) -> (String, String, SystemTime) {
         }
     }
     // Tokens expire on whole seconds, since `expires` carries no fraction.
-    let secs = (now + inner.swift_ttl).duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let expires = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let expires = whole_seconds(now + inner.swift_ttl);
     let token = random_hex(16);
     inner.swift_tokens.insert(token.clone(), SwiftTokenRec { account, expires, revoked: false });
     inner.swift_current.insert(login.to_owned(), token.clone());
@@ -132,8 +131,7 @@ async fn external_token(
     let url = header("x-storage-url").ok_or("no X-Storage-Url")?;
     let left = header("x-auth-token-expires").and_then(|v| v.parse::<u64>().ok()).unwrap_or(86400);
     let ttl = emu.lock().swift_ttl.min(std::time::Duration::from_secs(left));
-    let secs = (now + ttl).duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let expires = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let expires = whole_seconds(now + ttl);
     emu.lock().external = Some(ExternalToken { token: token.clone(), url: url.clone(), expires });
     Ok((token, url, expires))
 }

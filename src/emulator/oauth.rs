@@ -5,9 +5,6 @@
 //! `invalid_grant`, error JSON with `error_description` first, error redirects with `error`
 //! first, `code` then `scope` then `state` on success.
 
-use std::time::SystemTime;
-
-use base64::Engine;
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -199,7 +196,7 @@ pub(super) async fn authorize_post(emu: &Emulator, req: Request<Incoming>) -> Re
     let Some(pending) = inner.pending.remove(oauth) else {
         return body::html(StatusCode::BAD_REQUEST, "<html><body><h1>invalid_request</h1></body></html>");
     };
-    let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let unix = crate::clock::unix_secs(now);
     let code = format!("{unix:010}{}", random_alnum(22));
     let expires = now + emu.config.code_ttl;
     inner.codes.insert(
@@ -222,14 +219,6 @@ pub(super) async fn authorize_post(emu: &Emulator, req: Request<Incoming>) -> Re
 
 fn token_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     body::json(status, format!("{{\"error_description\":\"{description}\",\"error\":\"{error}\"}}"))
-}
-
-fn basic_pair(value: &str) -> Option<(String, String)> {
-    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (id, secret) = text.split_once(':')?;
-    Some((id.to_owned(), secret.to_owned()))
 }
 
 /// Fields of a `multipart/form-data` body (text parts only), as the seed gateway sent them.
@@ -288,7 +277,7 @@ pub(super) async fn token(emu: &Emulator, req: Request<Incoming>) -> Response<Bo
     // Client authentication: any valid pair among Basic header, body fields and query wins;
     // an undecodable Basic header is ignored (Swift Explorer sent one beside body credentials).
     let mut candidates = Vec::new();
-    if let Some(pair) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(basic_pair) {
+    if let Some(pair) = body::basic_credentials(&parts.headers) {
         candidates.push(pair);
     }
     let ids = form.iter().filter(|(k, _)| k == "client_id").map(|(_, v)| v);

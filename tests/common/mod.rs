@@ -143,6 +143,13 @@ impl Stack {
             .unwrap()
     }
 
+    /// Authenticates USER and returns the storage URL and token the client is handed.
+    pub async fn storage_login(&self) -> (String, String) {
+        let resp = self.auth(USER, KEY).await;
+        assert_eq!(resp.status(), 200, "v1.0 auth");
+        (header(&resp, "x-storage-url").to_owned(), header(&resp, "x-auth-token").to_owned())
+    }
+
     /// Stops the gateway and starts a new one on the same address, state dir and clock.
     pub async fn restart_gateway(&mut self) {
         let addr = self.gw.addr;
