@@ -68,6 +68,8 @@ pub struct Cached {
     stale_at: SystemTime,
     /// When the provider handed these out (monotonic), to pace re-fetches after a refusal.
     fetched: tokio::time::Instant,
+    /// How long they had to live when they were handed out.
+    life: Duration,
 }
 
 enum Entry {
@@ -169,8 +171,9 @@ impl TokenManager {
     }
 
     /// Like [`credentials`](Self::credentials), but never hands out credentials with less than
-    /// `min_life` left: for redirect mode, where the client uses the upstream token itself and the
-    /// gateway cannot renew it on a 401. A provider that keeps its token until expiry has nothing
+    /// `min_life` (at most a quarter of their lifetime) left: for redirect mode, where the client
+    /// uses the upstream token itself, and for proxied requests, which can outlast a token in its
+    /// last moments (a bulk delete whose items fail with 401 inside a 200). A provider that keeps its token until expiry has nothing
     /// fresher before then, so this waits out the last moments (at most `min_life`) and renews.
     pub async fn credentials_lasting(
         self: &Arc<Self>,
@@ -178,6 +181,8 @@ impl TokenManager {
         min_life: Duration,
     ) -> Result<Arc<Cached>, TokenError> {
         let cached = self.credentials(account).await?;
+        // Short-lived tokens (tests, tempauth's token_life) get a proportionate margin.
+        let min_life = min_life.min(cached.life / 4);
         let now = self.clock.now();
         if cached.creds.expires > now + min_life {
             return Ok(cached);
@@ -270,7 +275,7 @@ impl TokenManager {
                     )
                 };
                 let cached =
-                    Arc::new(Cached { target, renew_at, stale_at, creds, fetched: tokio::time::Instant::now() });
+                    Arc::new(Cached { target, renew_at, stale_at, creds, fetched: tokio::time::Instant::now(), life });
                 *entry = Entry::Fresh(cached.clone());
                 Ok(cached)
             }

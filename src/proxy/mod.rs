@@ -244,7 +244,7 @@ impl Proxy {
         loop {
             let retried = refused.is_some();
             let cached = match (account, &anonymous, &refused) {
-                (Some(account), _, None) => tokens.credentials(account).await,
+                (Some(account), _, None) => tokens.credentials_lasting(account, TOKEN_MARGIN).await,
                 (Some(account), _, Some(token)) => tokens.credentials_except(account, token, REFUSAL_PATIENCE).await,
                 (None, Some(c), _) => Ok(c.clone()),
                 (None, None, _) => return drain_then(rest, front::unauthorized()),
@@ -457,6 +457,10 @@ pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body
     }
     resp
 }
+
+/// The least life a token must have left to start a request with; a request is not retried
+/// once upstream has accepted it, and some (bulk delete, SLO) use the token for seconds.
+const TOKEN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long a 401 retry waits for the provider to hand out a token other than the one
 /// upstream just refused (tokens near their end can be refused before the provider lets go).
