@@ -132,6 +132,20 @@ async fn start_upstream() -> SocketAddr {
 
 // ------------------------------------------------------------------ the gateway process
 
+/// User + system CPU seconds used so far by `pid` and its children (nginx's worker).
+fn cpu_seconds(pid: u32) -> f64 {
+    let own = |pid: &str| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    };
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own(&pid.to_string()) + children.split_whitespace().map(own).sum::<f64>()
+}
+
 struct Gateway {
     child: Child,
     url: String,
@@ -155,16 +169,6 @@ impl Gateway {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    }
-
-    /// User + system CPU seconds used so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0
     }
 }
 
@@ -235,7 +239,12 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM, not SIGKILL: the master then stops its worker, which would otherwise
+        // outlive it (holding the bench's stdout open).
+        let stopped = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -313,6 +322,8 @@ struct Path_ {
     load: Load,
     url: String,
     token: String,
+    /// The proxy's process, whose CPU time is counted; `None` for the direct path.
+    pid: Option<u32>,
 }
 
 fn empty() -> Boxed {
@@ -353,7 +364,7 @@ async fn throughput(p: &Path_, op: &str, size: u64, buf: &Bytes) -> f64 {
     size as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
-/// (requests/s, p50 ms, p99 ms) for `total` 4 KiB GETs at `concurrency`.
+/// (requests/s, p50 µs, p99 µs) for `total` 4 KiB GETs at `concurrency`.
 async fn small_gets(p: &Path_, concurrency: usize, total: usize) -> (f64, f64, f64) {
     let start = Instant::now();
     let per = total / concurrency;
@@ -365,7 +376,7 @@ async fn small_gets(p: &Path_, concurrency: usize, total: usize) -> (f64, f64, f
             for _ in 0..per {
                 let t = Instant::now();
                 get_bytes(&p, 4 * KIB).await;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
             }
             lat
         }));
@@ -448,6 +459,13 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bench = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only bulk,small,auth,rss` runs just those sections (for profiling one of them).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let wanted = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == section));
     let settings = match (bench, quick) {
         (true, false) => Settings {
             rounds: 5,
@@ -490,9 +508,21 @@ async fn main() {
     let (gwt_url, gwt_token) = login(&tls, &gateways[1].url).await;
     let nginx = start_nginx(up);
     let mut paths = vec![
-        Path_ { name: "direct", load: plain.clone(), url: format!("http://{up}/v1/AUTH_bench"), token: TOKEN.into() },
-        Path_ { name: "gateway", load: plain.clone(), url: gw_url, token: gw_token },
-        Path_ { name: "gateway+TLS", load: tls.clone(), url: gwt_url, token: gwt_token },
+        Path_ {
+            name: "direct",
+            load: plain.clone(),
+            url: format!("http://{up}/v1/AUTH_bench"),
+            token: TOKEN.into(),
+            pid: None,
+        },
+        Path_ { name: "gateway", load: plain.clone(), url: gw_url, token: gw_token, pid: Some(gateways[0].child.id()) },
+        Path_ {
+            name: "gateway+TLS",
+            load: tls.clone(),
+            url: gwt_url,
+            token: gwt_token,
+            pid: Some(gateways[1].child.id()),
+        },
     ];
     if let Some(n) = &nginx {
         paths.push(Path_ {
@@ -500,6 +530,7 @@ async fn main() {
             load: plain.clone(),
             url: format!("http://127.0.0.1:{}/v1/AUTH_bench", n.port),
             token: TOKEN.into(),
+            pid: Some(n.child.id()),
         });
     }
     let idle_rss = gateways[0].status_kib("VmRSS:");
@@ -507,52 +538,50 @@ async fn main() {
     let mut results: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let mut record =
         |key: String, path: &'static str, v: f64| results.entry(key).or_default().entry(path).or_default().push(v);
-    let cpu_start = [gateways[0].cpu_seconds(), gateways[1].cpu_seconds()];
-    let mut bulk_bytes = 0u64;
+    // CPU per proxy path: (seconds, GiB moved) for bulk transfers, (seconds, requests) at c=64.
+    // CPU time comes in 10 ms ticks, so it is summed over every run before dividing.
+    let mut cpu_bulk: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut cpu_c64: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for round in 0..settings.rounds {
+        if !wanted("bulk") {
+            break;
+        }
         for &size in &settings.sizes {
             for op in ["GET", "PUT"] {
                 // Rotate the order each round so no path always goes first.
                 for i in 0..paths.len() {
                     let p = &paths[(i + round) % paths.len()];
+                    let before = p.pid.map(cpu_seconds);
                     let mbps = throughput(p, op, size, &buf).await;
-                    if p.name.starts_with("gateway") {
-                        bulk_bytes += size;
+                    if let (Some(pid), Some(before)) = (p.pid, before) {
+                        let e = cpu_bulk.entry(p.name).or_default();
+                        e.0 += cpu_seconds(pid) - before;
+                        e.1 += size as f64 / GIB as f64;
                     }
                     record(format!("{op} {} MB/s", human(size)), p.name, mbps);
                 }
             }
         }
     }
-    let bulk_per_gateway = bulk_bytes as f64 / 2.0 / GIB as f64;
-    let cpu_bulk = [
-        (gateways[0].cpu_seconds() - cpu_start[0]) / bulk_per_gateway.max(1e-9),
-        (gateways[1].cpu_seconds() - cpu_start[1]) / bulk_per_gateway.max(1e-9),
-    ];
-    // CPU time is read in 10 ms ticks: sum over every c=64 run so the resolution is fine.
-    let (mut cpu_c64, mut requests_c64) = (0.0, 0usize);
     for round in 0..settings.rounds {
-        for c in [1usize, 16, 64] {
+        for c in [1usize, 16, 64].into_iter().filter(|_| wanted("small")) {
             for i in 0..paths.len() {
                 let p = &paths[(i + round) % paths.len()];
-                let gw = match p.name {
-                    "gateway" => Some(&gateways[0]),
-                    "gateway+TLS" => Some(&gateways[1]),
-                    _ => None,
-                };
-                let before = gw.map(|g| g.cpu_seconds());
+                let before = p.pid.map(cpu_seconds);
                 let total = if c == 1 { settings.small_total / 4 } else { settings.small_total };
                 let (rps, p50, p99) = small_gets(p, c, total).await;
-                if let (Some(g), Some(b)) = (gw, before) {
-                    if c == 64 && p.name == "gateway" {
-                        cpu_c64 += g.cpu_seconds() - b;
-                        requests_c64 += total;
-                    }
+                if let (Some(pid), Some(before), 64) = (p.pid, before, c) {
+                    let e = cpu_c64.entry(p.name).or_default();
+                    e.0 += cpu_seconds(pid) - before;
+                    e.1 += total as f64;
                 }
                 record(format!("4 KiB GET c={c} req/s"), p.name, rps);
-                record(format!("4 KiB GET c={c} p50 ms"), p.name, p50);
-                record(format!("4 KiB GET c={c} p99 ms"), p.name, p99);
+                record(format!("4 KiB GET c={c} p50 µs"), p.name, p50);
+                record(format!("4 KiB GET c={c} p99 µs"), p.name, p99);
             }
+        }
+        if !wanted("auth") {
+            continue;
         }
         let direct_auth =
             auths(&plain, &format!("http://{up}/auth/v1.0"), "bench", "bench", 16, settings.auth_total).await;
@@ -563,13 +592,17 @@ async fn main() {
         record("v1.0 auth req/s (warm)".into(), "gateway", gw_auth);
     }
     // Peak RSS while a large object streams through (GET then PUT).
-    get_bytes(&paths[1], settings.rss_transfer).await;
-    put_bytes(&paths[1], settings.rss_transfer, &buf).await;
+    if wanted("rss") {
+        // Reset the high-water mark so the peak is the transfer's, not the c=64 runs' before it.
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", gateways[0].child.id()), "5");
+        get_bytes(&paths[1], settings.rss_transfer).await;
+        put_bytes(&paths[1], settings.rss_transfer, &buf).await;
+    }
     let peak_rss = gateways[0].status_kib("VmHWM:");
 
     // ---- table
     println!(
-        "\nswiftgate e2e ({} rounds{}); MB/s and req/s: higher is better; ms: lower is better",
+        "\nswiftgate e2e ({} rounds{}); MB/s and req/s: higher is better; µs: lower is better",
         settings.rounds,
         if quick { ", quick" } else { "" }
     );
@@ -625,11 +658,19 @@ async fn main() {
             }),
         );
     }
-    let cpu_req = cpu_c64 / requests_c64.max(1) as f64 * 1e6;
-    println!(
-        "\ngateway CPU: {:.3} CPU-s/GiB plain, {:.3} CPU-s/GiB TLS (bulk transfers); {:.1} µs per 4 KiB GET at c=64",
-        cpu_bulk[0], cpu_bulk[1], cpu_req
-    );
+    let per_gib: BTreeMap<&str, f64> = cpu_bulk.iter().map(|(k, (s, g))| (*k, s / g.max(1e-9))).collect();
+    let per_req: BTreeMap<&str, f64> = cpu_c64.iter().map(|(k, (s, n))| (*k, s / n.max(1.0) * 1e6)).collect();
+    println!();
+    for name in ["gateway", "gateway+TLS", "nginx"] {
+        let (gib, req) = (per_gib.get(name), per_req.get(name));
+        if gib.is_some() || req.is_some() {
+            println!(
+                "{name} CPU: {} CPU-s/GiB (bulk transfers), {} µs per 4 KiB GET at c=64",
+                gib.map_or("-".into(), |v| format!("{v:.3}")),
+                req.map_or("-".into(), |v| format!("{v:.1}"))
+            );
+        }
+    }
     println!(
         "gateway RSS: {:.1} MiB idle, {:.1} MiB peak after a {} GET + PUT",
         idle_rss as f64 / 1024.0,
@@ -640,8 +681,8 @@ async fn main() {
         "quick": quick,
         "rounds": settings.rounds,
         "metrics": json_rows,
-        "gateway_cpu_s_per_gib": { "plain": cpu_bulk[0], "tls": cpu_bulk[1] },
-        "gateway_cpu_us_per_4k_get_c64": cpu_req,
+        "cpu_s_per_gib": per_gib,
+        "cpu_us_per_4k_get_c64": per_req,
         "gateway_rss_kib": { "idle": idle_rss, "peak": peak_rss, "transfer_bytes": settings.rss_transfer },
         "commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),

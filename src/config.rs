@@ -82,6 +82,10 @@ pub struct Config {
     /// `proxy` (default) or `redirect`.
     #[serde(default)]
     pub mode: Mode,
+    /// Worker threads, each serving its own connections on its own event loop; defaults to
+    /// the number of CPUs the process may use.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Proxy-mode settings.
     #[serde(default)]
     pub proxy: ProxyConfig,
@@ -143,6 +147,9 @@ pub struct UserConfig {
     pub account: Option<String>,
 }
 
+/// Most worker threads `workers` may ask for.
+const MAX_WORKERS: usize = 256;
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -201,6 +208,11 @@ pub struct ResolvedUser {
 }
 
 impl Config {
+    /// Worker threads to serve on: `workers`, or one per CPU the process may use.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)))
+    }
+
     /// Reads `path`, applies `SWIFTGATE_*` environment overrides from `env`, and validates.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -233,6 +245,9 @@ impl Config {
                 "redirect" => Mode::Redirect,
                 _ => return Err(invalid("SWIFTGATE_MODE", "must be `proxy` or `redirect`")),
             };
+        }
+        if let Some(v) = env("SWIFTGATE_WORKERS") {
+            self.workers = Some(v.parse().map_err(|_| invalid("SWIFTGATE_WORKERS", "not a whole number of threads"))?);
         }
         if let Some(v) = env("SWIFTGATE_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
@@ -289,6 +304,9 @@ impl Config {
                     "must have no path in proxy mode (storage paths are kept as upstream has them)",
                 ));
             }
+        }
+        if self.workers.is_some_and(|n| !(1..=MAX_WORKERS).contains(&n)) {
+            return Err(invalid("workers", "must be between 1 and 256"));
         }
         if self.proxy.token_ttl < 60 {
             return Err(invalid("proxy.token_ttl", "must be at least 60 seconds"));
@@ -449,6 +467,7 @@ mod tests {
         assert_eq!(config.resolved_users().unwrap()[0].account, "alice");
         assert_eq!(config.mode, Mode::Proxy);
         assert_eq!(config.proxy.replay_buffer, 4 * 1024 * 1024);
+        assert!(config.worker_count() >= 1);
     }
 
     #[test]
@@ -461,6 +480,8 @@ mod tests {
             (base() + "public_url = \"ftp://x\"\n", "public_url"),
             (base() + "public_url = \"https://x/prefix\"\n", "public_url"),
             (base() + "[proxy]\ntoken_ttl = 5\n", "proxy.token_ttl"),
+            ("workers = 0\n".to_owned() + &base(), "workers"),
+            ("workers = 1000\n".to_owned() + &base(), "workers"),
             (base() + "[proxy]\nbuffer = 5\n", "buffer"),
             (base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""), "user[0].account"),
         ];
@@ -484,10 +505,12 @@ mod tests {
         let env = |k: &str| match k {
             "SWIFTGATE_LISTEN" => Some("127.0.0.1:9999".to_owned()),
             "SWIFTGATE_HUBIC_CLIENT_SECRET" => Some("from-env".to_owned()),
+            "SWIFTGATE_WORKERS" => Some("3".to_owned()),
             _ => None,
         };
         let config = Config::load(&path, env).unwrap();
         assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.worker_count(), 3);
         assert_eq!(config.client_secret().unwrap().expose(), "from-env");
         assert!(!format!("{config:?}").contains("from-env"), "secret in Debug output");
     }

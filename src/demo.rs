@@ -128,6 +128,8 @@ pub fn single_user_config(
         public_url: None,
         state_dir: state_dir.to_owned(),
         mode,
+        // The demo serves with server::run on the caller's runtime: one connection pool.
+        workers: Some(1),
         proxy: crate::config::ProxyConfig::default(),
         tls: None,
         hubic: HubicConfig {

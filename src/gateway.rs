@@ -78,7 +78,7 @@ impl Gateway {
         let public_url = config.public_url();
         let registrar = Registrar::new(client, store, tokens.clone(), &public_url, &config.hubic.scope);
         let proxy = match config.mode {
-            Mode::Proxy => Some(Proxy::new(config.proxy.settings(), &public_url)?),
+            Mode::Proxy => Some(Proxy::new(config.proxy.settings(), &public_url, config.worker_count())?),
             Mode::Redirect => None,
         };
         let issuer = TokenIssuer::new(Duration::from_secs(config.proxy.token_ttl));

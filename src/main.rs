@@ -136,7 +136,12 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `serve` runs its own worker threads (server::run_workers); this thread is worker 0.
+    let built = match cli.command {
+        Command::Serve { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("swiftgate: cannot start the runtime: {e}");
@@ -260,8 +265,11 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     writeln!(out, "{}", config.public_url())?;
     out.flush()?;
     drop(out);
-    tracing::info!(listen = %config.listen, public_url = %config.public_url(), "swiftgate serving");
-    server::run(listener, gateway, ServeOptions { tls, http1_only: false }, server::shutdown_signal()).await;
+    let workers = config.worker_count();
+    tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
+    server::run_workers(listener, gateway, ServeOptions { tls, http1_only: false }, workers, server::shutdown_signal())
+        .await
+        .context("serving failed")?;
     tracing::info!("swiftgate stopped");
     Ok(())
 }

@@ -25,6 +25,12 @@ use crate::body::Body;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time open connections get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from the socket at once beneath TLS: rustls asks for 4 KiB at a time, which
+/// would cost a system call per TLS record on uploads.
+const TLS_READ_BUFFER: usize = 64 * 1024;
+/// Encrypted bytes rustls may hold before a write returns, so a bulk chunk leaves in few
+/// `writev` calls rather than one per 64 KiB.
+const TLS_SEND_BUFFER: usize = 256 * 1024;
 
 /// The other end of a connection, with what the proxy forwards about it computed once per
 /// connection rather than per request.
@@ -143,8 +149,14 @@ pub async fn run<H: Handler>(
                 async move { Ok::<_, Infallible>(handler.handle(req, client).await) }
             });
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
+                Some(acceptor) => match tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    acceptor.accept(tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, stream)),
+                )
+                .await
+                {
+                    Ok(Ok(mut tls_stream)) => {
+                        tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
                         let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
                         watcher.watch(conn.into_owned()).await
                     }
@@ -170,6 +182,71 @@ pub async fn run<H: Handler>(
     }
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The index of the worker thread the caller runs on: 0 outside [`run_workers`]' extra threads.
+/// Per-worker state (the proxy's upstream connection pools) is picked by it.
+pub fn worker_index() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
+/// Serves `handler` on `workers` event loops: the caller's runtime is worker 0, and each other
+/// worker is a thread with its own single-threaded runtime. All accept from the same listening
+/// socket, so a connection lives on one thread from accept to close and its request, upstream
+/// connection and body chunks never hop between threads. Returns once every worker has
+/// drained after `shutdown`.
+pub async fn run_workers<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    options: ServeOptions,
+    workers: usize,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shared = listener.into_std()?;
+    let mut threads = Vec::new();
+    for index in 1..workers.max(1) {
+        let listener = shared.try_clone()?;
+        let (handler, options, worker_stop) = (handler.clone(), options.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name(format!("swiftgate-worker-{index}")).spawn(
+            move || -> std::io::Result<()> {
+                WORKER.with(|w| w.set(index));
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    run(listener, handler, options, worker_stop.cancelled_owned()).await;
+                    Ok(())
+                })
+            },
+        );
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop.cancel();
+                return Err(e);
+            }
+        }
+    }
+    let listener = TcpListener::from_std(shared)?;
+    let stopper = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    tokio::join!(stopper, run(listener, handler, options, stop.cancelled()));
+    let mut result = Ok(());
+    for thread in threads {
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        match joined {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => result = Err(e),
+            Ok(Err(_)) | Err(_) => result = Err(std::io::Error::other("a worker thread panicked")),
+        }
+    }
+    result
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -189,5 +266,52 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers with the index of the worker thread that served the request.
+    struct WhichWorker;
+
+    impl Handler for WhichWorker {
+        async fn handle(&self, _req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
+            let text = format!("{}", worker_index());
+            Response::new(http_body_util::Full::new(bytes::Bytes::from(text)).map_err(|e| match e {}).boxed())
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_serve_from_one_listener_and_all_stop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run_workers(listener, Arc::new(WhichWorker), ServeOptions::default(), 3, async {
+            let _ = stop_rx.await;
+        }));
+        let mut seen = std::collections::BTreeSet::new();
+        let mut clients = Vec::new();
+        for _ in 0..24 {
+            clients.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+                out.rsplit("\r\n\r\n").next().unwrap().parse::<usize>().unwrap()
+            }));
+        }
+        for c in clients {
+            seen.insert(c.await.unwrap());
+        }
+        assert!(seen.iter().all(|&w| w < 3), "{seen:?}");
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(15), server).await.expect("workers did not stop").unwrap().unwrap();
+        // Every worker closed its copy of the listening socket.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }

@@ -157,7 +157,9 @@ fn strip(headers: &mut HeaderMap, extra: &[HeaderName]) {
 
 /// The streaming proxy.
 pub struct Proxy {
-    client: UpstreamClient,
+    /// One client (and so one connection pool) per worker thread, so an upstream connection is
+    /// driven by the same event loop as the client connections that use it.
+    clients: Box<[UpstreamClient]>,
     settings: ProxySettings,
     public_origin: String,
     forwarded_proto: HeaderValue,
@@ -186,8 +188,9 @@ fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig
 }
 
 impl Proxy {
-    /// A proxy answering as `public_url` (scheme://host[:port], no path).
-    pub fn new(settings: ProxySettings, public_url: &str) -> Result<Proxy, ClientError> {
+    /// A proxy answering as `public_url` (scheme://host[:port], no path), used from `workers`
+    /// worker threads (see [`crate::server::worker_index`]).
+    pub fn new(settings: ProxySettings, public_url: &str, workers: usize) -> Result<Proxy, ClientError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -198,13 +201,17 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(64)
+                    .build(https.clone())
+            })
+            .collect();
         let forwarded_proto =
             HeaderValue::from_static(if public_url.starts_with("https://") { "https" } else { "http" });
-        Ok(Proxy { client, settings, public_origin: public_url.trim_end_matches('/').to_owned(), forwarded_proto })
+        Ok(Proxy { clients, settings, public_origin: public_url.trim_end_matches('/').to_owned(), forwarded_proto })
     }
 
     /// The settings in force.
@@ -333,7 +340,8 @@ impl Proxy {
         gate: Option<&Gate>,
         sent: Option<&tokio::sync::Notify>,
     ) -> Result<Response<Incoming>, Failure> {
-        let request = self.client.request(up);
+        let client = &self.clients[crate::server::worker_index() % self.clients.len()];
+        let request = client.request(up);
         tokio::pin!(request);
         if let Some(gate) = gate {
             tokio::select! {
