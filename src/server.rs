@@ -213,12 +213,18 @@ pub async fn run_workers<H: Handler>(
         let thread = std::thread::Builder::new().name(format!("swiftgate-worker-{index}")).spawn(
             move || -> std::io::Result<()> {
                 WORKER.with(|w| w.set(index));
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    run(listener, handler, options, worker_stop.cancelled_owned()).await;
-                    Ok(())
-                })
+                let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        run(listener, handler, options, worker_stop.cancelled_owned()).await;
+                        Ok(())
+                    })
+                });
+                if let Err(e) = &served {
+                    // The other workers go on serving; the error is also returned at shutdown.
+                    tracing::error!(worker = index, cause = %e, "worker could not start");
+                }
+                served
             },
         );
         match thread {
