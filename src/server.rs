@@ -205,12 +205,14 @@ pub async fn run_workers<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
+    // Whichever way this returns, workers already started stop too.
+    let _stop_on_return = stop.clone().drop_guard();
     let shared = listener.into_std()?;
     let mut threads = Vec::new();
     for index in 1..workers.max(1) {
         let listener = shared.try_clone()?;
         let (handler, options, worker_stop) = (handler.clone(), options.clone(), stop.clone());
-        let thread = std::thread::Builder::new().name(format!("swiftgate-worker-{index}")).spawn(
+        threads.push(std::thread::Builder::new().name(format!("swiftgate-worker-{index}")).spawn(
             move || -> std::io::Result<()> {
                 WORKER.with(|w| w.set(index));
                 let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
@@ -226,14 +228,7 @@ pub async fn run_workers<H: Handler>(
                 }
                 served
             },
-        );
-        match thread {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                stop.cancel();
-                return Err(e);
-            }
-        }
+        )?);
     }
     let listener = TcpListener::from_std(shared)?;
     let stopper = async {
