@@ -146,6 +146,22 @@ fn cpu_seconds(pid: u32) -> f64 {
     own(&pid.to_string()) + children.split_whitespace().map(own).sum::<f64>()
 }
 
+/// CPU seconds a proxy spent, per path, and what it did for them (GiB moved, requests served).
+/// CPU time comes in 10 ms ticks, so both are summed over every run before dividing.
+type CpuLedger = BTreeMap<&'static str, (f64, f64)>;
+
+/// Runs `work` on `p` and, when `p` is a proxy, charges its CPU time to `ledger` for `amount`.
+async fn metered<T>(ledger: &mut CpuLedger, p: &Path_, amount: f64, work: impl std::future::Future<Output = T>) -> T {
+    let before = p.pid.map(cpu_seconds);
+    let out = work.await;
+    if let (Some(pid), Some(before)) = (p.pid, before) {
+        let e = ledger.entry(p.name).or_default();
+        e.0 += cpu_seconds(pid) - before;
+        e.1 += amount;
+    }
+    out
+}
+
 struct Gateway {
     child: Child,
     url: String,
@@ -554,51 +570,37 @@ async fn main() {
     let mut results: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let mut record =
         |key: String, path: &'static str, v: f64| results.entry(key).or_default().entry(path).or_default().push(v);
-    // CPU per proxy path: (seconds, GiB moved) for bulk transfers, (seconds, requests) at c=64.
-    // CPU time comes in 10 ms ticks, so it is summed over every run before dividing.
-    let mut cpu_bulk: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    let mut cpu_c64: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for round in 0..settings.rounds {
-        if !wanted("bulk") {
-            break;
-        }
+    let (mut cpu_bulk, mut cpu_c64) = (CpuLedger::new(), CpuLedger::new());
+    for round in (0..settings.rounds).filter(|_| wanted("bulk")) {
         for &size in &settings.sizes {
             for op in ["GET", "PUT"] {
                 // Rotate the order each round so no path always goes first.
                 for i in 0..paths.len() {
                     let p = &paths[(i + round) % paths.len()];
-                    let before = p.pid.map(cpu_seconds);
-                    let mbps = throughput(p, op, size, &buf).await;
-                    if let (Some(pid), Some(before)) = (p.pid, before) {
-                        let e = cpu_bulk.entry(p.name).or_default();
-                        e.0 += cpu_seconds(pid) - before;
-                        e.1 += size as f64 / GIB as f64;
-                    }
+                    let gib = size as f64 / GIB as f64;
+                    let mbps = metered(&mut cpu_bulk, p, gib, throughput(p, op, size, &buf)).await;
                     record(format!("{op} {} MB/s", human(size)), p.name, mbps);
                 }
             }
         }
     }
-    for round in 0..settings.rounds {
-        for c in [1usize, 16, 64].into_iter().filter(|_| wanted("small")) {
+    for round in (0..settings.rounds).filter(|_| wanted("small")) {
+        for c in [1usize, 16, 64] {
             for i in 0..paths.len() {
                 let p = &paths[(i + round) % paths.len()];
-                let before = p.pid.map(cpu_seconds);
                 let total = if c == 1 { settings.small_total / 4 } else { settings.small_total };
-                let (rps, p50, p99) = small_gets(p, c, total).await;
-                if let (Some(pid), Some(before), 64) = (p.pid, before, c) {
-                    let e = cpu_c64.entry(p.name).or_default();
-                    e.0 += cpu_seconds(pid) - before;
-                    e.1 += total as f64;
-                }
+                let (rps, p50, p99) = if c == 64 {
+                    metered(&mut cpu_c64, p, total as f64, small_gets(p, c, total)).await
+                } else {
+                    small_gets(p, c, total).await
+                };
                 record(format!("4 KiB GET c={c} req/s"), p.name, rps);
                 record(format!("4 KiB GET c={c} p50 µs"), p.name, p50);
                 record(format!("4 KiB GET c={c} p99 µs"), p.name, p99);
             }
         }
-        if !wanted("auth") {
-            continue;
-        }
+    }
+    for _ in (0..settings.rounds).filter(|_| wanted("auth")) {
         let direct_auth =
             auths(&plain, &format!("http://{up}/auth/v1.0"), "bench", "bench", 16, settings.auth_total).await;
         let gw_auth =
