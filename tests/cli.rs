@@ -9,27 +9,44 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_swiftgate");
 
-/// A child process that is killed and reaped when dropped.
-struct Running(Child);
+/// A child process with its own TMPDIR. When dropped it gets SIGTERM, as a user would stop it,
+/// and 30 s to exit before SIGKILL; then the TMPDIR goes, with anything the child left there.
+struct Running(Child, tempfile::TempDir);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        if poll_exit(&mut self.0, Duration::from_secs(30)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
-/// Starts `swiftgate args…` and returns it with its first `n` stdout lines (60 s deadline).
-fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
+/// The child's exit status, polled until `within` has passed.
+fn poll_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Spawns `cmd` with its own TMPDIR and its stdout read line by line into the receiver.
+fn launch(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = cmd
         .env("SWIFTGATE_LOG", "warn")
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("swiftgate starts");
     let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -38,6 +55,14 @@ fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
             }
         }
     });
+    (Running(child, tmp), rx)
+}
+
+/// Starts `swiftgate args…` and returns it with its first `n` stdout lines (60 s deadline).
+fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stderr(Stdio::inherit());
+    let (running, rx) = launch(cmd);
     let lines = (0..n)
         .map(|i| rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("line {i} of {args:?} never came")))
         .collect();
@@ -207,14 +232,11 @@ fn emulate_prints_its_base_url_first() {
 
 /// Waits for the child to exit, polling with a deadline.
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "process did not exit in {within:?}");
-        std::thread::yield_now();
-    }
+    poll_exit(child, within).unwrap_or_else(|| panic!("process did not exit in {within:?}"))
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
 #[test]
@@ -222,10 +244,15 @@ fn demo_exits_cleanly_on_sigterm_and_sigint() {
     for signal in ["-TERM", "-INT"] {
         let (mut demo, lines) = start(&["demo", "--listen", "127.0.0.1:0"], 3);
         assert!(lines[0].starts_with("export ST_AUTH=http://127.0.0.1:"));
+        // The demo keeps its state and its objects in scratch dirs under TMPDIR while it runs
+        // and removes them when stopped.
+        let scratch = dir_entries(demo.1.path());
+        assert_eq!(scratch.len(), 2, "{scratch:?}");
         let pid = demo.0.id().to_string();
         assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
         let status = wait_exit(&mut demo.0, Duration::from_secs(30));
         assert!(status.success(), "{signal}: {status:?}");
+        assert_eq!(dir_entries(demo.1.path()), Vec::<String>::new(), "{signal} left scratch dirs");
     }
 }
 
@@ -255,23 +282,10 @@ async fn headless_register_takes_the_pasted_redirect_url() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["register", "--no-listen", "--user", "alice", "--config"])
-        .arg(&config)
-        .env("SWIFTGATE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut child = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut cmd = Command::new(BIN);
+    cmd.args(["register", "--no-listen", "--user", "alice", "--config"]).arg(&config).stdin(Stdio::piped());
+    let (mut child, rx) = launch(cmd);
+    let mut stdin = child.0.stdin.take().unwrap();
     let url = loop {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("authorize URL printed");
         if let Some(i) = line.find("http") {
@@ -297,25 +311,47 @@ async fn headless_register_takes_the_pasted_redirect_url() {
     writeln!(stdin, "{location}").unwrap();
     let status = wait_exit(&mut child.0, Duration::from_secs(60));
     assert!(status.success());
-    let rest: Vec<String> = rx.try_iter().collect();
+    let rest: Vec<String> = rx.iter().collect();
     assert!(rest.iter().any(|l| l.contains("registered account alice")), "{rest:?}");
     assert!(dir.path().join("state/accounts/alice.json").exists());
 }
 
-fn file_md5(path: &Path) -> String {
+/// The MD5 of everything `from` yields.
+fn md5_of(mut from: impl std::io::Read) -> String {
     use md5::{Digest, Md5};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).unwrap();
     let mut md5 = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).unwrap();
+        let n = from.read(&mut buf).unwrap();
         if n == 0 {
             break;
         }
         md5.update(&buf[..n]);
     }
     hex::encode(md5.finalize())
+}
+
+/// Runs `cmd` in `dir` and fails with its output unless it succeeds.
+fn run_ok(cmd: &mut Command, dir: &Path, what: &str) {
+    let out = cmd.current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cmd` in `dir`, which writes a download to stdout, and returns the download's MD5.
+/// Nothing is written to disk, so the test costs one stored copy beside its source file.
+fn download_md5(cmd: &mut Command, dir: &Path, what: &str) -> String {
+    let mut child = cmd.current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let md5 = md5_of(child.stdout.take().unwrap());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{what}: {}", errors.join().unwrap());
+    md5
 }
 
 #[test]
@@ -325,7 +361,8 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
     }
     let (_demo, env) = start_demo(&["--swift-token-ttl", "3"]);
     let dir = tempfile::tempdir().unwrap();
-    let big = dir.path().join("big.bin");
+    let dir = dir.path();
+    let big = dir.join("big.bin");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
         let block: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
@@ -334,24 +371,17 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
             f.write_all(&block[4..]).unwrap();
         }
     }
-    let want = file_md5(&big);
-    let run = |cmd: &mut Command, what: &str| {
-        let out = cmd.current_dir(dir.path()).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{what}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let swift = |args: &[&str]| swift_command(dir.path(), &env, args);
-    // python-swiftclient: whole object, then segmented (DLO, 100 MiB segments).
-    run(&mut swift(&["upload", "whole", "big.bin"]), "swift upload");
-    run(&mut swift(&["download", "whole", "big.bin", "-o", "whole.out"]), "swift download");
-    assert_eq!(file_md5(&dir.path().join("whole.out")), want, "swift whole");
-    run(&mut swift(&["upload", "-S", "104857600", "segs", "big.bin"]), "swift upload -S");
-    run(&mut swift(&["download", "segs", "big.bin", "-o", "segs.out"]), "swift download segmented");
-    assert_eq!(file_md5(&dir.path().join("segs.out")), want, "swift segmented");
+    let want = md5_of(std::fs::File::open(&big).unwrap());
+    let swift = |args: &[&str]| swift_command(dir, &env, args);
+    // python-swiftclient: whole object, then segmented (DLO, 100 MiB segments). Each stored
+    // copy is deleted once checked (with its segments), so the demo's storage holds one at most.
+    run_ok(&mut swift(&["upload", "whole", "big.bin"]), dir, "swift upload");
+    assert_eq!(download_md5(&mut swift(&["download", "whole", "big.bin", "-o", "-"]), dir, "swift download"), want);
+    run_ok(&mut swift(&["delete", "whole"]), dir, "swift delete");
+    run_ok(&mut swift(&["upload", "-S", "104857600", "segs", "big.bin"]), dir, "swift upload -S");
+    let got = download_md5(&mut swift(&["download", "segs", "big.bin", "-o", "-"]), dir, "swift download segmented");
+    assert_eq!(got, want, "swift segmented");
+    run_ok(&mut swift(&["delete", "segs"]), dir, "swift delete segmented");
     // rclone (swift backend, v1 auth): one 1 GiB PUT with Expect: 100-continue, then a download.
     let rclone = |args: &[&str]| {
         let mut cmd = Command::new("rclone");
@@ -363,7 +393,6 @@ fn swift_and_rclone_move_a_gib_across_three_second_tokens() {
             .env("RCLONE_CONFIG_GW_KEY", &env[2].1);
         cmd
     };
-    run(&mut rclone(&["copyto", "big.bin", "gw:rc/big.bin"]), "rclone upload");
-    run(&mut rclone(&["copyto", "gw:rc/big.bin", "rclone.out"]), "rclone download");
-    assert_eq!(file_md5(&dir.path().join("rclone.out")), want, "rclone");
+    run_ok(&mut rclone(&["copyto", "big.bin", "gw:rc/big.bin"]), dir, "rclone upload");
+    assert_eq!(download_md5(&mut rclone(&["cat", "gw:rc/big.bin"]), dir, "rclone download"), want, "rclone");
 }

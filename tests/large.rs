@@ -1,6 +1,7 @@
 //! Large bodies through the gateway running as its own process: a 5 GiB PUT and GET checked by
 //! MD5, with the gateway's peak RSS (VmHWM) bounded and no higher than after a 512 MiB object,
-//! and a slow reader that must not make the gateway buffer.
+//! and a slow reader that must not make the gateway buffer. The upstream keeps no object bytes
+//! (`common::pattern`), so the test needs no disk.
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use common::pattern::{chunks, expected_md5, generated, Boxed, MIB};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use md5::{Digest, Md5};
@@ -19,7 +20,6 @@ use swiftgate::clock::SystemClock;
 use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, StorageConfig, UserSpec};
 use swiftgate::secret::Secret;
 
-const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 struct Gateway(Child);
@@ -37,43 +37,6 @@ impl Gateway {
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
-}
-
-/// Seven distinct 1 MiB chunks, cycled; any reordering or loss changes the MD5.
-fn chunks() -> Arc<Vec<Bytes>> {
-    Arc::new(
-        (0..7u8)
-            .map(|k| {
-                Bytes::from((0..MIB as usize).map(|i| (i as u8).wrapping_mul(31).wrapping_add(k)).collect::<Vec<u8>>())
-            })
-            .collect(),
-    )
-}
-
-type Boxed = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-/// A streamed body of `len` bytes; its MD5 arrives on the channel when it ends.
-fn generated(len: u64, parts: Arc<Vec<Bytes>>) -> (Boxed, tokio::sync::oneshot::Receiver<String>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let state = (0u64, Md5::new(), Some(tx));
-    let stream = futures_util::stream::unfold(state, move |(sent, mut md5, mut tx)| {
-        let parts = parts.clone();
-        async move {
-            if sent >= len {
-                return None;
-            }
-            let chunk = parts[((sent / MIB) % 7) as usize].slice(..(len - sent).min(MIB) as usize);
-            md5.update(&chunk);
-            // hyper stops polling once Content-Length bytes went out, so report with the last chunk.
-            if sent + chunk.len() as u64 == len {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(hex::encode(md5.finalize_reset()));
-                }
-            }
-            Some((Ok::<_, std::io::Error>(Frame::data(chunk.clone())), (sent + chunk.len() as u64, md5, tx)))
-        }
-    });
-    (BodyExt::boxed(StreamBody::new(stream)), rx)
 }
 
 async fn put(
@@ -125,25 +88,19 @@ async fn get(
     (hex::encode(md5.finalize()), len)
 }
 
-fn expected_md5(len: u64, parts: &[Bytes]) -> String {
-    let mut md5 = Md5::new();
-    let mut done = 0;
-    while done < len {
-        let chunk = &parts[((done / MIB) % 7) as usize][..(len - done).min(MIB) as usize];
-        md5.update(chunk);
-        done += chunk.len() as u64;
-    }
-    hex::encode(md5.finalize())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_gib_through_the_gateway_in_bounded_memory() {
-    let data = tempfile::tempdir().unwrap();
+    let parts = chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
     let app = AppSpec::random("http://127.0.0.1/callback");
     let emulator = Emulator::start(
         EmulatorConfig {
             clock: Arc::new(SystemClock),
-            storage: StorageConfig::BuiltIn { data_dir: Some(data.path().to_owned()), max_file_size: 6 * GIB },
+            storage: StorageConfig::External {
+                auth_url: format!("{}/auth/v1.0", upstream.origin),
+                user: "pattern".into(),
+                key: Secret::new("pattern"),
+            },
             users: vec![UserSpec { login: common::LOGIN.into(), password: Secret::new(common::PASSWORD) }],
             ..EmulatorConfig::default()
         },
@@ -198,7 +155,6 @@ async fn five_gib_through_the_gateway_in_bounded_memory() {
     let url = auth.headers()["x-storage-url"].to_str().unwrap().to_owned();
     let token = auth.headers()["x-auth-token"].to_str().unwrap().to_owned();
     let client: Client<_, Boxed> = Client::builder(TokioExecutor::new()).build_http();
-    let parts = chunks();
 
     let small = 512 * MIB;
     put(&client, &format!("{url}/default/small"), &token, small, parts.clone()).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use swiftgate::body::{self, Body};
-use swiftgate::server::{self, Handler, ServeOptions};
+use swiftgate::server::Handler;
 
 pub const TOKEN: &str = "AUTH_tkecho";
 
@@ -18,12 +18,7 @@ pub struct Echo {
 impl Handler for Echo {
     async fn handle(&self, req: Request<Incoming>, _peer: Arc<swiftgate::server::Peer>) -> Response<Body> {
         if req.uri().path() == "/auth/v1.0" {
-            let mut resp = body::status(StatusCode::OK);
-            let h = resp.headers_mut();
-            h.insert("x-storage-url", format!("{}/v1/AUTH_echo", self.origin).parse().unwrap());
-            h.insert("x-auth-token", TOKEN.parse().unwrap());
-            h.insert("x-auth-token-expires", "86400".parse().unwrap());
-            return resp;
+            return super::v1_auth_answer(&self.origin, "AUTH_echo", TOKEN);
         }
         let mut headers = serde_json::Map::new();
         for (name, value) in req.headers() {
@@ -46,25 +41,6 @@ impl Handler for Echo {
     }
 }
 
-pub struct RunningEcho {
-    pub origin: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for RunningEcho {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-pub async fn start() -> RunningEcho {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::run(listener, Arc::new(Echo { origin: origin.clone() }), ServeOptions::default(), async {
-        let _ = rx.await;
-    }));
-    RunningEcho { origin, stop: Some(tx) }
+pub async fn start() -> super::Served {
+    super::serve(|origin| Echo { origin }).await
 }

@@ -28,6 +28,7 @@ pub fn key_hash() -> &'static str {
 
 pub mod echo;
 pub mod faulty;
+pub mod pattern;
 pub mod raw;
 
 pub struct RunningGateway {
@@ -179,4 +180,39 @@ async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
 
 pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
     resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// A test server on 127.0.0.1 port 0, stopped when dropped.
+pub struct Served {
+    pub origin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serves the handler `make` builds from the server's origin (`http://127.0.0.1:port`).
+pub async fn serve<H: server::Handler>(make: impl FnOnce(String) -> H) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::run(listener, Arc::new(make(origin.clone())), ServeOptions::default(), async {
+        let _ = rx.await;
+    }));
+    Served { origin, stop: Some(tx) }
+}
+
+/// A test upstream's v1.0 auth answer: storage URL `<origin>/v1/<account>` and `token`.
+pub fn v1_auth_answer(origin: &str, account: &str, token: &str) -> http::Response<swiftgate::body::Body> {
+    let mut resp = swiftgate::body::status(http::StatusCode::OK);
+    let h = resp.headers_mut();
+    h.insert("x-storage-url", format!("{origin}/v1/{account}").parse().unwrap());
+    h.insert("x-auth-token", token.parse().unwrap());
+    h.insert("x-auth-token-expires", "86400".parse().unwrap());
+    resp
 }
