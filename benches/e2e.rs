@@ -132,22 +132,29 @@ async fn start_upstream() -> SocketAddr {
 
 // ------------------------------------------------------------------ the gateway process
 
-/// User + system CPU seconds used so far by `pid` and its children (nginx's worker).
-fn cpu_seconds(pid: u32) -> f64 {
-    let own = |pid: &str| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    };
+/// The process `pid` and its child processes (nginx's worker).
+fn family(pid: u32) -> Vec<String> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    own(&pid.to_string()) + children.split_whitespace().map(own).sum::<f64>()
+    std::iter::once(pid.to_string()).chain(children.split_whitespace().map(str::to_owned)).collect()
+}
+
+/// CPU seconds (user and system, to the nanosecond, from each thread's schedstat) used so far
+/// by `pid` and its child processes. Only live threads count: the proxies' threads (event loops,
+/// nginx's processes) live for the whole run. `/proc/<pid>/stat` would count in 10 ms ticks,
+/// a tenth of a c=64 run's whole CPU time.
+fn cpu_seconds(pid: u32) -> f64 {
+    let threads = |pid: &String| -> f64 {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            / 1e9
+    };
+    family(pid).iter().map(threads).sum()
 }
 
 /// CPU seconds a proxy spent, per path, and what it did for them (GiB moved, requests served).
-/// CPU time comes in 10 ms ticks, so both are summed over every run before dividing.
 type CpuLedger = BTreeMap<&'static str, (f64, f64)>;
 
 /// Runs `work` on `p` and, when `p` is a proxy, charges its CPU time to `ledger` for `amount`.
@@ -160,6 +167,46 @@ async fn metered<T>(ledger: &mut CpuLedger, p: &Path_, amount: f64, work: impl s
         e.1 += amount;
     }
     out
+}
+
+/// Puts the bench (load generator and upstream) and every proxy process on one CPU, and back.
+/// At c=1 a request is a strict relay (client, proxy, upstream, proxy, client), so one CPU costs
+/// no parallelism; it takes out the hypervisor's cost of waking an idle vCPU at every hop,
+/// which on this VM (no halt polling) is most of the unpinned c=1 figure. Needs `taskset`.
+struct Pinning {
+    pids: Vec<String>,
+    all: String,
+}
+
+impl Pinning {
+    fn new(proxies: &[u32]) -> Option<Pinning> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let all = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim().to_owned();
+        let mut pids = vec![std::process::id().to_string()];
+        pids.extend(proxies.iter().flat_map(|&p| family(p)));
+        let pinning = Pinning { pids, all };
+        // Setting what is already allowed checks that taskset works.
+        pinning.set(&pinning.all).then_some(pinning)
+    }
+
+    fn set(&self, cpus: &str) -> bool {
+        self.pids.iter().all(|pid| {
+            Command::new("taskset")
+                .args(["-a", "-p", "-c", cpus, pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    /// Runs `work` with everything on CPU 0.
+    async fn one_cpu<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.set("0");
+        let out = work.await;
+        self.set(&self.all);
+        out
+    }
 }
 
 struct Gateway {
@@ -584,6 +631,10 @@ async fn main() {
             }
         }
     }
+    let pinning = Pinning::new(&paths.iter().filter_map(|p| p.pid).collect::<Vec<_>>());
+    if pinning.is_none() {
+        println!("taskset did not work: no one-CPU c=1 rows");
+    }
     for round in (0..settings.rounds).filter(|_| wanted("small")) {
         for c in [1usize, 16, 64] {
             for i in 0..paths.len() {
@@ -598,6 +649,16 @@ async fn main() {
                 record(format!("4 KiB GET c={c} p50 µs"), p.name, p50);
                 record(format!("4 KiB GET c={c} p99 µs"), p.name, p99);
             }
+        }
+    }
+    // After every unpinned round: threads that shared a CPU tend to stay together afterwards.
+    for round in (0..settings.rounds).filter(|_| wanted("small")) {
+        let Some(pinning) = &pinning else { break };
+        for i in 0..paths.len() {
+            let p = &paths[(i + round) % paths.len()];
+            let (_, p50, p99) = pinning.one_cpu(small_gets(p, 1, settings.small_total / 4)).await;
+            record("4 KiB GET c=1 one CPU p50 µs".into(), p.name, p50);
+            record("4 KiB GET c=1 one CPU p99 µs".into(), p.name, p99);
         }
     }
     for _ in (0..settings.rounds).filter(|_| wanted("auth")) {
@@ -668,9 +729,27 @@ async fn main() {
             }),
         );
     }
+    // What each proxy adds to the c=1 median, taken within each round.
+    println!();
+    let mut added = serde_json::Map::new();
+    for (label, key) in [("unpinned", "4 KiB GET c=1 p50 µs"), ("one CPU", "4 KiB GET c=1 one CPU p50 µs")] {
+        let Some(by_path) = results.get(key) else { continue };
+        let Some(direct) = by_path.get("direct") else { continue };
+        let mut cells = Vec::new();
+        let mut row = serde_json::Map::new();
+        for name in ["gateway", "gateway+TLS", "nginx"] {
+            if let Some(v) = by_path.get(name) {
+                let per_round: Vec<f64> = v.iter().zip(direct).map(|(a, d)| a - d).collect();
+                let (lo, hi) = span(&per_round);
+                cells.push(format!("{name} {:.1} ({lo:.1} to {hi:.1})", median(&per_round)));
+                row.insert(name.into(), json!(median(&per_round)));
+            }
+        }
+        println!("added p50 at c=1, {label}, µs: {}", cells.join(", "));
+        added.insert(label.into(), row.into());
+    }
     let per_gib: BTreeMap<&str, f64> = cpu_bulk.iter().map(|(k, (s, g))| (*k, s / g.max(1e-9))).collect();
     let per_req: BTreeMap<&str, f64> = cpu_c64.iter().map(|(k, (s, n))| (*k, s / n.max(1.0) * 1e6)).collect();
-    println!();
     for name in ["gateway", "gateway+TLS", "nginx"] {
         let (gib, req) = (per_gib.get(name), per_req.get(name));
         if gib.is_some() || req.is_some() {
@@ -695,6 +774,7 @@ async fn main() {
         "metrics": json_rows,
         "cpu_s_per_gib": per_gib,
         "cpu_us_per_4k_get_c64": per_req,
+        "added_p50_c1_us": added,
         "gateway_rss_kib": { "idle": idle_rss, "peak": peak_rss, "after_all": final_rss, "transfer_bytes": settings.rss_transfer },
         "commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),

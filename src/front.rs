@@ -24,7 +24,24 @@ use crate::config::ResolvedUser;
 use crate::provider::ProviderError;
 use crate::tokens::{TokenError, TokenManager};
 
-type HmacSha256 = Hmac<Sha256>;
+/// HMAC-SHA256 under a per-process random key, keyed once: each MAC then costs two SHA-256
+/// blocks instead of four.
+#[derive(Clone)]
+struct ProcessMac(Hmac<Sha256>);
+
+impl ProcessMac {
+    fn random() -> Self {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+        ProcessMac(Hmac::new_from_slice(&key).unwrap_or_else(|_| unreachable!("any key length")))
+    }
+
+    fn of(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+}
 
 /// A configured gateway user.
 #[derive(Debug)]
@@ -37,7 +54,7 @@ struct User {
 pub struct Users {
     by_name: HashMap<String, usize>,
     list: Vec<User>,
-    cache_key: [u8; 32],
+    cache_mac: ProcessMac,
     /// user index → HMAC of the last key that verified; short critical sections only.
     verified: Mutex<HashMap<usize, [u8; 32]>>,
     /// Argon2 runs at most this many at once (one per core): each takes 7 MiB and real CPU,
@@ -54,15 +71,13 @@ impl std::fmt::Debug for Users {
 impl Users {
     /// Users from the resolved configuration.
     pub fn new(users: &[ResolvedUser]) -> Self {
-        let mut cache_key = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut cache_key);
         let by_name = users.iter().enumerate().map(|(i, u)| (u.name.clone(), i)).collect();
         let list = users.iter().map(|u| User { key_hash: u.key_hash.clone(), account: u.account.clone() }).collect();
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Users {
             by_name,
             list,
-            cache_key,
+            cache_mac: ProcessMac::random(),
             verified: Mutex::new(HashMap::new()),
             argon_slots: tokio::sync::Semaphore::new(cores),
         }
@@ -79,9 +94,7 @@ impl Users {
     }
 
     fn mac(&self, key: &str) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.cache_key).unwrap_or_else(|_| unreachable!("any key length"));
-        mac.update(key.as_bytes());
-        mac.finalize().into_bytes().into()
+        self.cache_mac.of(key.as_bytes())
     }
 
     /// Checks `user`'s `key`; returns the bound account on success.
@@ -115,7 +128,7 @@ impl Users {
 /// looked up, so checking one on the streaming path takes no lock; a restart invalidates them
 /// all, and clients re-authenticate on the resulting 401.
 pub struct TokenIssuer {
-    key: [u8; 32],
+    mac: ProcessMac,
     ttl: Duration,
     /// user index → the token last issued and its expiry; auth path only, short sections.
     current: Mutex<HashMap<usize, (String, SystemTime)>>,
@@ -135,15 +148,11 @@ const SEALED_LEN: usize = PAYLOAD_LEN + 32;
 impl TokenIssuer {
     /// Tokens that live `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        let mut key = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
-        TokenIssuer { key, ttl, current: Mutex::new(HashMap::new()) }
+        TokenIssuer { mac: ProcessMac::random(), ttl, current: Mutex::new(HashMap::new()) }
     }
 
     fn seal(&self, payload: &[u8; PAYLOAD_LEN]) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("any key length"));
-        mac.update(payload);
-        mac.finalize().into_bytes().into()
+        self.mac.of(payload)
     }
 
     /// The user's token: the current one while more than a tenth of its life (at most five
