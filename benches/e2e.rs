@@ -200,11 +200,12 @@ impl Pinning {
         })
     }
 
-    /// Runs `work` with everything on CPU 0.
+    /// Runs `work` with everything on CPU 0; a row labelled "one CPU" is never measured
+    /// unpinned.
     async fn one_cpu<T>(&self, work: impl std::future::Future<Output = T>) -> T {
-        self.set("0");
+        assert!(self.set("0"), "taskset could not pin the bench to CPU 0");
         let out = work.await;
-        self.set(&self.all);
+        assert!(self.set(&self.all), "taskset could not restore CPUs {}", self.all);
         out
     }
 }
