@@ -18,6 +18,9 @@ use crate::proxy::Target;
 /// Least time between two provider calls for an account whose token upstream keeps refusing.
 const REFETCH_PACE: Duration = Duration::from_millis(200);
 
+/// How long past a token's last moments `credentials_lasting` keeps asking for a fresher one.
+const LASTING_PATIENCE: Duration = Duration::from_secs(3);
+
 /// When to renew and how hard to retry.
 #[derive(Clone, Debug)]
 pub struct RenewPolicy {
@@ -173,25 +176,30 @@ impl TokenManager {
     /// Like [`credentials`](Self::credentials), but never hands out credentials with less than
     /// `min_life` (at most a quarter of their lifetime) left: for redirect mode, where the client
     /// uses the upstream token itself, and for proxied requests, which can outlast a token in its
-    /// last moments (a bulk delete whose items fail with 401 inside a 200). A provider that keeps its token until expiry has nothing
-    /// fresher before then, so this waits out the last moments (at most `min_life`) and renews.
+    /// last moments (a bulk delete whose items fail with 401 inside a 200). A provider that keeps
+    /// its token until expiry has nothing fresher before then, so this waits out the last
+    /// moments (at most `min_life`) and asks again. It may hand back the same token once more
+    /// (tempauth does in a token's last second), so it keeps asking, at most every
+    /// `REFETCH_PACE` for all waiters, until `min_life` plus `LASTING_PATIENCE` has passed.
     pub async fn credentials_lasting(
         self: &Arc<Self>,
         account: &str,
         min_life: Duration,
     ) -> Result<Arc<Cached>, TokenError> {
-        let cached = self.credentials(account).await?;
-        // Short-lived tokens (tests, tempauth's token_life) get a proportionate margin.
-        let min_life = min_life.min(cached.life / 4);
-        let now = self.clock.now();
-        if cached.creds.expires > now + min_life {
-            return Ok(cached);
+        let deadline = tokio::time::Instant::now() + min_life + LASTING_PATIENCE;
+        let mut cached = self.credentials(account).await?;
+        loop {
+            // Short-lived tokens (tests, tempauth's token_life) get a proportionate margin.
+            let want = min_life.min(cached.life / 4);
+            let now = self.clock.now();
+            if cached.creds.expires > now + want || tokio::time::Instant::now() >= deadline {
+                return Ok(cached);
+            }
+            let left = cached.creds.expires.duration_since(now).unwrap_or_default();
+            tokio::time::sleep(left.min(want).max(REFETCH_PACE)).await;
+            self.invalidate_fetched_before(account, &cached.creds.token, tokio::time::Instant::now() - REFETCH_PACE);
+            cached = self.credentials(account).await?;
         }
-        if let Ok(left) = cached.creds.expires.duration_since(now) {
-            tokio::time::sleep(left.min(min_life)).await;
-        }
-        self.invalidate(account, &cached.creds.token);
-        self.credentials(account).await
     }
 
     /// Credentials other than `refused`, which upstream just rejected. A provider may keep
