@@ -31,30 +31,34 @@ pub fn chunks() -> Arc<Vec<Bytes>> {
 
 pub type Boxed = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// The first `len` bytes of the pattern, streamed as `Bytes` slices of the chunks; `seen` sees
+/// each slice as it leaves.
+fn stream(len: u64, parts: Arc<Vec<Bytes>>, mut seen: impl FnMut(&Bytes, bool) + Send + Sync + 'static) -> Boxed {
+    let stream = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = (sent < len).then(|| parts[((sent / MIB) % 7) as usize].slice(..(len - sent).min(MIB) as usize));
+        let next = chunk.map(|chunk| {
+            let sent = sent + chunk.len() as u64;
+            seen(&chunk, sent == len);
+            (Ok::<_, std::io::Error>(Frame::data(chunk)), sent)
+        });
+        std::future::ready(next)
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
 /// A streamed body of the first `len` bytes of the pattern; its MD5 arrives on the channel when
 /// it ends.
 pub fn generated(len: u64, parts: Arc<Vec<Bytes>>) -> (Boxed, tokio::sync::oneshot::Receiver<String>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let state = (0u64, Md5::new(), Some(tx));
-    let stream = futures_util::stream::unfold(state, move |(sent, mut md5, mut tx)| {
-        let parts = parts.clone();
-        async move {
-            if sent >= len {
-                return None;
-            }
-            let chunk = parts[((sent / MIB) % 7) as usize].slice(..(len - sent).min(MIB) as usize);
-            md5.update(&chunk);
-            // hyper stops polling once Content-Length bytes went out, so report with the last chunk.
-            if sent + chunk.len() as u64 == len {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(hex::encode(md5.finalize_reset()));
-                }
-            }
-            let sent = sent + chunk.len() as u64;
-            Some((Ok::<_, std::io::Error>(Frame::data(chunk)), (sent, md5, tx)))
+    let (mut md5, mut tx) = (Md5::new(), Some(tx));
+    let body = stream(len, parts, move |chunk, last| {
+        md5.update(chunk);
+        // hyper stops polling once Content-Length bytes went out, so report with the last chunk.
+        if let Some(tx) = tx.take_if(|_| last) {
+            let _ = tx.send(hex::encode(md5.finalize_reset()));
         }
     });
-    (BodyExt::boxed(StreamBody::new(stream)), rx)
+    (body, rx)
 }
 
 /// The MD5 of the first `len` bytes of the pattern.
@@ -121,7 +125,7 @@ impl Handler for Upstream {
             }
             Method::GET => match self.object(&path) {
                 Some((len, etag)) => {
-                    let data = generated(len, self.parts.clone()).0.map_err(|e| e.into()).boxed();
+                    let data = stream(len, self.parts.clone(), |_, _| {}).map_err(|e| e.into()).boxed();
                     with_object(StatusCode::OK, len, &etag, data)
                 }
                 None => body::text(StatusCode::NOT_FOUND, "Not Found\n"),
