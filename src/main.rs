@@ -222,12 +222,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 users: user_specs,
                 ..EmulatorConfig::default()
             };
+            let stop = server::shutdown_signal()?;
             let handle = Emulator::start(config, listener).await?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", handle.base_url())?;
             out.flush()?;
             drop(out);
-            server::shutdown_signal().await;
+            stop.await;
             handle.stop().await;
             Ok(())
         }
@@ -243,8 +244,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     swiftgate::config::Mode::Proxy
                 },
             };
+            let stop = server::shutdown_signal()?;
             let mut stdout = std::io::stdout();
-            swiftgate::demo::run(options, &mut stdout, server::shutdown_signal()).await
+            swiftgate::demo::run(options, &mut stdout, stop).await
         }
     }
 }
@@ -261,13 +263,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     config.listen = listener.local_addr()?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     tokio::spawn(gateway.tokens().clone().warm_up());
+    let stop = server::shutdown_signal()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", config.public_url())?;
     out.flush()?;
     drop(out);
     let workers = config.worker_count();
     tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
-    server::run_workers(listener, gateway, ServeOptions { tls, http1_only: false }, workers, server::shutdown_signal())
+    server::run_workers(listener, gateway, ServeOptions { tls, http1_only: false }, workers, stop)
         .await
         .context("serving failed")?;
     tracing::info!("swiftgate stopped");

@@ -248,25 +248,28 @@ pub async fn run_workers<H: Handler>(
     result
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for SIGINT and SIGTERM at once and returns a future that resolves on the first of
+/// them. Call it before announcing readiness: a handler installed only when the future is first
+/// polled leaves a window in which a signal sent on that announcement kills the process
+/// outright, skipping the cleanup that follows the future.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -284,6 +287,18 @@ mod tests {
             let text = format!("{}", worker_index());
             Response::new(http_body_util::Full::new(bytes::Bytes::from(text)).map_err(|e| match e {}).boxed())
         }
+    }
+
+    /// A signal that lands between `shutdown_signal()` and the first poll of its future is
+    /// caught, not fatal: a process announces readiness in that window. Were the handlers
+    /// installed lazily, this SIGTERM would end the test binary.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn shutdown_signal_catches_a_signal_sent_before_the_first_poll() {
+        let stop = shutdown_signal().unwrap();
+        let pid = std::process::id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), stop).await.expect("SIGTERM resolves the future");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ struct Running(Child, tempfile::TempDir);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).stderr(Stdio::null()).status();
         if poll_exit(&mut self.0, Duration::from_secs(30)).is_none() {
             let _ = self.0.kill();
             let _ = self.0.wait();
