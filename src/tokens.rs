@@ -179,47 +179,70 @@ impl TokenManager {
     /// last moments (a bulk delete whose items fail with 401 inside a 200). A provider that keeps
     /// its token until expiry has nothing fresher before then, so this waits out the last
     /// moments (at most `min_life`) and asks again. It may hand back the same token once more
-    /// (tempauth does in a token's last second), so it keeps asking, at most every
-    /// `REFETCH_PACE` for all waiters, until `min_life` plus `LASTING_PATIENCE` has passed.
+    /// (tempauth does in a token's last second), so it keeps asking until `min_life` plus
+    /// `LASTING_PATIENCE` has passed.
     pub async fn credentials_lasting(
         self: &Arc<Self>,
         account: &str,
         min_life: Duration,
     ) -> Result<Arc<Cached>, TokenError> {
-        let deadline = tokio::time::Instant::now() + min_life + LASTING_PATIENCE;
-        let mut cached = self.credentials(account).await?;
-        loop {
-            // Short-lived tokens (tests, tempauth's token_life) get a proportionate margin.
-            let want = min_life.min(cached.life / 4);
-            let now = self.clock.now();
-            if cached.creds.expires > now + want || tokio::time::Instant::now() >= deadline {
-                return Ok(cached);
-            }
-            let left = cached.creds.expires.duration_since(now).unwrap_or_default();
-            tokio::time::sleep(left.min(want).max(REFETCH_PACE)).await;
-            self.invalidate_fetched_before(account, &cached.creds.token, tokio::time::Instant::now() - REFETCH_PACE);
-            cached = self.credentials(account).await?;
-        }
+        // Short-lived tokens (tests, tempauth's token_life) get a proportionate margin.
+        let want = |cached: &Cached| min_life.min(cached.life / 4);
+        let left = |cached: &Cached| cached.creds.expires.duration_since(self.clock.now()).unwrap_or_default();
+        self.refetch_until(
+            account,
+            None,
+            min_life + LASTING_PATIENCE,
+            |cached| left(cached) > want(cached),
+            |cached| left(cached).min(want(cached)),
+        )
+        .await
     }
 
     /// Credentials other than `refused`, which upstream just rejected. A provider may keep
     /// handing out a token in its last moments although upstream already refuses it; keep asking
-    /// (single-flight, a few times a second) until `patience` runs out.
+    /// until `patience` runs out.
     pub async fn credentials_except(
         self: &Arc<Self>,
         account: &str,
         refused: &crate::secret::Secret,
         patience: Duration,
     ) -> Result<Arc<Cached>, TokenError> {
+        self.refetch_until(
+            account,
+            Some(refused.clone()),
+            patience,
+            |cached| &cached.creds.token != refused,
+            |_| Duration::ZERO,
+        )
+        .await
+    }
+
+    /// Asks for `account`'s credentials until `good` accepts them or `patience` has passed, and
+    /// returns the last answer. `rejected`, a token already known to be no good, is dropped from
+    /// the cache before the first ask; after each answer `good` turns down, this waits
+    /// `pause(answer)` and drops that answer too. A token is only dropped once it has been in the
+    /// cache for `REFETCH_PACE`, so however many requests wait here the provider is asked at most
+    /// that often.
+    async fn refetch_until(
+        self: &Arc<Self>,
+        account: &str,
+        mut rejected: Option<crate::secret::Secret>,
+        patience: Duration,
+        good: impl Fn(&Cached) -> bool,
+        pause: impl Fn(&Cached) -> Duration,
+    ) -> Result<Arc<Cached>, TokenError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            // However many requests wait here, the provider is asked at most every 200 ms.
-            self.invalidate_fetched_before(account, refused, tokio::time::Instant::now() - REFETCH_PACE);
+            if let Some(token) = &rejected {
+                self.invalidate_fetched_before(account, token, tokio::time::Instant::now() - REFETCH_PACE);
+            }
             let cached = self.credentials(account).await?;
-            if &cached.creds.token != refused || tokio::time::Instant::now() >= deadline {
+            if good(&cached) || tokio::time::Instant::now() >= deadline {
                 return Ok(cached);
             }
-            tokio::time::sleep(REFETCH_PACE).await;
+            tokio::time::sleep(pause(&cached).max(REFETCH_PACE)).await;
+            rejected = Some(cached.creds.token.clone());
         }
     }
 
