@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,31 @@ async fn faulty_stack(faulty: &common::faulty::Faulty) -> Stack {
     .await;
     stack.register().await;
     stack
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let faulty = common::faulty::start().await;
+    let stack = faulty_stack(&faulty).await;
+    let (url, token) = stack.storage_login().await;
+    for i in 0..5 {
+        let got = raw::send("GET", &format!("{url}/kept/{i}"), &[("x-auth-token", &token)], full("")).await;
+        assert_eq!((got.status, &got.body[..]), (200, &b"ok"[..]), "request {i}");
+    }
+    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_get_that_a_parked_connection_drops_goes_again_on_a_new_one() {
+    let faulty = common::faulty::start().await;
+    let stack = faulty_stack(&faulty).await;
+    let (url, token) = stack.storage_login().await;
+    let first = raw::send("GET", &format!("{url}/once/a"), &[("x-auth-token", &token)], full("")).await;
+    assert_eq!(first.status, 200);
+    // Goes out on the parked connection, which upstream closes unanswered.
+    let second = raw::send("GET", &format!("{url}/once/b"), &[("x-auth-token", &token)], full("")).await;
+    assert_eq!((second.status, &second.body[..]), (200, &b"ok"[..]));
+    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

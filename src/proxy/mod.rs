@@ -8,6 +8,7 @@
 //! `Expect: 100-continue` and held back until upstream answers 100, so a 401 (which Swift sends
 //! before 100) costs no byte. Only a 401 after the body was streamed reaches the client.
 
+mod pool;
 pub mod stream;
 
 use std::sync::Arc;
@@ -19,10 +20,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::body::{self, Body};
 use crate::front;
@@ -63,8 +61,13 @@ pub struct Target {
     authority: Authority,
     /// The storage path, e.g. `/v1/AUTH_…` (kept unchanged in the gateway's storage URL).
     pub path: String,
-    /// `scheme://authority` as upstream writes it in absolute `Location`s.
-    origin: String,
+    /// `scheme://authority` as upstream writes it in absolute `Location`s; also the key of its
+    /// upstream connections.
+    origin: Arc<str>,
+    /// `scheme://authority/`, what the connector opens a connection to.
+    connect_to: Uri,
+    /// The `Host` header upstream gets: the host, and the port unless it is the scheme's default.
+    host: HeaderValue,
     /// The upstream token as a header value.
     token: HeaderValue,
 }
@@ -86,9 +89,16 @@ impl Target {
         let authority = uri.authority()?.clone();
         let path = uri.path().trim_end_matches('/').to_owned();
         let origin = format!("{scheme}://{authority}");
+        let connect_to = format!("{origin}/").parse().ok()?;
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+            _ => HeaderValue::from_str(authority.host()),
+        }
+        .ok()?;
         let mut token = HeaderValue::from_str(creds.token.expose()).ok()?;
         token.set_sensitive(true);
-        Some(Target { scheme, authority, path, origin, token })
+        Some(Target { scheme, authority, path, origin: origin.into(), connect_to, host, token })
     }
 
     /// True when `path` is the storage path or below it.
@@ -111,8 +121,6 @@ impl Target {
             .ok()
     }
 }
-
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +165,9 @@ fn strip(headers: &mut HeaderMap, extra: &[HeaderName]) {
 
 /// The streaming proxy.
 pub struct Proxy {
-    /// One client (and so one connection pool) per worker thread, so an upstream connection is
-    /// driven by the same event loop as the client connections that use it.
-    clients: Box<[UpstreamClient]>,
+    /// One connection pool per worker thread, so an upstream connection is driven by the same
+    /// event loop as the client connections that use it.
+    pools: pool::Pools,
     settings: ProxySettings,
     public_origin: String,
     forwarded_proto: HeaderValue,
@@ -201,17 +209,10 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let clients = (0..workers.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(64)
-                    .build(https.clone())
-            })
-            .collect();
+        let pools = pool::Pools::new(https, workers);
         let forwarded_proto =
             HeaderValue::from_static(if public_url.starts_with("https://") { "https" } else { "http" });
-        Ok(Proxy { clients, settings, public_origin: public_url.trim_end_matches('/').to_owned(), forwarded_proto })
+        Ok(Proxy { pools, settings, public_origin: public_url.trim_end_matches('/').to_owned(), forwarded_proto })
     }
 
     /// The settings in force.
@@ -248,6 +249,9 @@ impl Proxy {
         let mut replay = Vec::new();
         let mut rest = has_body.then_some(client_body);
         let mut refused: Option<crate::secret::Secret> = None;
+        // GET and HEAD without a body may go again when a parked connection turns out dead.
+        let safe = !has_body && (parts.method == http::Method::GET || parts.method == http::Method::HEAD);
+        let mut resent = false;
         loop {
             let retried = refused.is_some();
             let cached = match (account, &anonymous, &refused) {
@@ -267,12 +271,10 @@ impl Proxy {
                     body::text(StatusCode::FORBIDDEN, "this token is not valid for that account\n"),
                 );
             }
-            let mut uri = Uri::builder().scheme(target.scheme.clone()).authority(target.authority.clone());
-            if let Some(pq) = &path_and_query {
-                uri = uri.path_and_query(pq.clone());
-            }
-            let Ok(uri) = uri.build() else {
-                return drain_then(rest, body::text(StatusCode::BAD_REQUEST, "unusable request target\n"));
+            // Origin form, as HTTP/1 sends it to an origin server; `Host` names the upstream.
+            let uri = match &path_and_query {
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
             };
             let gate = gated.then(|| Arc::new(Gate::default()));
             let sent = has_body.then(|| Arc::new(tokio::sync::Notify::new()));
@@ -286,6 +288,7 @@ impl Proxy {
             *up.uri_mut() = uri;
             *up.version_mut() = http::Version::HTTP_11;
             *up.headers_mut() = headers.clone();
+            up.headers_mut().insert(header::HOST, target.host.clone());
             if account.is_some() {
                 up.headers_mut().insert(HeaderName::from_static("x-auth-token"), target.token.clone());
             }
@@ -297,7 +300,7 @@ impl Proxy {
                     }
                 });
             }
-            let result = self.send(up, gate.as_deref(), sent.as_deref()).await;
+            let result = self.send(target, up, gate.as_deref(), sent.as_deref()).await;
             // Upstream answered without asking for the body: the body stays with the client.
             let body_unsent = gate.as_ref().is_some_and(|g| !g.is_open());
             if let Some(gate) = &gate {
@@ -305,6 +308,10 @@ impl Proxy {
             }
             let resp = match result {
                 Ok(resp) => resp,
+                Err(Failure::Stale) if safe && !resent => {
+                    resent = true;
+                    continue;
+                }
                 Err(failure) => return failure.response(),
             };
             let returned = if body_unsent || resp.status() == StatusCode::UNAUTHORIZED {
@@ -336,12 +343,12 @@ impl Proxy {
     /// the body is sent: an upload has no total time limit.
     async fn send(
         &self,
+        target: &Target,
         up: Request<UpstreamBody>,
         gate: Option<&Gate>,
         sent: Option<&tokio::sync::Notify>,
-    ) -> Result<Response<Incoming>, Failure> {
-        let client = &self.clients[crate::server::worker_index() % self.clients.len()];
-        let request = client.request(up);
+    ) -> Result<Response<pool::Pooled>, Failure> {
+        let request = self.pools.send(&target.origin, &target.connect_to, up);
         tokio::pin!(request);
         if let Some(gate) = gate {
             tokio::select! {
@@ -363,7 +370,7 @@ impl Proxy {
 
     /// The upstream answer as the client gets it: hop-by-hop headers dropped, absolute
     /// locations pointing at upstream rewritten to the gateway, the body streamed.
-    fn respond(&self, resp: Response<Incoming>, target: &Target) -> Response<Body> {
+    fn respond(&self, resp: Response<pool::Pooled>, target: &Target) -> Response<Body> {
         let (mut parts, upstream_body) = resp.into_parts();
         strip(&mut parts.headers, &[header::PROXY_AUTHENTICATE]);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -371,7 +378,7 @@ impl Proxy {
                 .headers
                 .get(&name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix(target.origin.as_str()))
+                .and_then(|v| v.strip_prefix(&*target.origin))
                 // The origin must end there: `https://up.example.evil/` is not `https://up.example`.
                 .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
                 .and_then(|rest| HeaderValue::from_str(&format!("{}{rest}", self.public_origin)).ok())
@@ -385,12 +392,13 @@ impl Proxy {
 
     /// `GET /info` from the upstream of `target`.
     pub async fn info(&self, target: &Target) -> Response<Body> {
-        let Some(uri) = target.info_uri() else {
+        let Some(path) = target.info_uri().and_then(|uri| uri.path_and_query().cloned()) else {
             return body::text(StatusCode::BAD_GATEWAY, "no upstream /info\n");
         };
         let mut up = Request::new(UpstreamBody::empty());
-        *up.uri_mut() = uri;
-        match self.send(up, None, None).await {
+        *up.uri_mut() = Uri::from(path);
+        up.headers_mut().insert(header::HOST, target.host.clone());
+        match self.send(target, up, None, None).await {
             Ok(resp) => self.respond(resp, target),
             Err(failure) => failure.response(),
         }
@@ -404,6 +412,9 @@ enum Failure {
     Unreachable,
     /// The connection failed before a complete response head arrived.
     Broken,
+    /// A reused connection was closed by upstream without a byte of answer (see
+    /// [`pool::SendError::is_stale`]); a safe request is sent again once.
+    Stale,
     /// No response head within the header timeout.
     Timeout,
 }
@@ -413,7 +424,7 @@ impl Failure {
     fn response(self) -> Response<Body> {
         let (status, what) = match self {
             Failure::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "upstream storage is unreachable"),
-            Failure::Broken => (StatusCode::BAD_GATEWAY, "upstream storage failed to answer"),
+            Failure::Broken | Failure::Stale => (StatusCode::BAD_GATEWAY, "upstream storage failed to answer"),
             Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream storage did not answer in time"),
         };
         let reason = status.canonical_reason().unwrap_or("Error");
@@ -421,16 +432,19 @@ impl Failure {
     }
 }
 
-fn finish(
-    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-) -> Result<Response<Incoming>, Failure> {
+fn finish(result: Result<Response<pool::Pooled>, pool::SendError>) -> Result<Response<pool::Pooled>, Failure> {
     result.map_err(|e| {
-        tracing::warn!(cause = %e, "upstream request failed");
-        if e.is_connect() {
-            Failure::Unreachable
+        let failure = match e {
+            pool::SendError::Connect(_) => Failure::Unreachable,
+            _ if e.is_stale() => Failure::Stale,
+            pool::SendError::Exchange { .. } => Failure::Broken,
+        };
+        if failure == Failure::Stale {
+            tracing::debug!(cause = %e, "a parked upstream connection was dead");
         } else {
-            Failure::Broken
+            tracing::warn!(cause = %e, "upstream request failed");
         }
+        failure
     })
 }
 
@@ -508,7 +522,10 @@ mod tests {
         ] {
             assert_eq!(t.covers(path), want, "{path}");
         }
-        assert_eq!(t.origin, "https://lb1040.hubic.ovh.net");
+        assert_eq!(&*t.origin, "https://lb1040.hubic.ovh.net");
+        assert_eq!(t.host, "lb1040.hubic.ovh.net");
+        assert_eq!(target("http://h:8080/v1/AUTH_t").host, "h:8080");
+        assert_eq!(target("https://h:443/v1/AUTH_t").host, "h");
         assert_eq!(t.info_uri().unwrap().to_string(), "https://lb1040.hubic.ovh.net/info");
         assert_eq!(target("http://h:8080/swift/v1/AUTH_t").info_uri().unwrap().to_string(), "http://h:8080/swift/info");
     }

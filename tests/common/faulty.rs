@@ -1,14 +1,20 @@
 //! A deliberately broken Swift upstream on raw TCP: it answers v1.0 auth, then breaks
 //! connections mid-body: a GET gets a partial body and a reset, a PUT is reset after part of
-//! its body was read. For the proxy's fault tests.
+//! its body was read. Under `/v1/AUTH_faulty/kept/` it answers every request of a connection;
+//! under `/v1/AUTH_faulty/once/` it answers a connection's first request and closes the
+//! connection, unanswered, when the next one arrives. For the proxy's fault tests.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub struct Faulty {
     pub origin: String,
+    /// Connections that carried a storage request (not auth).
+    pub storage_connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,7 +40,10 @@ async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
-async fn serve(mut stream: TcpStream, origin: String) {
+/// A small keep-alive answer.
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+async fn serve(mut stream: TcpStream, origin: String, storage_connections: Arc<AtomicUsize>) {
     let Some((head, mut body)) = read_head(&mut stream).await else { return };
     let request_line = head.lines().next().unwrap_or("").to_owned();
     if request_line.starts_with("GET /auth/v1.0") {
@@ -42,6 +51,17 @@ async fn serve(mut stream: TcpStream, origin: String) {
             "HTTP/1.1 200 OK\r\nX-Storage-Url: {origin}/v1/AUTH_faulty\r\nX-Auth-Token: AUTH_tkfaulty\r\nX-Auth-Token-Expires: 86400\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         let _ = stream.write_all(resp.as_bytes()).await;
+        return;
+    }
+    storage_connections.fetch_add(1, Ordering::SeqCst);
+    if request_line.starts_with("GET /v1/AUTH_faulty/kept/") {
+        while stream.write_all(OK).await.is_ok() && read_head(&mut stream).await.is_some() {}
+        return;
+    }
+    if request_line.starts_with("GET /v1/AUTH_faulty/once/") {
+        let _ = stream.write_all(OK).await;
+        // The next request is read and left unanswered: the connection just closes.
+        let _ = read_head(&mut stream).await;
         return;
     }
     if request_line.starts_with("GET ") {
@@ -69,10 +89,12 @@ pub async fn start() -> Faulty {
     let addr: SocketAddr = listener.local_addr().unwrap();
     let origin = format!("http://{addr}");
     let o = origin.clone();
+    let storage_connections = Arc::new(AtomicUsize::new(0));
+    let counter = storage_connections.clone();
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, o.clone()));
+            tokio::spawn(serve(stream, o.clone(), counter.clone()));
         }
     });
-    Faulty { origin, task }
+    Faulty { origin, storage_connections, task }
 }

@@ -1,0 +1,222 @@
+//! Upstream HTTP/1 connections, one pool per worker thread, on hyper's client connection API.
+//!
+//! A request takes the most recently parked connection to its origin (so a few connections
+//! stay warm and the rest age out), or opens one. Its connection goes back to the pool when the
+//! response body has been read to its end, without a task of its own: whether the connection
+//! can carry another request is checked when it is next taken. A request that a parked
+//! connection could not even start to send (upstream closed it meanwhile) is sent again on
+//! another connection; nothing else is retried here.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::stream::UpstreamBody;
+
+/// How long a parked connection may wait to be taken again before it is dropped.
+/// Below the idle timeouts upstream servers apply (Swift's proxy server: 60 s), so a parked
+/// connection is seldom closed by upstream just as a request goes out on it.
+const IDLE_LIFE: Duration = Duration::from_secs(30);
+
+/// Most connections parked per origin and worker.
+const MAX_IDLE: usize = 64;
+
+/// How long a taken connection may take to become ready: its last response was read to the end,
+/// but its task may not have caught up yet. Past it the connection is dropped.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+/// Why no response came.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened (refused, unresolvable, TLS failed, timed out).
+    #[error("cannot connect upstream: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed before a complete response head arrived.
+    #[error("upstream connection failed: {error}")]
+    Exchange {
+        /// Why.
+        #[source]
+        error: hyper::Error,
+        /// The connection had carried an earlier exchange.
+        reused: bool,
+    },
+}
+
+impl SendError {
+    /// True when a connection that had carried an earlier exchange was closed by upstream
+    /// without a byte of answer: most likely it had timed out, idle, as the request went out,
+    /// and a safe request can go again on a new connection.
+    pub fn is_stale(&self) -> bool {
+        let SendError::Exchange { error, reused: true } = self else { return false };
+        let reset = std::error::Error::source(error)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+        error.is_incomplete_message() || reset
+    }
+}
+
+/// A connection waiting for its next request, and since when.
+type Idle = (SendRequest<UpstreamBody>, Instant);
+
+/// Connections parked by one worker, by origin (`scheme://authority`).
+#[derive(Default)]
+struct Parked {
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+}
+
+impl Parked {
+    /// The most recently parked live connection to `origin`, dropping stale ones on the way.
+    fn take(&self, origin: &str) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(origin)?;
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_LIFE {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn park(&self, origin: Arc<str>, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(origin).or_default();
+        if list.len() >= MAX_IDLE {
+            // The oldest goes: it is the one least likely to be taken before it ages out.
+            list.remove(0);
+        }
+        list.push((sender, Instant::now()));
+    }
+}
+
+/// One pool per worker thread and the connector that opens connections.
+pub struct Pools {
+    parked: Box<[Arc<Parked>]>,
+    connector: HttpsConnector<HttpConnector>,
+}
+
+impl Pools {
+    /// Pools for `workers` worker threads, opening connections with `connector`.
+    pub fn new(connector: HttpsConnector<HttpConnector>, workers: usize) -> Pools {
+        Pools { parked: (0..workers.max(1)).map(|_| Arc::default()).collect(), connector }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `origin`, reached at `connect_to`. The
+    /// response body hands its connection back to the caller's worker pool once read to its end.
+    pub async fn send(
+        &self,
+        origin: &Arc<str>,
+        connect_to: &Uri,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Pooled>, SendError> {
+        let parked = &self.parked[crate::server::worker_index() % self.parked.len()];
+        loop {
+            let (mut sender, reused) = match self.take_ready(parked, origin).await {
+                Some(sender) => (sender, true),
+                None => (self.connect(connect_to).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease { parked: parked.clone(), origin: origin.clone(), sender };
+                    return Ok(resp.map(|body| Pooled { body, lease: Some(lease) }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: upstream closed the parked connection meanwhile.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Exchange { error: e.into_error(), reused }),
+                },
+            }
+        }
+    }
+
+    /// A parked connection to `origin` that can take a request now.
+    async fn take_ready(&self, parked: &Parked, origin: &str) -> Option<SendRequest<UpstreamBody>> {
+        while let Some(mut sender) = parked.take(origin) {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// A new connection to `uri`'s origin, driven by a task on the caller's worker.
+    async fn connect(&self, uri: &Uri) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let io = tower::ServiceExt::oneshot(self.connector.clone(), uri.clone()).await.map_err(SendError::Connect)?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|e| SendError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(cause = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A connection lent to one exchange.
+struct Lease {
+    parked: Arc<Parked>,
+    origin: Arc<str>,
+    sender: SendRequest<UpstreamBody>,
+}
+
+impl Lease {
+    fn give_back(self) {
+        self.parked.park(self.origin, self.sender);
+    }
+}
+
+/// A response body that parks its connection again once read to its end. Dropped earlier, it
+/// takes the connection down with it (hyper cannot reuse a connection with unread bytes).
+pub struct Pooled {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+impl HttpBody for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // A body nobody had to read (HEAD, 204, 304, an empty 401) ends where it starts.
+        if self.body.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
+        }
+    }
+}
