@@ -26,7 +26,7 @@ use crate::body::{self, Body};
 use crate::front;
 use crate::provider::SwiftCredentials;
 use crate::tokens::{Cached, TokenManager};
-use stream::{Gate, IdleTimeout, UpstreamBody};
+use stream::{Gate, IdleTimeout, Returned, UpstreamBody};
 
 /// Tunables of the streaming path.
 #[derive(Clone, Debug)]
@@ -278,7 +278,13 @@ impl Proxy {
             };
             let gate = gated.then(|| Arc::new(Gate::default()));
             let sent = has_body.then(|| Arc::new(tokio::sync::Notify::new()));
-            let (back_tx, back_rx) = tokio::sync::oneshot::channel();
+            // Only a body has anything to hand back (what was sent, what the client still has).
+            let (back_tx, back_rx) = if has_body {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
             let budget = if retried { 0 } else { self.settings.replay_buffer };
             let body = UpstreamBody::new(std::mem::take(&mut replay), rest.take(), gate.clone(), budget, back_tx)
                 .notify_end(sent.clone())
@@ -314,25 +320,26 @@ impl Proxy {
                 }
                 Err(failure) => return failure.response(),
             };
-            let returned = if body_unsent || resp.status() == StatusCode::UNAUTHORIZED {
-                match tokio::time::timeout(Duration::from_secs(10), back_rx).await {
-                    Ok(Ok(r)) => Some(r),
-                    _ => None,
+            let returned = match back_rx {
+                Some(back_rx) if body_unsent || resp.status() == StatusCode::UNAUTHORIZED => {
+                    match tokio::time::timeout(Duration::from_secs(10), back_rx).await {
+                        Ok(Ok(r)) => Some(r),
+                        _ => None,
+                    }
                 }
-            } else {
-                None
+                _ => None,
             };
-            let replayable = returned.as_ref().is_some_and(|r| r.sent.is_some() || !has_body);
+            // Without a body there is nothing to keep; with one, all of it must have been kept.
+            let replayable = !has_body || returned.as_ref().is_some_and(|r| r.sent.is_some());
             if resp.status() == StatusCode::UNAUTHORIZED && account.is_some() && !retried && replayable {
                 // The upstream token was refused: renew (shared with every other waiter) and
                 // retry once, sending what was kept and then the rest of the client's body.
-                if let Some(r) = returned {
-                    tracing::info!(status = 401, "upstream refused its token; renewed, retrying");
-                    replay = r.sent.unwrap_or_default();
-                    rest = r.rest;
-                    refused = Some(cached.creds.token.clone());
-                    continue;
-                }
+                tracing::info!(status = 401, "upstream refused its token; renewed, retrying");
+                let r = returned.unwrap_or(Returned { sent: None, rest: None });
+                replay = r.sent.unwrap_or_default();
+                rest = r.rest;
+                refused = Some(cached.creds.token.clone());
+                continue;
             }
             return drain_then(returned.and_then(|r| r.rest), self.respond(resp, target));
         }

@@ -91,13 +91,13 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// A body that sends `replay` then `rest`, waits for `gate` if given, and keeps up to
-    /// `budget` bytes of what it sends for one replay; `back` receives the remains.
+    /// `budget` bytes of what it sends for one replay; `back`, if given, receives the remains.
     pub fn new(
         replay: Vec<Bytes>,
         rest: Option<Incoming>,
         gate: Option<Arc<Gate>>,
         budget: u64,
-        back: tokio::sync::oneshot::Sender<Returned>,
+        back: Option<tokio::sync::oneshot::Sender<Returned>>,
     ) -> Self {
         UpstreamBody {
             replay: replay.into_iter(),
@@ -106,7 +106,7 @@ impl UpstreamBody {
             kept: Some(Vec::new()),
             kept_len: 0,
             budget,
-            back: Some(back),
+            back,
             end: None,
             idle: None,
         }
@@ -122,7 +122,7 @@ impl UpstreamBody {
 
     /// A body with nothing to send.
     pub fn empty() -> Self {
-        UpstreamBody::new(Vec::new(), None, None, 0, tokio::sync::oneshot::channel().0)
+        UpstreamBody::new(Vec::new(), None, None, 0, None)
     }
 
     /// Notifies `end` once the whole body has been handed to hyper.
@@ -241,18 +241,18 @@ impl HttpBody for UpstreamBody {
     }
 }
 
-/// Tracks activity on a body and says when it has been idle too long. The timer is re-armed
-/// only when it fires, not on every chunk.
+/// Tracks activity on a body and says when it has been idle too long. The timer is made the
+/// first time the body has to wait (a body whose chunks are always ready never needs one) and
+/// re-armed only when it fires, not on every chunk.
 struct IdleClock {
     idle: Duration,
     last: Instant,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleClock {
     fn new(idle: Duration) -> Self {
-        let now = Instant::now();
-        IdleClock { idle, last: now, timer: Box::pin(tokio::time::sleep_until(now + idle)) }
+        IdleClock { idle, last: Instant::now(), timer: None }
     }
 
     fn activity(&mut self) {
@@ -261,12 +261,14 @@ impl IdleClock {
 
     /// True once `idle` has passed without activity; otherwise arranges a wake-up.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.timer.as_mut().poll(cx).is_ready() {
-            let deadline = self.last + self.idle;
+        let IdleClock { idle, last, timer } = self;
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*last + *idle)));
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = *last + *idle;
             if Instant::now() >= deadline {
                 return true;
             }
-            self.timer.as_mut().reset(deadline);
+            timer.as_mut().reset(deadline);
         }
         false
     }
