@@ -31,9 +31,10 @@ const IDLE_LIFE: Duration = Duration::from_secs(30);
 /// Most connections parked per origin and worker.
 const MAX_IDLE: usize = 64;
 
-/// How long a taken connection may take to become ready: its last response was read to the end,
-/// but its task may not have caught up yet. Past it the connection is dropped.
-const READY_WAIT: Duration = Duration::from_secs(1);
+/// How long a taken connection may take to become ready. Its last response was read to the end,
+/// so its task needs a moment at most, unless upstream answered before taking a whole request
+/// body, which then still streams; such a connection is not worth waiting for, and is dropped.
+const READY_WAIT: Duration = Duration::from_millis(100);
 
 /// Why no response came.
 #[derive(Debug, thiserror::Error)]
