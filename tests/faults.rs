@@ -14,58 +14,61 @@ use swiftgate::config::Mode;
 use swiftgate::emulator::StorageConfig;
 use swiftgate::secret::Secret;
 
-async fn faulty_stack(faulty: &common::faulty::Faulty) -> Stack {
+/// The faulty upstream behind a proxy-mode gateway, registered and logged in: the upstream, the
+/// stack (both stopped on drop), and the gateway's storage URL and token.
+struct Faulted {
+    faulty: common::faulty::Faulty,
+    _stack: Stack,
+    url: String,
+    token: String,
+}
+
+async fn faulted() -> Faulted {
+    let faulty = common::faulty::start().await;
     let auth_url = format!("{}/auth/v1.0", faulty.origin);
     let stack = Stack::start_mode(Mode::Proxy, |c| {
         c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
     })
     .await;
     stack.register().await;
-    stack
+    let (url, token) = stack.storage_login().await;
+    Faulted { faulty, _stack: stack, url, token }
 }
 
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() {
-    let faulty = common::faulty::start().await;
-    let stack = faulty_stack(&faulty).await;
-    let (url, token) = stack.storage_login().await;
+    let f = faulted().await;
     for i in 0..5 {
-        let got = raw::send("GET", &format!("{url}/kept/{i}"), &[("x-auth-token", &token)], full("")).await;
+        let got = raw::send("GET", &format!("{}/kept/{i}", f.url), &[("x-auth-token", &f.token)], full("")).await;
         assert_eq!((got.status, &got.body[..]), (200, &b"ok"[..]), "request {i}");
     }
-    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(f.faulty.storage_connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn a_get_that_a_parked_connection_drops_goes_again_on_a_new_one() {
-    let faulty = common::faulty::start().await;
-    let stack = faulty_stack(&faulty).await;
-    let (url, token) = stack.storage_login().await;
-    let first = raw::send("GET", &format!("{url}/once/a"), &[("x-auth-token", &token)], full("")).await;
+    let f = faulted().await;
+    let first = raw::send("GET", &format!("{}/once/a", f.url), &[("x-auth-token", &f.token)], full("")).await;
     assert_eq!(first.status, 200);
     // Goes out on the parked connection, which upstream closes unanswered.
-    let second = raw::send("GET", &format!("{url}/once/b"), &[("x-auth-token", &token)], full("")).await;
+    let second = raw::send("GET", &format!("{}/once/b", f.url), &[("x-auth-token", &f.token)], full("")).await;
     assert_eq!((second.status, &second.body[..]), (200, &b"ok"[..]));
-    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(f.faulty.storage_connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn upstream_reset_mid_get_breaks_the_clients_transfer() {
-    let faulty = common::faulty::start().await;
-    let stack = faulty_stack(&faulty).await;
-    let (url, token) = stack.storage_login().await;
-    let got = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
+    let f = faulted().await;
+    let got = raw::send("GET", &format!("{}/c/o", f.url), &[("x-auth-token", &f.token)], full("")).await;
     assert_eq!(got.status, 200, "the head arrived before the break");
     assert!(got.body_failed, "a truncated body must fail, not end cleanly");
 }
 
 #[tokio::test]
 async fn upstream_reset_mid_put_is_a_502() {
-    let faulty = common::faulty::start().await;
-    let stack = faulty_stack(&faulty).await;
-    let (url, token) = stack.storage_login().await;
+    let f = faulted().await;
     let body = Bytes::from(vec![b'p'; 3_000_000]);
-    let put = raw::send("PUT", &format!("{url}/c/o"), &[("x-auth-token", &token)], full(body)).await;
+    let put = raw::send("PUT", &format!("{}/c/o", f.url), &[("x-auth-token", &f.token)], full(body)).await;
     assert_eq!(put.status, 502);
 }
 
