@@ -25,6 +25,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 
+#[path = "e2e/relay.rs"]
+mod relay;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
@@ -213,14 +216,14 @@ impl Pinning {
 struct Gateway {
     child: Child,
     url: String,
-    _dir: PathBuf,
+    /// Its configuration and state; removed after the process stops, on a panic too.
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
 
@@ -237,8 +240,8 @@ impl Gateway {
 }
 
 async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool, tag: &str) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("swiftgate-bench-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new().prefix(&format!("swiftgate-bench-{tag}-")).tempdir().unwrap();
+    let dir = scratch.path();
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
     let tls_block = if tls {
         format!("[tls]\ncert = \"{0}/server.crt\"\nkey = \"{0}/server.key\"\n", certs.display())
@@ -286,40 +289,72 @@ async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut gateway = Gateway { child, url: String::new(), _dir: scratch };
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    Gateway { child, url: line.trim().to_owned(), _dir: dir }
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    gateway.url = line.trim().to_owned();
+    gateway
 }
 
 // ------------------------------------------------------------------ the peer to beat: nginx
 
-/// A tuned nginx reverse proxy in front of the same upstream (buffering off, 1 MiB buffers,
-/// upstream keepalive), started when SWIFTGATE_BENCH_NGINX is set (benches/nginx.sh).
-struct Nginx {
+/// A proxy other than the gateway, run as its own process in front of the same upstream.
+struct Other {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    /// Its scratch directory, removed when it stops.
+    dir: Option<PathBuf>,
 }
 
-impl Drop for Nginx {
+impl Drop for Other {
     fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master then stops its worker, which would otherwise
+        // SIGTERM, not SIGKILL: nginx's master then stops its worker, which would otherwise
         // outlive it (holding the bench's stdout open).
         let stopped = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         if !stopped.is_ok_and(|s| s.success()) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-fn start_nginx(upstream: SocketAddr) -> Option<Nginx> {
+/// A free port on 127.0.0.1 for a child process to listen on.
+fn free_port() -> Option<u16> {
+    Some(std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port())
+}
+
+/// Waits (polling, with a deadline) until `child` accepts connections on `port`.
+fn listening(mut other: Other) -> Option<Other> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", other.port)).is_err() {
+        if Instant::now() > deadline || other.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(other)
+}
+
+/// The floor ([`relay`]): this bench executable again, as a bare relay process.
+fn start_relay(upstream: SocketAddr) -> Option<Other> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().ok()?;
+    let child = Command::new(exe).arg("--relay").arg(port.to_string()).arg(upstream.to_string()).spawn().ok()?;
+    listening(Other { child, port, dir: None })
+}
+
+/// The peer to beat: a tuned nginx reverse proxy (buffering off, 1 MiB buffers, upstream
+/// keepalive), started when SWIFTGATE_BENCH_NGINX is set (benches/nginx.sh).
+fn start_nginx(upstream: SocketAddr) -> Option<Other> {
     std::env::var_os("SWIFTGATE_BENCH_NGINX")?;
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
     let dir = std::env::temp_dir().join(format!("swiftgate-bench-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = free_port()?;
     let d = dir.display();
     let conf = format!(
         "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
@@ -335,15 +370,7 @@ fn start_nginx(upstream: SocketAddr) -> Option<Nginx> {
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
     let child = Command::new(binary).arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir).spawn().ok()?;
-    // Poll with a deadline until it accepts connections.
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Some(Nginx { child, port, dir })
+    listening(Other { child, port, dir: Some(dir) })
 }
 
 // ------------------------------------------------------------------ the load generator
@@ -499,6 +526,15 @@ async fn login(load: &Load, base: &str) -> (String, String) {
 
 // ------------------------------------------------------------------ statistics and output
 
+/// A proxy's name in ratio columns and JSON keys (`ratio_gw`, `ratio_tls`, ...).
+fn short(name: &str) -> &str {
+    match name {
+        "gateway" => "gw",
+        "gateway+TLS" => "tls",
+        other => other,
+    }
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -527,9 +563,20 @@ fn human(size: u64) -> String {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The bench starts itself again as the floor relay (see `start_relay`).
+    if let [_, flag, port, upstream, ..] = args.as_slice() {
+        if flag == "--relay" {
+            relay::serve(port.parse().expect("relay port"), upstream.parse().expect("relay upstream"));
+            return;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(bench(args));
+}
+
+async fn bench(args: Vec<String>) {
     let bench = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
     // `--only bulk,small,auth,rss` runs just those sections (for profiling one of them).
@@ -579,6 +626,7 @@ async fn main() {
     let (plain, tls) = clients();
     let (gw_url, gw_token) = login(&plain, &gateways[0].url).await;
     let (gwt_url, gwt_token) = login(&tls, &gateways[1].url).await;
+    let relay = start_relay(up).expect("the floor relay did not start");
     let nginx = start_nginx(up);
     let mut paths = vec![
         Path_ {
@@ -597,14 +645,16 @@ async fn main() {
             pid: Some(gateways[1].child.id()),
         },
     ];
-    if let Some(n) = &nginx {
-        paths.push(Path_ {
-            name: "nginx",
-            load: plain.clone(),
-            url: format!("http://127.0.0.1:{}/v1/AUTH_bench", n.port),
-            token: TOKEN.into(),
-            pid: Some(n.child.id()),
-        });
+    for (name, other) in [("relay", Some(&relay)), ("nginx", nginx.as_ref())] {
+        if let Some(o) = other {
+            paths.push(Path_ {
+                name,
+                load: plain.clone(),
+                url: format!("http://127.0.0.1:{}/v1/AUTH_bench", o.port),
+                token: TOKEN.into(),
+                pid: Some(o.child.id()),
+            });
+        }
     }
     let idle_rss = gateways[0].status_kib("VmRSS:");
     let buf = Bytes::from(vec![0xa5u8; MIB as usize]);
@@ -678,10 +728,15 @@ async fn main() {
         settings.rounds,
         if quick { ", quick" } else { "" }
     );
-    println!(
-        "{:30} {:>22} {:>22} {:>22} {:>22} {:>16} {:>16} {:>16}",
-        "metric", "direct", "gateway", "gateway+TLS", "nginx", "gw/direct", "tls/direct", "nginx/direct"
-    );
+    let proxies: Vec<&'static str> = paths.iter().filter(|p| p.pid.is_some()).map(|p| p.name).collect();
+    let mut header = format!("{:30} {:>22}", "metric", "direct");
+    for name in &proxies {
+        header += &format!(" {name:>22}");
+    }
+    for name in &proxies {
+        header += &format!(" {:>16}", format!("{}/direct", short(name)));
+    }
+    println!("{header}");
     let mut json_rows = serde_json::Map::new();
     for (key, by_path) in &results {
         let cell = |name: &str| {
@@ -703,32 +758,25 @@ async fn main() {
                 .collect();
             Some(rounds)
         };
-        let fmt_ratio = |r: &Option<Vec<f64>>| {
-            r.as_ref().map_or("-".to_owned(), |v| {
-                let (lo, hi) = span(v);
-                format!("{:.2} ({:.2}-{:.2})", median(v), lo, hi)
-            })
-        };
-        let (rg, rt, rn) = (ratio("gateway"), ratio("gateway+TLS"), ratio("nginx"));
-        println!(
-            "{key:30} {:>22} {:>22} {:>22} {:>22} {:>16} {:>16} {:>16}",
-            cell("direct"),
-            cell("gateway"),
-            cell("gateway+TLS"),
-            cell("nginx"),
-            fmt_ratio(&rg),
-            fmt_ratio(&rt),
-            fmt_ratio(&rn)
-        );
-        json_rows.insert(
-            key.clone(),
-            json!({
-                "samples": by_path,
-                "ratio_gateway": rg.as_ref().map(|v| median(v)),
-                "ratio_tls": rt.as_ref().map(|v| median(v)),
-                "ratio_nginx": rn.as_ref().map(|v| median(v)),
-            }),
-        );
+        let mut line = format!("{key:30} {:>22}", cell("direct"));
+        let mut row = serde_json::Map::new();
+        row.insert("samples".into(), json!(by_path));
+        for name in &proxies {
+            line += &format!(" {:>22}", cell(name));
+        }
+        for name in &proxies {
+            let r = ratio(name);
+            line += &format!(
+                " {:>16}",
+                r.as_ref().map_or("-".to_owned(), |v| {
+                    let (lo, hi) = span(v);
+                    format!("{:.2} ({:.2}-{:.2})", median(v), lo, hi)
+                })
+            );
+            row.insert(format!("ratio_{}", short(name)), json!(r.as_ref().map(|v| median(v))));
+        }
+        println!("{line}");
+        json_rows.insert(key.clone(), row.into());
     }
     // What each proxy adds to the c=1 median, taken within each round.
     println!();
@@ -738,12 +786,12 @@ async fn main() {
         let Some(direct) = by_path.get("direct") else { continue };
         let mut cells = Vec::new();
         let mut row = serde_json::Map::new();
-        for name in ["gateway", "gateway+TLS", "nginx"] {
-            if let Some(v) = by_path.get(name) {
+        for name in &proxies {
+            if let Some(v) = by_path.get(*name) {
                 let per_round: Vec<f64> = v.iter().zip(direct).map(|(a, d)| a - d).collect();
                 let (lo, hi) = span(&per_round);
                 cells.push(format!("{name} {:.1} ({lo:.1} to {hi:.1})", median(&per_round)));
-                row.insert(name.into(), json!(median(&per_round)));
+                row.insert((*name).into(), json!(median(&per_round)));
             }
         }
         println!("added p50 at c=1, {label}, µs: {}", cells.join(", "));
@@ -751,7 +799,7 @@ async fn main() {
     }
     let per_gib: BTreeMap<&str, f64> = cpu_bulk.iter().map(|(k, (s, g))| (*k, s / g.max(1e-9))).collect();
     let per_req: BTreeMap<&str, f64> = cpu_c64.iter().map(|(k, (s, n))| (*k, s / n.max(1.0) * 1e6)).collect();
-    for name in ["gateway", "gateway+TLS", "nginx"] {
+    for name in &proxies {
         let (gib, req) = (per_gib.get(name), per_req.get(name));
         if gib.is_some() || req.is_some() {
             println!(
@@ -784,6 +832,7 @@ async fn main() {
         // Under `cargo test` this was a check of the harness, not a measurement.
         drop(gateways);
         drop(nginx);
+        drop(relay);
         emulator.stop().await;
         return;
     }
