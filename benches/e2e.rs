@@ -297,7 +297,7 @@ async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool
     gateway
 }
 
-// ------------------------------------------------------------------ the peer to beat: nginx
+// ------------------------------------------------------------------ other proxies: the floor relay and nginx
 
 /// A proxy other than the gateway, run as its own process in front of the same upstream.
 struct Other {
@@ -327,7 +327,8 @@ fn free_port() -> Option<u16> {
     Some(std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port())
 }
 
-/// Waits (polling, with a deadline) until `child` accepts connections on `port`.
+/// Waits (polling, with a deadline) until `other` accepts connections on its port; `None`, and
+/// the process stopped, if it exits or the deadline passes first.
 fn listening(mut other: Other) -> Option<Other> {
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", other.port)).is_err() {
@@ -526,10 +527,9 @@ async fn login(load: &Load, base: &str) -> (String, String) {
 
 // ------------------------------------------------------------------ statistics and output
 
-/// A proxy's name in ratio columns and JSON keys (`ratio_gw`, `ratio_tls`, ...).
+/// A proxy's name in ratio columns and JSON keys (`ratio_gateway`, `ratio_tls`, ...).
 fn short(name: &str) -> &str {
     match name {
-        "gateway" => "gw",
         "gateway+TLS" => "tls",
         other => other,
     }
