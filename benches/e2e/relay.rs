@@ -41,8 +41,9 @@ pub fn serve(port: u16, upstream: SocketAddr) {
 
 async fn accept(listener: std::net::TcpListener, upstream: SocketAddr) {
     let listener = TcpListener::from_std(listener).expect("relay: listener");
-    loop {
-        let Ok((client, _)) = listener.accept().await else { continue };
+    // An accept error (out of descriptors) ends this loop rather than spinning on it; the
+    // bench's requests then fail loudly.
+    while let Ok((client, _)) = listener.accept().await {
         let _ = client.set_nodelay(true);
         tokio::spawn(async move {
             let _ = relay(client, upstream).await;
