@@ -535,6 +535,12 @@ fn short(name: &str) -> &str {
     }
 }
 
+/// `median (min-max)` of `v` with `digits` decimals.
+fn summary(v: &[f64], digits: usize) -> String {
+    let (lo, hi) = span(v);
+    format!("{:.digits$} ({lo:.digits$}-{hi:.digits$})", median(v))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -739,12 +745,7 @@ async fn bench(args: Vec<String>) {
     println!("{header}");
     let mut json_rows = serde_json::Map::new();
     for (key, by_path) in &results {
-        let cell = |name: &str| {
-            by_path.get(name).map_or("-".to_owned(), |v| {
-                let (lo, hi) = span(v);
-                format!("{:.1} ({:.1}-{:.1})", median(v), lo, hi)
-            })
-        };
+        let cell = |name: &str| by_path.get(name).map_or("-".to_owned(), |v| summary(v, 1));
         // Ratios are taken within each round, then summarised.
         let ratio = |name: &str| -> Option<Vec<f64>> {
             let (a, d) = (by_path.get(name)?, by_path.get("direct")?);
@@ -766,13 +767,7 @@ async fn bench(args: Vec<String>) {
         }
         for name in &proxies {
             let r = ratio(name);
-            line += &format!(
-                " {:>16}",
-                r.as_ref().map_or("-".to_owned(), |v| {
-                    let (lo, hi) = span(v);
-                    format!("{:.2} ({:.2}-{:.2})", median(v), lo, hi)
-                })
-            );
+            line += &format!(" {:>16}", r.as_ref().map_or("-".to_owned(), |v| summary(v, 2)));
             row.insert(format!("ratio_{}", short(name)), json!(r.as_ref().map(|v| median(v))));
         }
         println!("{line}");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName};
-use http::uri::{Authority, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
@@ -57,8 +57,6 @@ impl Default for ProxySettings {
 
 /// Where an account's storage lives, parsed once per credential renewal.
 pub struct Target {
-    scheme: Scheme,
-    authority: Authority,
     /// The storage path, e.g. `/v1/AUTH_…` (kept unchanged in the gateway's storage URL).
     pub path: String,
     /// `scheme://authority` as upstream writes it in absolute `Location`s; also the key of its
@@ -98,7 +96,7 @@ impl Target {
         .ok()?;
         let mut token = HeaderValue::from_str(creds.token.expose()).ok()?;
         token.set_sensitive(true);
-        Some(Target { scheme, authority, path, origin: origin.into(), connect_to, host, token })
+        Some(Target { path, origin: origin.into(), connect_to, host, token })
     }
 
     /// True when `path` is the storage path or below it.
@@ -106,19 +104,14 @@ impl Target {
         path.strip_prefix(self.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
-    /// The upstream `/info` URL: the storage path's `/v<N>…` replaced by `/info`, as
-    /// python-swiftclient derives it.
-    pub fn info_uri(&self) -> Option<Uri> {
+    /// The path of upstream's `/info` (origin form, for this target's origin): the storage
+    /// path's `/v<N>…` replaced by `/info`, as python-swiftclient derives it.
+    pub fn info_path(&self) -> Option<PathAndQuery> {
         let prefix = match self.path.find("/v1") {
             Some(i) => &self.path[..i],
             None => "",
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{prefix}/info"))
-            .build()
-            .ok()
+        format!("{prefix}/info").parse().ok()
     }
 }
 
@@ -399,7 +392,7 @@ impl Proxy {
 
     /// `GET /info` from the upstream of `target`.
     pub async fn info(&self, target: &Target) -> Response<Body> {
-        let Some(path) = target.info_uri().and_then(|uri| uri.path_and_query().cloned()) else {
+        let Some(path) = target.info_path() else {
             return body::text(StatusCode::BAD_GATEWAY, "no upstream /info\n");
         };
         let mut up = Request::new(UpstreamBody::empty());
@@ -533,8 +526,9 @@ mod tests {
         assert_eq!(t.host, "lb1040.hubic.ovh.net");
         assert_eq!(target("http://h:8080/v1/AUTH_t").host, "h:8080");
         assert_eq!(target("https://h:443/v1/AUTH_t").host, "h");
-        assert_eq!(t.info_uri().unwrap().to_string(), "https://lb1040.hubic.ovh.net/info");
-        assert_eq!(target("http://h:8080/swift/v1/AUTH_t").info_uri().unwrap().to_string(), "http://h:8080/swift/info");
+        assert_eq!(t.info_path().unwrap(), "/info");
+        let prefixed = target("http://h:8080/swift/v1/AUTH_t");
+        assert_eq!((&*prefixed.origin, prefixed.info_path().unwrap().as_str()), ("http://h:8080", "/swift/info"));
     }
 
     #[test]
