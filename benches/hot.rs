@@ -1,16 +1,18 @@
 //! Micro-benchmarks of what every storage request runs through: the gateway-token check, the
-//! account path check, the credential fast path, the cached key check.
+//! account path check, the credential fast path, the header clean-up both ways, the cached
+//! key check.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use swiftgate::clock::SystemClock;
 use swiftgate::config::ResolvedUser;
 use swiftgate::front::{TokenIssuer, Users};
 use swiftgate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
-use swiftgate::proxy::Target;
+use swiftgate::proxy::{strip_request_headers, strip_response_headers, Target};
 use swiftgate::secret::Secret;
 use swiftgate::tokens::{RenewPolicy, TokenManager};
 
@@ -42,6 +44,33 @@ fn hot(c: &mut Criterion) {
     let path = "/v1/AUTH_47e7e0fe42913821a6365ad2e220bcc5/default/some/deep/object%20name.bin";
     c.bench_function("account path check", |b| b.iter(|| target.covers(black_box(path))));
 
+    // What python-swiftclient sends with a GET, and what Swift answers to it.
+    let request = headers(&[
+        ("host", "localhost:8080"),
+        ("user-agent", "python-swiftclient-4.6.0"),
+        ("accept-encoding", "gzip, deflate"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive"),
+        ("x-auth-token", "AUTH_tk0123456789abcdef0123456789abcdef"),
+    ]);
+    c.bench_function("strip request headers", |b| {
+        b.iter_batched_ref(|| request.clone(), strip_request_headers, BatchSize::SmallInput)
+    });
+    let response = headers(&[
+        ("content-length", "4096"),
+        ("accept-ranges", "bytes"),
+        ("last-modified", "Sat, 21 Nov 2026 10:00:00 GMT"),
+        ("etag", "0123456789abcdef0123456789abcdef"),
+        ("x-timestamp", "1763719200.00000"),
+        ("content-type", "application/octet-stream"),
+        ("x-trans-id", "tx0123456789abcdef0123-0063f1e2d3"),
+        ("x-openstack-request-id", "tx0123456789abcdef0123-0063f1e2d3"),
+        ("date", "Sat, 21 Nov 2026 10:00:00 GMT"),
+    ]);
+    c.bench_function("strip response headers", |b| {
+        b.iter_batched_ref(|| response.clone(), strip_response_headers, BatchSize::SmallInput)
+    });
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let manager = Arc::new(TokenManager::new(
         [("a".to_owned(), Arc::new(Fixed) as Arc<dyn CredentialSource>)],
@@ -57,6 +86,14 @@ fn hot(c: &mut Criterion) {
     c.bench_function("cached key check (warm v1.0 auth)", |b| {
         b.iter(|| rt.block_on(users.verify_index(black_box("u"), black_box("key"))).unwrap())
     });
+}
+
+fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields {
+        map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    map
 }
 
 /// Runs a ready future to completion without a runtime.

