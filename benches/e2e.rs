@@ -492,8 +492,8 @@ async fn small_gets(p: &Path_, concurrency: usize, total: usize) -> (f64, f64, f
     (all.len() as f64 / secs, pct(0.50), pct(0.99))
 }
 
-/// `small_gets` at c=1, after a quarter as many requests again, uncounted. A c=1 run starts
-/// with its threads where the run before left them, and on this VM that can be the fast
+/// `small_gets` at c=1 for `total` requests, after `total / 4` that are not counted. A c=1 run
+/// starts with its threads where the run before left them, and on this VM that can be the fast
 /// placement for the first thousand requests or so, before the scheduler spreads the threads
 /// over both vCPUs: runs of 1 024 requests measured that transient (the relay added 23-27 µs in
 /// them, 150-180 µs in runs of 4 096 and more).
