@@ -53,9 +53,6 @@ fn hot(c: &mut Criterion) {
         ("connection", "keep-alive"),
         ("x-auth-token", "AUTH_tk0123456789abcdef0123456789abcdef"),
     ]);
-    c.bench_function("strip request headers", |b| {
-        b.iter_batched_ref(|| request.clone(), strip_request_headers, BatchSize::SmallInput)
-    });
     let response = headers(&[
         ("content-length", "4096"),
         ("accept-ranges", "bytes"),
@@ -67,9 +64,13 @@ fn hot(c: &mut Criterion) {
         ("x-openstack-request-id", "tx0123456789abcdef0123-0063f1e2d3"),
         ("date", "Sat, 21 Nov 2026 10:00:00 GMT"),
     ]);
-    c.bench_function("strip response headers", |b| {
-        b.iter_batched_ref(|| response.clone(), strip_response_headers, BatchSize::SmallInput)
-    });
+    let strips = [
+        ("strip request headers", request, strip_request_headers as fn(&mut HeaderMap)),
+        ("strip response headers", response, strip_response_headers),
+    ];
+    for (name, fields, strip) in strips {
+        c.bench_function(name, |b| b.iter_batched_ref(|| fields.clone(), strip, BatchSize::SmallInput));
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let manager = Arc::new(TokenManager::new(
