@@ -303,8 +303,8 @@ async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool
 struct Other {
     child: Child,
     port: u16,
-    /// Its scratch directory, removed when it stops.
-    dir: Option<PathBuf>,
+    /// Its scratch directory, removed once the process has stopped.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Other {
@@ -316,9 +316,6 @@ impl Drop for Other {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -345,7 +342,7 @@ fn start_relay(upstream: SocketAddr) -> Option<Other> {
     let port = free_port()?;
     let exe = std::env::current_exe().ok()?;
     let child = Command::new(exe).arg("--relay").arg(port.to_string()).arg(upstream.to_string()).spawn().ok()?;
-    listening(Other { child, port, dir: None })
+    listening(Other { child, port, _dir: None })
 }
 
 /// The peer to beat: a tuned nginx reverse proxy (buffering off, 1 MiB buffers, upstream
@@ -353,8 +350,9 @@ fn start_relay(upstream: SocketAddr) -> Option<Other> {
 fn start_nginx(upstream: SocketAddr) -> Option<Other> {
     std::env::var_os("SWIFTGATE_BENCH_NGINX")?;
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
-    let dir = std::env::temp_dir().join(format!("swiftgate-bench-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
+    // A TempDir, so a start that fails half-way leaves nothing behind either.
+    let scratch = tempfile::Builder::new().prefix("swiftgate-bench-nginx-").tempdir().ok()?;
+    let dir = scratch.path();
     let port = free_port()?;
     let d = dir.display();
     let conf = format!(
@@ -370,8 +368,8 @@ fn start_nginx(upstream: SocketAddr) -> Option<Other> {
              location / {{ proxy_pass http://up; }} }} }}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
-    let child = Command::new(binary).arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir).spawn().ok()?;
-    listening(Other { child, port, dir: Some(dir) })
+    let child = Command::new(binary).arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(dir).spawn().ok()?;
+    listening(Other { child, port, _dir: Some(scratch) })
 }
 
 // ------------------------------------------------------------------ the load generator
@@ -495,8 +493,9 @@ async fn small_gets(p: &Path_, concurrency: usize, total: usize) -> (f64, f64, f
 /// `small_gets` at c=1 for `total` requests, after `total / 4` that are not counted. A c=1 run
 /// starts with its threads where the run before left them, and on this VM that can be the fast
 /// placement for the first thousand requests or so, before the scheduler spreads the threads
-/// over both vCPUs: runs of 1 024 requests measured that transient (the relay added 23-27 µs in
-/// them, 150-180 µs in runs of 4 096 and more).
+/// over both vCPUs: runs of 1 024 requests from a cold start measured that transient (the relay
+/// added 23-27 µs in them, 150-180 µs in runs of 4 096 and more). A `--quick` run (256 + 1 024)
+/// can still catch it.
 async fn c1_gets(p: &Path_, total: usize) -> (f64, f64, f64) {
     small_gets(p, 1, total / 4).await;
     small_gets(p, 1, total).await
