@@ -4,6 +4,8 @@
 //! `cargo bench --bench e2e` (full), `cargo bench --bench e2e -- --quick` (smoke, < 2 min).
 //! Prints a table with per-round ratios (median, min-max) and writes target/bench/results.json.
 //! Under `cargo test` it runs one tiny round as a check that the harness works.
+//! `--instructions [--annotate]` (`benches/instructions.sh`) counts the gateway's user-space
+//! instructions per request under callgrind instead.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -239,7 +241,14 @@ impl Gateway {
     }
 }
 
-async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool, tag: &str) -> Gateway {
+/// Starts `swiftgate serve` from the release build; under callgrind, writing its counts to
+/// `callgrind`, when that is given (`--instructions`).
+async fn start_gateway(
+    emulator: &swiftgate::emulator::EmulatorHandle,
+    tls: bool,
+    tag: &str,
+    callgrind: Option<&Path>,
+) -> Gateway {
     let scratch = tempfile::Builder::new().prefix(&format!("swiftgate-bench-{tag}-")).tempdir().unwrap();
     let dir = scratch.path();
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
@@ -282,7 +291,15 @@ async fn start_gateway(emulator: &swiftgate::emulator::EmulatorHandle, tls: bool
     use std::io::Write;
     reg.stdin.take().unwrap().write_all(b"bench-pw\n").unwrap();
     assert!(reg.wait().unwrap().success(), "registration failed");
-    let mut child = Command::new(bin)
+    let mut command = match callgrind {
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.args(["-q", "--tool=callgrind"]).arg(format!("--callgrind-out-file={}", out.display())).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(dir.join("c.toml"))
         .env("SWIFTGATE_LOG", "warn")
@@ -578,6 +595,115 @@ fn human(size: u64) -> String {
     }
 }
 
+// ------------------------------------------------------------------ instructions per request
+
+/// Requests counted per concurrency in `--instructions`.
+const COUNTED: usize = 2048;
+
+/// `--instructions` (`benches/instructions.sh`): the plain gateway under callgrind, and the
+/// user-space instructions it executes per 4 KiB GET at c=1 and c=64, counted exactly. The
+/// timed rows drift with the VM's day by more than a small change to the request path moves
+/// them; an instruction count barely moves, so it is how such a change is judged. Kernel time
+/// is not in it (callgrind sees user space only), the gateway runs some fifty times slower, and
+/// SHA-256 (the token check) runs in software: valgrind does not offer the CPU's SHA
+/// extensions, so some 7 000 of the count are instructions the CPU runs as a few hundred.
+async fn instructions(emulator: &swiftgate::emulator::EmulatorHandle, annotate: bool) {
+    let scratch = tempfile::Builder::new().prefix("swiftgate-bench-callgrind-").tempdir().unwrap();
+    let out = scratch.path().join("callgrind.out");
+    let gateway = start_gateway(emulator, false, "plain", Some(&out)).await;
+    let pid = gateway.child.id().to_string();
+    let (plain, _) = clients();
+    let (url, token) = login(&plain, &gateway.url).await;
+    let p = Path_ { name: "gateway", load: plain, url, token, pid: Some(gateway.child.id()) };
+    let control = |what: &str| {
+        let ok = Command::new("callgrind_control")
+            .args([what, &pid])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "callgrind_control {what} {pid} failed");
+    };
+    // Warm: the pools hold their connections and every lazy initialisation has run.
+    small_gets(&p, 16, 512).await;
+    let mut rows = serde_json::Map::new();
+    for c in [1usize, 64] {
+        control("--zero");
+        small_gets(&p, c, COUNTED).await;
+        control("--dump");
+        let (dump, total) = dump_written(&out, c == 1).await;
+        let per = total as f64 / COUNTED as f64;
+        println!("gateway, 4 KiB GET c={c}: {per:.0} instructions per request ({total} for {COUNTED})");
+        rows.insert(format!("c={c}"), json!(per));
+        if annotate && c == 64 {
+            print_costliest(&dump);
+        }
+    }
+    let doc = json!({ "instructions_per_4k_get": rows, "commit": commit() });
+    write_json("instructions.json", &doc);
+    drop(gateway);
+}
+
+/// The dump callgrind writes after `callgrind_control --dump` (`callgrind.out.1` for the first,
+/// `.2` for the second), once complete, and its instruction count (the `totals:` line).
+/// `callgrind_control` returns before the file is written, so this polls with a deadline.
+async fn dump_written(out: &Path, first: bool) -> (PathBuf, u64) {
+    let dump = PathBuf::from(format!("{}.{}", out.display(), if first { 1 } else { 2 }));
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&dump).unwrap_or_default();
+        let total = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok());
+        if let Some(total) = total {
+            return (dump, total);
+        }
+        assert!(Instant::now() < deadline, "callgrind wrote no complete {}", dump.display());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The 40 functions of `dump` with the highest self cost, per request.
+fn print_costliest(dump: &Path) {
+    let Ok(out) = Command::new("callgrind_annotate").args(["--auto=no", "--threshold=100"]).arg(dump).output() else {
+        println!("callgrind_annotate did not run");
+        return;
+    };
+    println!("instructions per request (self cost), c=64:");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows = text.lines().filter_map(|l| {
+        let (count, rest) = l.trim_start().split_once(' ')?;
+        let count: u64 = count.replace(',', "").parse().ok()?;
+        let what = rest.trim_start().split_once(")  ").map_or(rest, |(_, w)| w);
+        // Paths of the registry and the toolchain say nothing the function's name does not.
+        let what = what.rsplit_once(".rs:").map_or(what, |(_, f)| f);
+        Some((count, what.to_owned()))
+    });
+    // The entry points a thread's whole run is charged to (callgrind_annotate counts the
+    // inlined frames there as the caller's own) say nothing: skip them.
+    let entry = ["main", "lang_start", "__rust_begin_short_backtrace", "libc_start", "???:0x"];
+    for (count, what) in rows.filter(|(_, w)| !entry.iter().any(|e| w.contains(e))).take(40) {
+        println!("{:>8.0}  {what}", count as f64 / COUNTED as f64);
+    }
+}
+
+/// The commit measured, for comparisons across commits.
+fn commit() -> Option<String> {
+    let out = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Writes `doc` to `target/bench/<name>`.
+fn write_json(name: &str, doc: &serde_json::Value) {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out = target.join("bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(name), serde_json::to_string_pretty(doc).unwrap()).unwrap();
+    println!("wrote {}", out.join(name).display());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // The bench starts itself again as the floor relay (see `start_relay`).
@@ -637,7 +763,13 @@ async fn bench(args: Vec<String>) {
     )
     .await
     .unwrap();
-    let gateways = [start_gateway(&emulator, false, "plain").await, start_gateway(&emulator, true, "tls").await];
+    if args.iter().any(|a| a == "--instructions") {
+        instructions(&emulator, args.iter().any(|a| a == "--annotate")).await;
+        emulator.stop().await;
+        return;
+    }
+    let gateways =
+        [start_gateway(&emulator, false, "plain", None).await, start_gateway(&emulator, true, "tls", None).await];
     let (plain, tls) = clients();
     let (gw_url, gw_token) = login(&plain, &gateways[0].url).await;
     let (gwt_url, gwt_token) = login(&tls, &gateways[1].url).await;
@@ -829,8 +961,7 @@ async fn bench(args: Vec<String>) {
         "cpu_us_per_4k_get_c64": per_req,
         "added_p50_c1_us": added,
         "gateway_rss_kib": { "idle": idle_rss, "peak": peak_rss, "after_all": final_rss, "transfer_bytes": settings.rss_transfer },
-        "commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+        "commit": commit(),
     });
     if !bench {
         // Under `cargo test` this was a check of the harness, not a measurement.
@@ -840,13 +971,7 @@ async fn bench(args: Vec<String>) {
         emulator.stop().await;
         return;
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let out = target.join("bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    println!("wrote {}", out.join("results.json").display());
+    write_json("results.json", &doc);
     drop(gateways);
     emulator.stop().await;
 }
