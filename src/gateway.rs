@@ -201,7 +201,7 @@ impl Gateway {
     /// a request without one goes upstream anonymously (tempurl, public containers).
     async fn storage(&self, proxy: &Proxy, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         let headers = req.headers();
-        let token = headers.get("x-auth-token").or_else(|| headers.get("x-storage-token"));
+        let token = headers.get(crate::proxy::X_AUTH_TOKEN).or_else(|| headers.get(crate::proxy::X_STORAGE_TOKEN));
         let Some(token) = token else {
             let anonymous = self.tokens.cached_for_path(req.uri().path());
             return proxy.forward(req, &peer, &self.tokens, None, anonymous).await;

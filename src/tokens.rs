@@ -6,7 +6,6 @@
 //! after expiry costs one provider round trip. It does not know how credentials are obtained
 //! (that is the [`CredentialSource`]) nor where grants live (the store).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -98,7 +97,9 @@ struct Slot {
 
 /// Per-account credential cache with single-flight renewal.
 pub struct TokenManager {
-    slots: HashMap<String, Slot>,
+    /// Keyed with rustc-hash's hasher: account names come from the configuration, so they
+    /// need no defence against chosen collisions, and SipHash cost more than the lookup.
+    slots: rustc_hash::FxHashMap<String, Slot>,
     clock: Arc<dyn Clock>,
     policy: RenewPolicy,
 }

@@ -122,18 +122,33 @@ impl Target {
 #[error("cannot set up the upstream TLS client: {0}")]
 pub struct ClientError(String);
 
+/// The client's gateway token (also the upstream token's field).
+pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+/// The older name of [`X_AUTH_TOKEN`], still sent by some clients.
+pub const X_STORAGE_TOKEN: HeaderName = HeaderName::from_static("x-storage-token");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `Some` of the literal that `$name` equals, as a `&'static str`, so a header can be removed
+/// by it without cloning the (possibly allocated) name found in the map.
+macro_rules! one_of {
+    ($name:expr, $($n:literal)|+) => {
+        match $name {
+            $($n => Some($n),)+
+            _ => None,
+        }
+    };
+}
+
 /// Hop-by-hop header fields (RFC 9110 §7.6.1): never forwarded, either way.
-fn hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    )
+fn hop_by_hop(name: &str) -> Option<&'static str> {
+    one_of!(name, "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade")
 }
 
 /// Further request fields that never travel upstream: the gateway's own token, `Host` and
 /// `Expect` (set here), proxy credentials, and client-supplied forwarding fields.
-fn dropped_from_requests(name: &str) -> bool {
-    matches!(
+fn dropped_from_requests(name: &str) -> Option<&'static str> {
+    one_of!(
         name,
         "proxy-authorization"
             | "host"
@@ -150,8 +165,8 @@ fn dropped_from_requests(name: &str) -> bool {
 }
 
 /// Further response fields that never reach the client.
-fn dropped_from_responses(name: &str) -> bool {
-    name == "proxy-authenticate"
+fn dropped_from_responses(name: &str) -> Option<&'static str> {
+    one_of!(name, "proxy-authenticate")
 }
 
 /// Removes from a client's request what never travels upstream (see [`strip`]).
@@ -165,25 +180,31 @@ pub fn strip_response_headers(headers: &mut HeaderMap) {
 }
 
 /// Removes the hop-by-hop fields, those that `Connection` names, and those `extra` picks.
-/// One pass over the names present: a request carries a handful, and looking up every name
-/// that might have to go cost more than the rest of a request's header work.
-fn strip(headers: &mut HeaderMap, extra: fn(&str) -> bool) {
-    let listed: Vec<&str> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            hop_by_hop(name) || extra(name) || listed.iter().any(|token| token.eq_ignore_ascii_case(name))
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
+/// Each pass finds one name to remove among the names present: a request carries a handful
+/// and loses one or two, so this allocates nothing (looking up every name that might have to
+/// go cost more than the rest of a request's header work, and collecting the names to remove
+/// cost an allocation, and another for each that had to be cloned).
+fn strip(headers: &mut HeaderMap, extra: fn(&str) -> Option<&'static str>) {
+    // What `Connection` lists goes first, while it is still there to say what it lists.
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let name = name.as_str();
+                headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|token| token.trim().eq_ignore_ascii_case(name))
+            })
+            .cloned()
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    while let Some(name) = headers.keys().find_map(|name| hop_by_hop(name.as_str()).or_else(|| extra(name.as_str()))) {
         headers.remove(name);
     }
 }
@@ -269,8 +290,8 @@ impl Proxy {
         let gated = has_body && declared.is_none_or(|n| n > self.settings.replay_buffer);
         let mut headers = parts.headers;
         strip_request_headers(&mut headers);
-        headers.insert(HeaderName::from_static("x-forwarded-for"), peer.forwarded_for.clone());
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), self.forwarded_proto.clone());
+        headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+        headers.insert(X_FORWARDED_PROTO, self.forwarded_proto.clone());
         if gated {
             headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         }
@@ -327,7 +348,7 @@ impl Proxy {
             *up.headers_mut() = headers.clone();
             up.headers_mut().insert(header::HOST, target.host.clone());
             if account.is_some() {
-                up.headers_mut().insert(HeaderName::from_static("x-auth-token"), target.token.clone());
+                up.headers_mut().insert(X_AUTH_TOKEN, target.token.clone());
             }
             if let Some(gate) = &gate {
                 let gate = gate.clone();

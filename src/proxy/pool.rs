@@ -7,7 +7,6 @@
 //! connection could not even start to send (upstream closed it meanwhile) is sent again on
 //! another connection; nothing else is retried here.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -72,7 +71,8 @@ type Idle = (SendRequest<UpstreamBody>, Instant);
 /// Connections parked by one worker, by origin (`scheme://authority`).
 #[derive(Default)]
 struct Parked {
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    /// Keyed with rustc-hash's hasher: origins come from the provider, not from clients.
+    idle: Mutex<rustc_hash::FxHashMap<Arc<str>, Vec<Idle>>>,
 }
 
 impl Parked {
