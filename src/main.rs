@@ -270,7 +270,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     drop(out);
     let workers = config.worker_count();
     tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
-    server::run_workers(listener, gateway, ServeOptions { tls, http1_only: false }, workers, stop)
+    server::run_workers(listener, gateway, ServeOptions { tls, ..ServeOptions::default() }, workers, stop)
         .await
         .context("serving failed")?;
     tracing::info!("swiftgate stopped");

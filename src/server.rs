@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +22,17 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 
-/// Time a client gets to finish the TLS handshake or send request headers.
+/// Time a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that has no request in progress and begins none for this long (up to twice
+/// this long) is closed: see [`ServeOptions::idle_close`].
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// Longest time between two timer deadlines of an event loop while it serves. Tokio's timer
 /// wakes its event loop with a system call whenever a new deadline falls before the one it
-/// last went to sleep with. Per request the header timers go the wrong way round (hyper's 30 s
-/// header timer follows the proxy's 120 s upstream one), so without an earlier deadline always
-/// pending, every request at low concurrency paid one `write` to the loop's eventfd and one
-/// more `epoll_wait`.
+/// last went to sleep with. Per request the header timers went the wrong way round (hyper's
+/// 30 s header timer followed the proxy's 120 s upstream one), so without an earlier deadline
+/// always pending, every request at low concurrency paid one `write` to the loop's eventfd and
+/// one more `epoll_wait`. (hyper's header timer is gone since, see [`Peer::idle`].)
 const TIMER_TICK: Duration = Duration::from_secs(10);
 /// Time open connections get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +51,10 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client's IP as an `X-Forwarded-For` value.
     pub forwarded_for: http::HeaderValue,
+    /// Requests begun on the connection so far.
+    begun: AtomicU64,
+    /// Requests whose response has not ended (or been dropped) yet.
+    in_progress: AtomicUsize,
 }
 
 impl Peer {
@@ -54,7 +62,66 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let forwarded_for = http::HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
-        Peer { addr, forwarded_for }
+        Peer { addr, forwarded_for, begun: AtomicU64::new(0), in_progress: AtomicUsize::new(0) }
+    }
+
+    /// Counts a request as begun and in progress until the guard is dropped.
+    fn begin(self: &Arc<Self>) -> InProgress {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        InProgress(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in progress and begun none for a whole
+    /// `period`: checked every `period`, so after `period` to twice that. One timer per
+    /// connection, re-armed every `period`, stands in for hyper's header-read timer, which was
+    /// made, registered and cancelled for every request (about 1 850 instructions per request,
+    /// `benches/instructions.sh`). Bytes that trickle in do not count: a request must begin.
+    async fn idle(&self, period: Duration) {
+        let mut seen = self.begun.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(period).await;
+            let begun = self.begun.load(Ordering::Relaxed);
+            if begun == seen && self.in_progress.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            seen = begun;
+        }
+    }
+}
+
+/// A request in progress on its connection (see [`Peer::begin`]).
+struct InProgress(Arc<Peer>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it ends or is dropped.
+struct Tracked {
+    body: Body,
+    _request: InProgress,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -65,12 +132,23 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// How to serve.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// Terminate TLS with this acceptor.
     pub tls: Option<TlsAcceptor>,
     /// Speak HTTP/1.1 only (HubiC's front end never offered h2).
     pub http1_only: bool,
+    /// A connection with no request in progress that begins none for this long (to twice
+    /// this long) is closed: a client that connects and sends nothing, trickles a request
+    /// head, or keeps an idle connection open. Like nginx's `keepalive_timeout` and
+    /// `client_header_timeout` together. 30 s by default.
+    pub idle_close: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { tls: None, http1_only: false, idle_close: IDLE_CLOSE }
+    }
 }
 
 /// Why TLS could not be set up.
@@ -123,7 +201,8 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+    // hyper's own header-read timer costs a timer per request; `Peer::idle` does its work.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     if options.http1_only {
         builder = builder.http1_only();
@@ -151,37 +230,50 @@ pub async fn run<H: Handler>(
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = options.tls.clone();
-        tokio::spawn(async move {
-            let client = Arc::new(Peer::new(peer));
+        let client = Arc::new(Peer::new(peer));
+        let watched = client.clone();
+        let connection = async move {
             let service = hyper::service::service_fn(move |req| {
                 let (handler, client) = (handler.clone(), client.clone());
-                async move { Ok::<_, Infallible>(handler.handle(req, client).await) }
+                async move {
+                    let request = client.begin();
+                    let resp = handler.handle(req, client).await;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _request: request }))
+                }
             });
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    acceptor.accept(tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, stream)),
-                )
-                .await
-                {
-                    Ok(Ok(mut tls_stream)) => {
-                        tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                },
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                Some(acceptor) => {
+                    let stream = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, stream);
+                    let mut tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => tls_stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+                    watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned()).await
                 }
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, cause = %e, "connection ended with an error");
+            }
+        };
+        // The connection is a task of its own, watched by this one, so the connection's task
+        // never polls the idle timer (a timer polled beside the connection cost 800 instructions
+        // per request), and the watch ends with the connection.
+        let idle_close = options.idle_close;
+        tokio::spawn(async move {
+            let connection = tokio::spawn(connection);
+            let abort = connection.abort_handle();
+            tokio::select! {
+                _ = connection => {}
+                () = watched.idle(idle_close) => {
+                    tracing::debug!(%peer, "closed a connection that began no request");
+                    abort.abort();
+                }
             }
         });
     }
@@ -296,6 +388,98 @@ mod tests {
             let text = format!("{}", worker_index());
             Response::new(http_body_util::Full::new(bytes::Bytes::from(text)).map_err(|e| match e {}).boxed())
         }
+    }
+
+    /// Answers `/late` after five idle periods, and `/slow` at once with a body whose one chunk
+    /// comes five idle periods later: work in progress that outlasts the idle close.
+    struct Slow(Duration);
+
+    impl Handler for Slow {
+        async fn handle(&self, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
+            let late = 5 * self.0;
+            if req.uri().path() == "/late" {
+                tokio::time::sleep(late).await;
+                return crate::body::text(http::StatusCode::OK, "late");
+            }
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>>(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(late).await;
+                let _ = tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"slow")))).await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|f| (f, rx)) });
+            Response::new(http_body_util::StreamBody::new(stream).boxed())
+        }
+    }
+
+    async fn serve_slow(
+        period: Duration,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let options = ServeOptions { idle_close: period, ..ServeOptions::default() };
+        let server = tokio::spawn(run(listener, Arc::new(Slow(period)), options, async {
+            let _ = stop_rx.await;
+        }));
+        (addr, stop_tx, server)
+    }
+
+    /// Reads until the server closes the connection (or `deadline` passes, which fails),
+    /// writing one byte of a never-ending header line before each read when `trickle` is set.
+    async fn closed_within(s: &mut tokio::net::TcpStream, deadline: Duration, trickle: bool) -> Vec<u8> {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            assert!(tokio::time::Instant::now() < until, "the connection was not closed in {deadline:?}");
+            if trickle && s.write_all(b"a").await.is_err() {
+                return seen;
+            }
+            match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return seen,
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// A connection that sends nothing, trickles a request head byte by byte, or stays open
+    /// after its response is closed after one to two idle periods, without an answer.
+    #[tokio::test]
+    async fn a_connection_that_begins_no_request_is_closed() {
+        let period = Duration::from_millis(100);
+        let (addr, stop, server) = serve_slow(period).await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut silent, 20 * period, false).await.is_empty());
+        let mut trickling = tokio::net::TcpStream::connect(addr).await.unwrap();
+        trickling.write_all(b"GET /late HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
+        assert!(closed_within(&mut trickling, 20 * period, true).await.is_empty());
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let answer = String::from_utf8(closed_within(&mut kept, 20 * period, false).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A request whose answer, or whose response body, takes several idle periods keeps its
+    /// connection: only a connection with nothing in progress is idle.
+    #[tokio::test]
+    async fn a_request_in_progress_keeps_its_connection() {
+        let period = Duration::from_millis(50);
+        let (addr, stop, server) = serve_slow(period).await;
+        for (path, body) in [("/late", "late"), ("/slow", "slow")] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await.unwrap().unwrap();
+            assert!(out.starts_with("HTTP/1.1 200") && out.contains(body), "{path}: {out}");
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap();
     }
 
     /// A signal that lands between `shutdown_signal()` and the first poll of its future is

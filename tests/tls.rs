@@ -20,7 +20,7 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
     let task = tokio::spawn(server::run(
         listener,
         stack.gw.gateway.clone(),
-        ServeOptions { tls: Some(acceptor), http1_only: false },
+        ServeOptions { tls: Some(acceptor), ..ServeOptions::default() },
         async {
             let _ = rx.await;
         },

@@ -243,7 +243,7 @@ impl Emulator {
         let addr = listener.local_addr()?;
         let emulator = Arc::new(Emulator::new(config, addr)?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let options = ServeOptions { tls: None, http1_only: true };
+        let options = ServeOptions { http1_only: true, ..ServeOptions::default() };
         let task = tokio::spawn(server::run(listener, emulator.clone(), options, async {
             let _ = rx.await;
         }));
