@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -51,10 +51,12 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client's IP as an `X-Forwarded-For` value.
     pub forwarded_for: http::HeaderValue,
-    /// Requests begun on the connection so far.
-    begun: AtomicU64,
+    /// Requests begun and responses ended on the connection so far.
+    activity: AtomicU64,
     /// Requests whose response has not ended (or been dropped) yet.
     in_progress: AtomicUsize,
+    /// Writes to the client's socket that sent something.
+    written: AtomicU64,
 }
 
 impl Peer {
@@ -62,39 +64,113 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let forwarded_for = http::HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
-        Peer { addr, forwarded_for, begun: AtomicU64::new(0), in_progress: AtomicUsize::new(0) }
+        Peer {
+            addr,
+            forwarded_for,
+            activity: AtomicU64::new(0),
+            in_progress: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
+        }
     }
 
     /// Counts a request as begun and in progress until the guard is dropped.
     fn begin(self: &Arc<Self>) -> InProgress {
-        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
         self.in_progress.fetch_add(1, Ordering::Relaxed);
         InProgress(self.clone())
     }
 
-    /// Resolves once the connection has had no request in progress and begun none for a whole
-    /// `period`: checked every `period`, so after `period` to twice that. One timer per
-    /// connection, re-armed every `period`, stands in for hyper's header-read timer, which was
-    /// made, registered and cancelled for every request (about 1 850 instructions per request,
-    /// `benches/instructions.sh`). Bytes that trickle in do not count: a request must begin.
+    /// Resolves once the connection has had no request in progress, and no request begun or
+    /// response ended, for a whole `period`: checked every `period`, so after `period` to twice
+    /// that. One timer per connection, re-armed every `period`, stands in for hyper's
+    /// header-read timer, which was made, registered and cancelled for every request (about
+    /// 1 850 instructions per request, `benches/instructions.sh`). Bytes that trickle in do not
+    /// count: a request must begin.
     async fn idle(&self, period: Duration) {
-        let mut seen = self.begun.load(Ordering::Relaxed);
+        let mut seen = self.activity.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(period).await;
-            let begun = self.begun.load(Ordering::Relaxed);
-            if begun == seen && self.in_progress.load(Ordering::Relaxed) == 0 {
+            let now = self.activity.load(Ordering::Relaxed);
+            if now == seen && self.in_progress.load(Ordering::Relaxed) == 0 {
                 return;
             }
-            seen = begun;
+            seen = now;
         }
     }
 }
 
-/// A request in progress on its connection (see [`Peer::begin`]).
+/// The client's socket, counting the writes that sent something: after an idle close has
+/// been asked for, a connection whose writes make no progress for a period is cut (a request
+/// head that is only partly in, which hyper's graceful close waits for, or a client that reads
+/// nothing), while one still sending a response's tail to a slow reader is left to finish.
+struct Counted {
+    io: tokio::net::TcpStream,
+    peer: Arc<Peer>,
+}
+
+impl Counted {
+    fn count(&self, sent: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(sent, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.peer.written.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let sent = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&sent);
+        sent
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let sent = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&sent);
+        sent
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A request in progress on its connection (see [`Peer::begin`]). Its end counts as activity:
+/// hyper drops a response body once its last chunk is in hyper's write buffer, which can still
+/// hold hundreds of KiB for a slow client, so the quiet period starts again there.
 struct InProgress(Arc<Peer>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
+        self.0.activity.fetch_add(1, Ordering::Relaxed);
         self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -139,9 +215,10 @@ pub struct ServeOptions {
     /// Speak HTTP/1.1 only (HubiC's front end never offered h2).
     pub http1_only: bool,
     /// A connection with no request in progress that begins none for this long (to twice
-    /// this long) is closed: a client that connects and sends nothing, trickles a request
-    /// head, or keeps an idle connection open. Like nginx's `keepalive_timeout` and
-    /// `client_header_timeout` together. 30 s by default.
+    /// this long) is closed gracefully: a client that connects and sends nothing, trickles a
+    /// request head, or keeps an idle connection open. hyper finishes sending what it holds
+    /// first, and says GOAWAY on h2. Like nginx's `keepalive_timeout` and
+    /// `client_header_timeout` together. 30 s by default; at least 1 ms.
     pub idle_close: Duration,
 }
 
@@ -208,7 +285,8 @@ pub async fn run<H: Handler>(
         builder = builder.http1_only();
     }
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver until it has finished: the drain waits for them all.
+    let (stop, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(TIMER_TICK);
     loop {
@@ -226,12 +304,14 @@ pub async fn run<H: Handler>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let stopping = stop.subscribe();
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = options.tls.clone();
         let client = Arc::new(Peer::new(peer));
         let watched = client.clone();
+        let (idle_tx, idle_rx) = tokio::sync::oneshot::channel::<()>();
+        let stream = Counted { io: stream, peer: client.clone() };
         let connection = async move {
             let service = hyper::service::service_fn(move |req| {
                 let (handler, client) = (handler.clone(), client.clone());
@@ -253,34 +333,75 @@ pub async fn run<H: Handler>(
                         Err(_) => return,
                     };
                     tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-                    watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned()).await
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                    until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
                 }
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, cause = %e, "connection ended with an error");
             }
         };
-        // The connection is a task of its own, watched by this one, so the connection's task
-        // never polls the idle timer (a timer polled beside the connection cost 800 instructions
-        // per request), and the watch ends with the connection.
-        let idle_close = options.idle_close;
+        // The idle watch is a task of its own, so the connection's task never polls its timer
+        // (a timer polled beside the connection cost 800 instructions per request). It ends when
+        // the connection does (which drops the receiver), or asks the connection to close and
+        // then cuts it if its writes make no progress for a period (see `Counted`).
+        let connection = tokio::spawn(connection).abort_handle();
+        let idle_close = options.idle_close.max(Duration::from_millis(1));
         tokio::spawn(async move {
-            let connection = tokio::spawn(connection);
-            let abort = connection.abort_handle();
+            let mut idle_tx = idle_tx;
             tokio::select! {
-                _ = connection => {}
-                () = watched.idle(idle_close) => {
-                    tracing::debug!(%peer, "closed a connection that began no request");
-                    abort.abort();
+                () = idle_tx.closed() => return,
+                () = watched.idle(idle_close) => {}
+            }
+            tracing::debug!(%peer, "closing an idle connection");
+            let _ = idle_tx.send(());
+            loop {
+                let written = watched.written.load(Ordering::Relaxed);
+                tokio::time::sleep(idle_close).await;
+                if connection.is_finished() {
+                    return;
+                }
+                if watched.written.load(Ordering::Relaxed) == written {
+                    tracing::debug!(%peer, "cut an idle connection that did not close");
+                    connection.abort();
+                    return;
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(());
+    if tokio::time::timeout(DRAIN_TIMEOUT, stop.closed()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing");
     }
+}
+
+/// Serves `conn` to its end. When the server stops or the connection has been idle, asks it to
+/// finish gracefully (`shut`): hyper closes an idle HTTP/1 connection at once, lets a response
+/// in progress finish, flushing what it holds, and says GOAWAY on h2; it goes on waiting for a
+/// request head that is only partly in (the idle watch cuts that, see `Counted`). `stopping` is
+/// held until the end, so the server's drain waits for it.
+async fn until_done<C: Future>(
+    conn: C,
+    shut: fn(Pin<&mut C>),
+    mut stopping: tokio::sync::watch::Receiver<()>,
+    idle: tokio::sync::oneshot::Receiver<()>,
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        out = conn.as_mut() => return out,
+        _ = stopping.changed() => {}
+        _ = idle => {}
+    }
+    shut(conn.as_mut());
+    let out = conn.await;
+    drop(stopping);
+    out
 }
 
 thread_local! {
@@ -390,16 +511,25 @@ mod tests {
         }
     }
 
-    /// Answers `/late` after five idle periods, and `/slow` at once with a body whose one chunk
-    /// comes five idle periods later: work in progress that outlasts the idle close.
-    struct Slow(Duration);
+    /// Answers `/quick` at once, `/big` at once with 16 MiB (more than the socket buffers
+    /// hold, so hyper still holds a tail when the body has ended), `/late` after five idle
+    /// periods, and `/slow` at once with a body whose one chunk comes five idle periods later:
+    /// work in progress that outlasts the idle close.
+    struct Slow(Duration, bytes::Bytes);
+
+    const BIG: usize = 16 << 20;
 
     impl Handler for Slow {
         async fn handle(&self, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
             let late = 5 * self.0;
-            if req.uri().path() == "/late" {
-                tokio::time::sleep(late).await;
-                return crate::body::text(http::StatusCode::OK, "late");
+            match req.uri().path() {
+                "/quick" => return crate::body::text(http::StatusCode::OK, "quick"),
+                "/big" => return crate::body::text(http::StatusCode::OK, self.1.clone()),
+                "/late" => {
+                    tokio::time::sleep(late).await;
+                    return crate::body::text(http::StatusCode::OK, "late");
+                }
+                _ => {}
             }
             let (tx, rx) =
                 tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>>(1);
@@ -419,7 +549,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let options = ServeOptions { idle_close: period, ..ServeOptions::default() };
-        let server = tokio::spawn(run(listener, Arc::new(Slow(period)), options, async {
+        // Made before anything is timed: 16 MiB take a while to fill in a debug build.
+        let big = bytes::Bytes::from(vec![b'b'; BIG]);
+        let server = tokio::spawn(run(listener, Arc::new(Slow(period, big)), options, async {
             let _ = stop_rx.await;
         }));
         (addr, stop_tx, server)
@@ -430,7 +562,7 @@ mod tests {
     async fn closed_within(s: &mut tokio::net::TcpStream, deadline: Duration, trickle: bool) -> Vec<u8> {
         let until = tokio::time::Instant::now() + deadline;
         let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             assert!(tokio::time::Instant::now() < until, "the connection was not closed in {deadline:?}");
             if trickle && s.write_all(b"a").await.is_err() {
@@ -444,8 +576,8 @@ mod tests {
         }
     }
 
-    /// A connection that sends nothing, trickles a request head byte by byte, or stays open
-    /// after its response is closed after one to two idle periods, without an answer.
+    /// A connection that sends nothing or trickles a request head byte by byte is closed
+    /// without an answer, and one that stays open after its response is closed too.
     #[tokio::test]
     async fn a_connection_that_begins_no_request_is_closed() {
         let period = Duration::from_millis(100);
@@ -459,6 +591,57 @@ mod tests {
         kept.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let answer = String::from_utf8(closed_within(&mut kept, 20 * period, false).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A connection that begins a request every quarter period stays open past the longest an
+    /// idle one is kept (two periods).
+    #[tokio::test]
+    async fn a_connection_in_use_stays_open() {
+        let period = Duration::from_secs(1);
+        let (addr, stop, server) = serve_slow(period).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let until = tokio::time::Instant::now() + period * 5 / 2;
+        let mut buf = vec![0u8; 4096];
+        while tokio::time::Instant::now() < until {
+            s.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let n = tokio::time::timeout(period, s.read(&mut buf)).await.unwrap().unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("quick"), "{answer}");
+            // The client's pace, not synchronisation: a request every quarter period.
+            tokio::time::sleep(period / 4).await;
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A client that reads its response slowly gets all of it: hyper drops the response body
+    /// while its tail still waits in hyper's write buffer, and an idle close then lets hyper
+    /// finish sending, for as long as the client keeps taking some of it, before it closes.
+    /// (A client that takes nothing for a whole period after that is cut, like nginx's
+    /// `send_timeout`.)
+    #[tokio::test]
+    async fn a_slow_reader_gets_its_whole_response() {
+        let period = Duration::from_millis(200);
+        let (addr, stop, server) = serve_slow(period).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        // The client's pace, not synchronisation: it reads nothing for one and a half periods
+        // (the idle close is asked for one to two periods after the body ended, and its tail is
+        // still in hyper's buffer then), then reads on, well within the period the cut allows.
+        tokio::time::sleep(period * 3 / 2).await;
+        let mut answer = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| answer.len() - i - 4);
+        assert_eq!(body, Some(BIG), "{:?}", String::from_utf8_lossy(&answer[..answer.len().min(200)]));
         stop.send(()).unwrap();
         server.await.unwrap();
     }
