@@ -181,9 +181,9 @@ pub fn strip_response_headers(headers: &mut HeaderMap) {
 
 /// Removes the hop-by-hop fields, those that `Connection` names, and those `extra` picks.
 /// Each pass finds one name to remove among the names present: a request carries a handful
-/// and loses one or two, so this allocates nothing (looking up every name that might have to
-/// go cost more than the rest of a request's header work, and collecting the names to remove
-/// cost an allocation, and another for each that had to be cloned).
+/// and loses one or two, so this allocates nothing unless `Connection` lists fields (looking
+/// up every name that might have to go cost more than the rest of a request's header work, and
+/// collecting the names to remove cost an allocation, and another for each that was cloned).
 fn strip(headers: &mut HeaderMap, extra: fn(&str) -> Option<&'static str>) {
     // What `Connection` lists goes first, while it is still there to say what it lists.
     if headers.contains_key(header::CONNECTION) {
