@@ -679,9 +679,25 @@ fn print_costliest(dump: &Path) {
         let what = what.rsplit_once(".rs:").map_or(what, |(_, f)| f);
         Some((count, what.to_owned()))
     });
-    // The entry points a thread's whole run is charged to (callgrind_annotate counts the
-    // inlined frames there as the caller's own) say nothing: skip them.
-    let entry = ["main", "lang_start", "__rust_begin_short_backtrace", "libc_start", "???:0x"];
+    // The totals, and the entry points a thread's whole run is charged to (callgrind_annotate
+    // counts the inlined frames there as the caller's own), say nothing: skip them.
+    let entry = [
+        "PROGRAM TOTALS",
+        "(below main)",
+        "???:main",
+        "swiftgate::main",
+        "lang_start",
+        "__rust_begin_short_backtrace",
+        "libc_start",
+        "???:0x",
+        "clone.S:clone",
+        "pthread_create.c:start_thread",
+        "Thread>::new::thread_start",
+        "FnOnce::call_once{{vtable.shim}}",
+        "Runtime::block_on",
+        "CoreGuard::block_on",
+        "runtime::enter_runtime",
+    ];
     for (count, what) in rows.filter(|(_, w)| !entry.iter().any(|e| w.contains(e))).take(40) {
         println!("{:>8.0}  {what}", count as f64 / COUNTED as f64);
     }

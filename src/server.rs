@@ -631,15 +631,7 @@ mod tests {
         // (the idle close is asked for one to two periods after the body ended, and its tail is
         // still in hyper's buffer then), then reads on, well within the period the cut allows.
         tokio::time::sleep(period * 3 / 2).await;
-        let mut answer = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
+        let answer = closed_within(&mut s, Duration::from_secs(30), false).await;
         let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| answer.len() - i - 4);
         assert_eq!(body, Some(BIG), "{:?}", String::from_utf8_lossy(&answer[..answer.len().min(200)]));
         stop.send(()).unwrap();
