@@ -626,11 +626,12 @@ async fn instructions(emulator: &swiftgate::emulator::EmulatorHandle, annotate: 
     // Warm: the pools hold their connections and every lazy initialisation has run.
     small_gets(&p, 16, 512).await;
     let mut rows = serde_json::Map::new();
-    for c in [1usize, 64] {
+    // callgrind numbers its dumps from 1: c=1's is the first, c=64's the second.
+    for (dump, c) in [(1, 1usize), (2, 64)] {
         control("--zero");
         small_gets(&p, c, COUNTED).await;
         control("--dump");
-        let (dump, total) = dump_written(&out, c == 1).await;
+        let (dump, total) = dump_written(&out, dump).await;
         let per = total as f64 / COUNTED as f64;
         println!("gateway, 4 KiB GET c={c}: {per:.0} instructions per request ({total} for {COUNTED})");
         rows.insert(format!("c={c}"), json!(per));
@@ -643,11 +644,11 @@ async fn instructions(emulator: &swiftgate::emulator::EmulatorHandle, annotate: 
     drop(gateway);
 }
 
-/// The dump callgrind writes after `callgrind_control --dump` (`callgrind.out.1` for the first,
-/// `.2` for the second), once complete, and its instruction count (the `totals:` line).
+/// Dump `number` that callgrind writes after `callgrind_control --dump` (`callgrind.out.1` for
+/// the first), once complete, and its instruction count (the `totals:` line).
 /// `callgrind_control` returns before the file is written, so this polls with a deadline.
-async fn dump_written(out: &Path, first: bool) -> (PathBuf, u64) {
-    let dump = PathBuf::from(format!("{}.{}", out.display(), if first { 1 } else { 2 }));
+async fn dump_written(out: &Path, number: u32) -> (PathBuf, u64) {
+    let dump = PathBuf::from(format!("{}.{number}", out.display()));
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(&dump).unwrap_or_default();

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
@@ -81,21 +82,50 @@ impl Peer {
     }
 
     /// Resolves once the connection has had no request in progress, and no request begun or
-    /// response ended, for a whole `period`: checked every `period`, so after `period` to twice
-    /// that. One timer per connection, re-armed every `period`, stands in for hyper's
-    /// header-read timer, which was made, registered and cancelled for every request (about
-    /// 1 850 instructions per request, `benches/instructions.sh`). Bytes that trickle in do not
-    /// count: a request must begin.
+    /// response ended, for a whole `period` (see [`Peer::still`]). One timer per connection,
+    /// re-armed every `period`, stands in for hyper's header-read timer, which was made,
+    /// registered and cancelled for every request (about 1 850 instructions per request,
+    /// `benches/instructions.sh`). Bytes that trickle in do not count: a request must begin.
     async fn idle(&self, period: Duration) {
-        let mut seen = self.activity.load(Ordering::Relaxed);
+        Self::still(&self.activity, period, || self.in_progress.load(Ordering::Relaxed) > 0).await;
+    }
+
+    /// Resolves once `counter` has not moved for a whole `period` while `busy` says no:
+    /// checked every `period`, so after `period` to twice that.
+    async fn still(counter: &AtomicU64, period: Duration, busy: impl Fn() -> bool) {
+        let mut seen = counter.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(period).await;
-            let now = self.activity.load(Ordering::Relaxed);
-            if now == seen && self.in_progress.load(Ordering::Relaxed) == 0 {
+            let now = counter.load(Ordering::Relaxed);
+            if now == seen && !busy() {
                 return;
             }
             seen = now;
         }
+    }
+}
+
+/// The idle close of one connection (see [`ServeOptions::idle_close`]), a task of its own so
+/// the connection's task never polls its timer (a timer polled beside the connection cost 800
+/// instructions per request). It ends when the connection does (which drops the receiver of
+/// `close`), or asks the connection to close gracefully and then cuts it if its writes make no
+/// progress for a period (see [`Counted`]).
+async fn watch_idle(
+    peer: Arc<Peer>,
+    connection: tokio::task::AbortHandle,
+    mut close: oneshot::Sender<()>,
+    period: Duration,
+) {
+    tokio::select! {
+        () = close.closed() => return,
+        () = peer.idle(period) => {}
+    }
+    tracing::debug!(peer = %peer.addr, "closing an idle connection");
+    let _ = close.send(());
+    Peer::still(&peer.written, period, || false).await;
+    if !connection.is_finished() {
+        tracing::debug!(peer = %peer.addr, "cut an idle connection that did not close");
+        connection.abort();
     }
 }
 
@@ -186,10 +216,10 @@ impl http_body::Body for Tracked {
     type Error = crate::body::BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -288,6 +318,7 @@ pub async fn run<H: Handler>(
     // Each connection holds a receiver until it has finished: the drain waits for them all.
     let (stop, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
+    let idle_close = options.idle_close.max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(TIMER_TICK);
     loop {
         let (stream, peer) = tokio::select! {
@@ -310,7 +341,7 @@ pub async fn run<H: Handler>(
         let tls = options.tls.clone();
         let client = Arc::new(Peer::new(peer));
         let watched = client.clone();
-        let (idle_tx, idle_rx) = tokio::sync::oneshot::channel::<()>();
+        let (idle_tx, idle_rx) = oneshot::channel::<()>();
         let stream = Counted { io: stream, peer: client.clone() };
         let connection = async move {
             let service = hyper::service::service_fn(move |req| {
@@ -345,33 +376,7 @@ pub async fn run<H: Handler>(
                 tracing::debug!(%peer, cause = %e, "connection ended with an error");
             }
         };
-        // The idle watch is a task of its own, so the connection's task never polls its timer
-        // (a timer polled beside the connection cost 800 instructions per request). It ends when
-        // the connection does (which drops the receiver), or asks the connection to close and
-        // then cuts it if its writes make no progress for a period (see `Counted`).
-        let connection = tokio::spawn(connection).abort_handle();
-        let idle_close = options.idle_close.max(Duration::from_millis(1));
-        tokio::spawn(async move {
-            let mut idle_tx = idle_tx;
-            tokio::select! {
-                () = idle_tx.closed() => return,
-                () = watched.idle(idle_close) => {}
-            }
-            tracing::debug!(%peer, "closing an idle connection");
-            let _ = idle_tx.send(());
-            loop {
-                let written = watched.written.load(Ordering::Relaxed);
-                tokio::time::sleep(idle_close).await;
-                if connection.is_finished() {
-                    return;
-                }
-                if watched.written.load(Ordering::Relaxed) == written {
-                    tracing::debug!(%peer, "cut an idle connection that did not close");
-                    connection.abort();
-                    return;
-                }
-            }
-        });
+        tokio::spawn(watch_idle(watched, tokio::spawn(connection).abort_handle(), idle_tx, idle_close));
     }
     drop(listener);
     let _ = stop.send(());
@@ -389,7 +394,7 @@ async fn until_done<C: Future>(
     conn: C,
     shut: fn(Pin<&mut C>),
     mut stopping: tokio::sync::watch::Receiver<()>,
-    idle: tokio::sync::oneshot::Receiver<()>,
+    idle: oneshot::Receiver<()>,
 ) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
@@ -542,19 +547,36 @@ mod tests {
         }
     }
 
-    async fn serve_slow(
-        period: Duration,
-    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let options = ServeOptions { idle_close: period, ..ServeOptions::default() };
-        // Made before anything is timed: 16 MiB take a while to fill in a debug build.
-        let big = bytes::Bytes::from(vec![b'b'; BIG]);
-        let server = tokio::spawn(run(listener, Arc::new(Slow(period, big)), options, async {
-            let _ = stop_rx.await;
-        }));
-        (addr, stop_tx, server)
+    /// A server answering with [`Slow`], closing idle connections after `period`.
+    struct SlowServer {
+        addr: SocketAddr,
+        stop: oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl SlowServer {
+        async fn start(period: Duration) -> SlowServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let options = ServeOptions { idle_close: period, ..ServeOptions::default() };
+            // Made before anything is timed: 16 MiB take a while to fill in a debug build.
+            let big = bytes::Bytes::from(vec![b'b'; BIG]);
+            let server = tokio::spawn(run(listener, Arc::new(Slow(period, big)), options, async {
+                let _ = stopped.await;
+            }));
+            SlowServer { addr, stop, server }
+        }
+
+        async fn connect(&self) -> tokio::net::TcpStream {
+            tokio::net::TcpStream::connect(self.addr).await.unwrap()
+        }
+
+        /// Stops the server and waits until it has drained.
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.server.await.unwrap();
+        }
     }
 
     /// Reads until the server closes the connection (or `deadline` passes, which fails),
@@ -581,18 +603,17 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_begins_no_request_is_closed() {
         let period = Duration::from_millis(100);
-        let (addr, stop, server) = serve_slow(period).await;
-        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server = SlowServer::start(period).await;
+        let mut silent = server.connect().await;
         assert!(closed_within(&mut silent, 20 * period, false).await.is_empty());
-        let mut trickling = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut trickling = server.connect().await;
         trickling.write_all(b"GET /late HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
         assert!(closed_within(&mut trickling, 20 * period, true).await.is_empty());
-        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut kept = server.connect().await;
         kept.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let answer = String::from_utf8(closed_within(&mut kept, 20 * period, false).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
-        stop.send(()).unwrap();
-        server.await.unwrap();
+        server.stop().await;
     }
 
     /// A connection that begins a request every quarter period stays open past the longest an
@@ -600,8 +621,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_in_use_stays_open() {
         let period = Duration::from_secs(1);
-        let (addr, stop, server) = serve_slow(period).await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server = SlowServer::start(period).await;
+        let mut s = server.connect().await;
         let until = tokio::time::Instant::now() + period * 5 / 2;
         let mut buf = vec![0u8; 4096];
         while tokio::time::Instant::now() < until {
@@ -612,8 +633,7 @@ mod tests {
             // The client's pace, not synchronisation: a request every quarter period.
             tokio::time::sleep(period / 4).await;
         }
-        stop.send(()).unwrap();
-        server.await.unwrap();
+        server.stop().await;
     }
 
     /// A client that reads its response slowly gets all of it: hyper drops the response body
@@ -624,8 +644,8 @@ mod tests {
     #[tokio::test]
     async fn a_slow_reader_gets_its_whole_response() {
         let period = Duration::from_millis(200);
-        let (addr, stop, server) = serve_slow(period).await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server = SlowServer::start(period).await;
+        let mut s = server.connect().await;
         s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         // The client's pace, not synchronisation: it reads nothing for one and a half periods
         // (the idle close is asked for one to two periods after the body ended, and its tail is
@@ -634,8 +654,7 @@ mod tests {
         let answer = closed_within(&mut s, Duration::from_secs(30), false).await;
         let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| answer.len() - i - 4);
         assert_eq!(body, Some(BIG), "{:?}", String::from_utf8_lossy(&answer[..answer.len().min(200)]));
-        stop.send(()).unwrap();
-        server.await.unwrap();
+        server.stop().await;
     }
 
     /// A request whose answer, or whose response body, takes several idle periods keeps its
@@ -643,9 +662,9 @@ mod tests {
     #[tokio::test]
     async fn a_request_in_progress_keeps_its_connection() {
         let period = Duration::from_millis(50);
-        let (addr, stop, server) = serve_slow(period).await;
+        let server = SlowServer::start(period).await;
         for (path, body) in [("/late", "late"), ("/slow", "slow")] {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut s = server.connect().await;
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
                 .await
                 .unwrap();
@@ -653,8 +672,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await.unwrap().unwrap();
             assert!(out.starts_with("HTTP/1.1 200") && out.contains(body), "{path}: {out}");
         }
-        stop.send(()).unwrap();
-        server.await.unwrap();
+        server.stop().await;
     }
 
     /// A signal that lands between `shutdown_signal()` and the first poll of its future is
