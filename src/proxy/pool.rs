@@ -159,7 +159,11 @@ impl Pools {
     /// A new connection to `uri`'s origin, driven by a task on the caller's worker.
     async fn connect(&self, uri: &Uri) -> Result<SendRequest<UpstreamBody>, SendError> {
         let io = tower::ServiceExt::oneshot(self.connector.clone(), uri.clone()).await.map_err(SendError::Connect)?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|e| SendError::Connect(Box::new(e)))?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(crate::body::MAX_READ)
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(cause = %e, "upstream connection ended with an error");
