@@ -10,10 +10,13 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 /// The most an HTTP/1 connection reads from its socket at once, client and server side alike:
 /// a bulk body's chunks are at most this big. hyper's default ceiling is 408 KiB. 1 MiB (what
-/// the tuned nginx of the benches reads at once) halves the `recvfrom` and `writev` calls of a
-/// bulk transfer; alternated eight times each (`--quick --only bulk`), plain CPU per GiB had a
-/// mean of 0.319 against 0.359 at the default and 0.429 at 256 KiB. 2 MiB was no better, and
-/// 4 MiB worse. Only a connection moving a large body grows its buffer this far.
+/// the tuned nginx of the benches reads at once) makes a fifth fewer `recvfrom` and `writev`
+/// calls over the benches' bulk transfers and costs less CPU per GiB: alternated eight times
+/// each (`--quick --only bulk`), 0.339 CPU-s/GiB on average against 0.369 at the default (0.349
+/// with 1 MiB on the upstream side only). 2 MiB was no better, 4 MiB worse. Only a connection
+/// moving a large body grows its buffer this far. hyper has one limit for both, so it is also
+/// about the largest request head the server reads (beyond it, 431); a head still holds at
+/// most 100 fields.
 pub const MAX_READ: usize = 1 << 20;
 
 /// Error type carried by streaming bodies.

@@ -309,7 +309,7 @@ pub async fn run<H: Handler>(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own header-read timer costs a timer per request; `Peer::idle` does its work.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(crate::body::MAX_READ);
     builder.http2().timer(TokioTimer::new());
     if options.http1_only {
         builder = builder.http1_only();
@@ -613,6 +613,28 @@ mod tests {
         kept.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let answer = String::from_utf8(closed_within(&mut kept, 20 * period, false).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
+        server.stop().await;
+    }
+
+    /// A request head larger than hyper's default buffer (408 KiB) is read; one far larger than
+    /// `MAX_READ` is refused with 431 (hyper checks the limit between reads, and one read may
+    /// take the buffer past it).
+    #[tokio::test]
+    async fn request_heads_are_read_up_to_max_read() {
+        let period = Duration::from_millis(100);
+        let server = SlowServer::start(period).await;
+        for (field, status) in [(600 << 10, "200"), (4 * crate::body::MAX_READ, "431")] {
+            let mut head = b"GET /quick HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+            head.resize(head.len() + field, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            let (mut read, mut write) = server.connect().await.into_split();
+            // The server may answer and close before it has all of a refused head.
+            let writer = tokio::spawn(async move { write.write_all(&head).await.map(|_| write) });
+            let mut answer = vec![0u8; 12];
+            read.read_exact(&mut answer).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&answer), format!("HTTP/1.1 {status}"), "{field} bytes");
+            drop(writer.await.unwrap());
+        }
         server.stop().await;
     }
 
