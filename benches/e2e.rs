@@ -469,25 +469,26 @@ async fn put_bytes(p: &Path_, size: u64, buf: &Bytes) {
     assert_eq!(resp.status(), 201, "{} PUT", p.name);
 }
 
-/// Objects of `size` moved one after another for one throughput cell: enough for 64 MiB. One
-/// 1 MiB transfer takes under a millisecond, shorter than this VM's scheduling hiccups, so a
-/// cell of one such transfer swung from 0.05 to 0.66 of direct within five rounds.
-fn batch(size: u64) -> u64 {
-    (64 * MIB / size).max(1)
+/// Objects of `size` moved one after another for one throughput cell: enough for
+/// `cell_bytes` (64 MiB in the benches). One 1 MiB transfer takes under a millisecond, shorter
+/// than this VM's scheduling hiccups, so a cell of one such transfer swung from 0.05 to 0.66 of
+/// direct within five rounds.
+fn batch(size: u64, cell_bytes: u64) -> u64 {
+    (cell_bytes / size).max(1)
 }
 
-/// MB/s of `batch(size)` transfers of `size` in a row (on one kept-alive connection, as a
-/// client uploading many segments uses it).
-async fn throughput(p: &Path_, op: &str, size: u64, buf: &Bytes) -> f64 {
+/// MB/s of `count` transfers of `size` in a row (on one kept-alive connection, as a client
+/// uploading many segments uses it).
+async fn throughput(p: &Path_, op: &str, size: u64, count: u64, buf: &Bytes) -> f64 {
     let t = Instant::now();
-    for _ in 0..batch(size) {
+    for _ in 0..count {
         if op == "GET" {
             get_bytes(p, size).await;
         } else {
             put_bytes(p, size, buf).await;
         }
     }
-    (size * batch(size)) as f64 / 1e6 / t.elapsed().as_secs_f64()
+    (size * count) as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
 /// (requests/s, p50 µs, p99 µs) for `total` 4 KiB GETs at `concurrency`.
@@ -590,6 +591,8 @@ fn span(v: &[f64]) -> (f64, f64) {
 struct Settings {
     rounds: usize,
     sizes: Vec<u64>,
+    /// Bytes a throughput cell moves at least (see `batch`); 0: one object per cell.
+    cell_bytes: u64,
     small_total: usize,
     auth_total: usize,
     rss_transfer: u64,
@@ -760,6 +763,7 @@ async fn bench(args: Vec<String>) {
         (true, false) => Settings {
             rounds: 5,
             sizes: vec![MIB, 64 * MIB, GIB],
+            cell_bytes: 64 * MIB,
             small_total: 4096,
             auth_total: 4000,
             rss_transfer: 4 * GIB,
@@ -767,12 +771,20 @@ async fn bench(args: Vec<String>) {
         (true, true) => Settings {
             rounds: 5,
             sizes: vec![MIB, 64 * MIB],
+            cell_bytes: 64 * MIB,
             small_total: 1024,
             auth_total: 1000,
             rss_transfer: 512 * MIB,
         },
         // `cargo test`: one tiny round proves the harness and the gateway process work.
-        (false, _) => Settings { rounds: 1, sizes: vec![MIB], small_total: 64, auth_total: 64, rss_transfer: 16 * MIB },
+        (false, _) => Settings {
+            rounds: 1,
+            sizes: vec![MIB],
+            cell_bytes: 0,
+            small_total: 64,
+            auth_total: 64,
+            rss_transfer: 16 * MIB,
+        },
     };
     let up = start_upstream().await;
     let emulator = swiftgate::emulator::Emulator::start(
@@ -851,8 +863,9 @@ async fn bench(args: Vec<String>) {
                 // Rotate the order each round so no path always goes first.
                 for i in 0..paths.len() {
                     let p = &paths[(i + round) % paths.len()];
-                    let gib = (size * batch(size)) as f64 / GIB as f64;
-                    let mbps = metered(&mut cpu_bulk, p, gib, throughput(p, op, size, &buf)).await;
+                    let count = batch(size, settings.cell_bytes);
+                    let gib = (size * count) as f64 / GIB as f64;
+                    let mbps = metered(&mut cpu_bulk, p, gib, throughput(p, op, size, count, &buf)).await;
                     record(format!("{op} {} MB/s", human(size)), p.name, mbps);
                 }
             }
