@@ -8,17 +8,16 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
-/// The most an upstream HTTP/1 connection reads from its socket at once: a GET body's chunks
-/// are at most this big. hyper's default ceiling is 408 KiB; 1 MiB is what the tuned nginx of
-/// the benches reads at once. Alternated eight times each (`--quick --only bulk`), plain CPU per
-/// GiB averaged 0.349 with it against 0.369 at the default; in a sweep of the limit (on both
-/// sides then, one run per size eight times over), 256 KiB gave 0.429, 408 KiB 0.359, 1 MiB
-/// 0.319, 2 MiB 0.328 and 4 MiB 0.401.
+/// The most an HTTP/1 connection reads from its socket at once, client and upstream side
+/// alike: a body's chunks are at most this big. hyper's default ceiling is 408 KiB; 1 MiB is what
+/// the tuned nginx of the benches reads at once. Alternated eight times each (`--quick --only
+/// bulk`), plain CPU per GiB averaged 0.339 with it on both sides, 0.349 on the upstream side
+/// only and 0.369 at the default; in a sweep of the limit (one run per size, eight times over),
+/// 256 KiB gave 0.429, 408 KiB 0.359, 1 MiB 0.319, 2 MiB 0.328 and 4 MiB 0.401.
 ///
-/// The client side keeps hyper's default: hyper's read limit is also its limit on a request
-/// head, which a client sends before it is authenticated, and hyper-util's server builder has
-/// no separate one. Reading 1 MiB there too was worth 0.339 against 0.349, not the exposure.
-/// A parked upstream connection keeps what its buffer grew to until it is reused or dropped.
+/// Only a connection moving a large body grows its buffer this far, and a parked upstream
+/// connection keeps it until it is reused or dropped. hyper would also take this as the limit
+/// on a request head; the server sets its own, `server::MAX_HEAD`.
 pub const MAX_READ: usize = 1 << 20;
 
 /// Error type carried by streaming bodies.

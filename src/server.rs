@@ -1,5 +1,5 @@
 //! The listener: accepts TCP connections, terminates TLS (tokio-rustls, HTTP/1.1 and h2 by
-//! ALPN), serves HTTP with hyper-util's auto builder, and shuts down gracefully.
+//! ALPN), serves HTTP with hyper's HTTP/1 and h2 connections, and shuts down gracefully.
 //!
 //! Both the gateway and the emulator run on [`run`]; it knows nothing about routes. Tests hand
 //! it a `127.0.0.1:0` listener and their own shutdown future.
@@ -15,14 +15,20 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 
+/// The largest request head an HTTP/1 client may send (431 beyond). Swift itself refuses a
+/// header line over 8 KiB and object metadata over 4 KiB in all; hyper's default would be its
+/// read limit, 408 KiB, and the read limit here is 1 MiB (`body::MAX_READ`). A head comes
+/// before any authentication, so this is what a connection holds for a client that never
+/// finishes one. (h2 heads are bounded by hyper's 16 KiB header list size.)
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Time a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that has no request in progress and begins none for this long (up to twice
@@ -307,16 +313,13 @@ pub async fn run<H: Handler>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own header-read timer costs a timer per request; `Peer::idle` does its work.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
-    // hyper's read limit (408 KiB here, 1 MiB upstream, see `body::MAX_READ`) is also its limit
-    // on a request head, before any authentication, and hyper-util's builder sets no other.
-    builder.http2().timer(TokioTimer::new());
-    if options.http1_only {
-        builder = builder.http1_only();
-    }
-    let builder = Arc::new(builder);
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(crate::body::MAX_READ).max_header_size(MAX_HEAD);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let builders = Arc::new((h1, h2));
+    let http1_only = options.http1_only;
     // Each connection holds a receiver until it has finished: the drain waits for them all.
     let (stop, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
@@ -339,7 +342,7 @@ pub async fn run<H: Handler>(
         let _ = stream.set_nodelay(true);
         let stopping = stop.subscribe();
         let handler = handler.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let tls = options.tls.clone();
         let client = Arc::new(Peer::new(peer));
         let watched = client.clone();
@@ -366,11 +369,18 @@ pub async fn run<H: Handler>(
                         Err(_) => return,
                     };
                     tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                    until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                    let io = TokioIo::new(tls_stream);
+                    if !http1_only && io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let conn = builders.1.serve_connection(io, service);
+                        until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                    } else {
+                        let conn = builders.0.serve_connection(io, service);
+                        until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                    }
                 }
+                // Plain connections speak HTTP/1: no Swift client uses h2 without TLS.
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let conn = builders.0.serve_connection(TokioIo::new(stream), service);
                     until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
                 }
             };
@@ -618,13 +628,13 @@ mod tests {
         server.stop().await;
     }
 
-    /// A request head of 64 KiB is served; one of 4 MiB, far past what hyper buffers for a
-    /// head, is refused with 431 (hyper checks its limit between reads, so only a head well
-    /// beyond it is refused for certain).
+    /// A request head just under `MAX_HEAD` is served; one just over it, or far over the read
+    /// limit, is refused with 431.
     #[tokio::test]
-    async fn a_request_head_beyond_the_read_limit_gets_431() {
+    async fn a_request_head_beyond_max_head_gets_431() {
         let server = SlowServer::start(Duration::from_secs(1)).await;
-        for (field, status) in [(64 << 10, "200"), (4 << 20, "431")] {
+        let under = MAX_HEAD - 1024;
+        for (field, status) in [(under, "200"), (MAX_HEAD, "431"), (4 * crate::body::MAX_READ, "431")] {
             let mut head = b"GET /quick HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
             head.resize(head.len() + field, b'a');
             head.extend_from_slice(b"\r\n\r\n");
