@@ -398,10 +398,11 @@ pub async fn run<H: Handler>(
 }
 
 /// Serves `conn` to its end. When the server stops or the connection has been idle, asks it to
-/// finish gracefully (`shut`): hyper closes an idle HTTP/1 connection at once, lets a response
-/// in progress finish, flushing what it holds, and says GOAWAY on h2; it goes on waiting for a
-/// request head that is only partly in (the idle watch cuts that, see `Counted`). `stopping` is
-/// held until the end, so the server's drain waits for it.
+/// finish gracefully (`shut`): hyper closes an HTTP/1 connection at once if it is idle or has
+/// seen nothing yet, lets a response in progress finish, flushing what it holds, and says
+/// GOAWAY on h2; it goes on waiting for a request head that is only partly in (the idle watch
+/// cuts that, see `Counted`). `stopping` is held until the end, so the server's drain waits
+/// for it.
 async fn until_done<C: Future>(
     conn: C,
     shut: fn(Pin<&mut C>),
@@ -649,6 +650,24 @@ mod tests {
             drop(tokio::time::timeout(deadline, writer).await.expect("the head was not taken in 10 s"));
         }
         server.stop().await;
+    }
+
+    /// A connection on which nothing has been sent does not hold the server's drain (10 s):
+    /// hyper's graceful close ends an HTTP/1 connection that has seen no bytes at once, as
+    /// hyper-util's auto builder did while it waited for the first bytes.
+    #[tokio::test]
+    async fn an_unused_connection_does_not_hold_the_drain() {
+        let server = SlowServer::start(Duration::from_secs(60)).await;
+        let mut unused = server.connect().await;
+        let mut used = server.connect().await;
+        used.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut answer = vec![0u8; 12];
+        used.read_exact(&mut answer).await.unwrap();
+        let deadline = Duration::from_secs(5);
+        tokio::time::timeout(deadline, server.stop()).await.expect("the drain waited for an unused connection");
+        assert!(closed_within(&mut unused, deadline, false).await.is_empty());
+        // The rest of its answer, then the close.
+        assert!(closed_within(&mut used, deadline, false).await.ends_with(b"quick"));
     }
 
     /// A connection that begins a request every quarter period stays open past the longest an

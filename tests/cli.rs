@@ -48,11 +48,12 @@ fn launch(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
         .expect("swiftgate starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // Reads to the end even when nobody takes the lines any more: a closed pipe would fail
+    // the child's next write (the demo prints five lines, `start_demo` takes three, and the
+    // demo exited on the broken pipe when the reader stopped between its fourth and fifth).
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     (Running(child, tmp), rx)

@@ -45,6 +45,22 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let tls = connector.connect(name, tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want));
+        // And a request over the protocol negotiated.
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let req = || http::Request::get("https://localhost/healthz").body(String::new()).unwrap();
+        let status = if want == b"h2" {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req()).await.unwrap().status()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = req();
+            req.headers_mut().insert("host", http::HeaderValue::from_static("localhost"));
+            send.send_request(req).await.unwrap().status()
+        };
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(want));
     }
 
     // A real request over HTTPS, verified against the development CA.
