@@ -201,7 +201,8 @@ impl tokio::io::AsyncWrite for Counted {
 
 /// A request in progress on its connection (see [`Peer::begin`]). Its end counts as activity:
 /// hyper drops a response body once its last chunk is in hyper's write buffer, which can still
-/// hold hundreds of KiB for a slow client, so the quiet period starts again there.
+/// hold a MiB or more for a slow client (`body::MAX_READ`), so the quiet period starts again
+/// there.
 struct InProgress(Arc<Peer>);
 
 impl Drop for InProgress {
@@ -629,6 +630,14 @@ mod tests {
         server.stop().await;
     }
 
+    /// The first 12 bytes of the answer on `r` ("HTTP/1.1 200"), within 10 s.
+    async fn status_of(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+        let mut line = [0u8; 12];
+        let read = tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut line)).await;
+        read.expect("no answer in 10 s").unwrap();
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
     /// A request head just under `MAX_HEAD` is served; one just over it, or far over the read
     /// limit, is refused with 431.
     #[tokio::test]
@@ -642,12 +651,9 @@ mod tests {
             let (mut read, mut write) = server.connect().await.into_split();
             // The server may answer and close before it has all of a refused head.
             let writer = tokio::spawn(async move { write.write_all(&head).await.map(|_| write) });
-            let mut answer = vec![0u8; 12];
-            let deadline = Duration::from_secs(10);
-            let read = tokio::time::timeout(deadline, read.read_exact(&mut answer)).await;
-            read.expect("no answer in 10 s").unwrap();
-            assert_eq!(String::from_utf8_lossy(&answer), format!("HTTP/1.1 {status}"), "{field} bytes");
-            drop(tokio::time::timeout(deadline, writer).await.expect("the head was not taken in 10 s"));
+            assert_eq!(status_of(&mut read).await, format!("HTTP/1.1 {status}"), "{field} bytes");
+            let taken = tokio::time::timeout(Duration::from_secs(10), writer).await;
+            drop(taken.expect("the head was not taken in 10 s"));
         }
         server.stop().await;
     }
@@ -661,8 +667,7 @@ mod tests {
         let mut unused = server.connect().await;
         let mut used = server.connect().await;
         used.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-        let mut answer = vec![0u8; 12];
-        used.read_exact(&mut answer).await.unwrap();
+        assert_eq!(status_of(&mut used).await, "HTTP/1.1 200");
         let deadline = Duration::from_secs(5);
         tokio::time::timeout(deadline, server.stop()).await.expect("the drain waited for an unused connection");
         assert!(closed_within(&mut unused, deadline, false).await.is_empty());
