@@ -1,6 +1,6 @@
 //! Large bodies through the gateway running as its own process: a 5 GiB PUT and GET checked by
-//! MD5, with the gateway's peak RSS (VmHWM) bounded and no higher than after a 512 MiB object,
-//! and a slow reader that must not make the gateway buffer. The upstream keeps no object bytes
+//! MD5, with the gateway's peak RSS (VmHWM) under a fixed ceiling and within the heap's settling
+//! of its peak after a 512 MiB object, and a slow reader that must not make the gateway buffer. The upstream keeps no object bytes
 //! (`common::pattern`), so the test needs no disk.
 
 mod common;
@@ -21,6 +21,18 @@ use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, StorageConfig, User
 use swiftgate::secret::Secret;
 
 const GIB: u64 = 1 << 30;
+
+/// The gateway's peak RSS (debug build) must stay under this whatever the object size.
+const CEILING_KIB: u64 = 32 * 1024;
+
+/// How far the peak may rise after the 512 MiB object. The heap's resident size never falls
+/// and keeps rising slowly while a transfer goes on, until it holds the largest set of read
+/// buffers ever alive at once: hyper's 1 MiB read buffers stay allocated while any chunk cut
+/// from them waits in a write queue or the replay buffer. Twelve 1 GiB PUT and GET rounds with
+/// both cores loaded took the anonymous RSS from 7.2 to 11.8 MiB, flat from the seventh round
+/// on, and a CI run saw 4.3 MiB between 512 MiB and 5 GiB. Keeping the slow reader's 64 MiB
+/// object, or 0.2 % of the 4.5 GiB more that the large object moves, goes past 8 MiB.
+const SETTLING_KIB: u64 = 8 * 1024;
 
 struct Gateway(Child);
 
@@ -174,7 +186,8 @@ async fn five_gib_through_the_gateway_in_bounded_memory() {
     let after_slow = gateway.peak_rss_kib();
 
     eprintln!("gateway VmHWM: {after_small} KiB after 512 MiB, {after_large} KiB after 5 GiB, {after_slow} KiB after a slow reader");
-    assert!(after_large < 32 * 1024, "peak RSS {after_large} KiB");
-    assert!(after_large <= after_small + 4 * 1024, "5 GiB grew the peak by more than 4 MiB over 512 MiB");
-    assert!(after_slow <= after_small + 4 * 1024, "a slow reader made the gateway buffer");
+    assert!(after_large < CEILING_KIB, "peak RSS {after_large} KiB after 5 GiB");
+    assert!(after_slow < CEILING_KIB, "peak RSS {after_slow} KiB after a slow reader");
+    assert!(after_large <= after_small + SETTLING_KIB, "5 GiB grew the peak by more than 8 MiB over 512 MiB");
+    assert!(after_slow <= after_small + SETTLING_KIB, "a slow reader made the gateway buffer");
 }
