@@ -148,7 +148,8 @@ pub fn single_user_config(
     }
 }
 
-/// Runs the demo until `shutdown` resolves, printing the `export` lines to `out` first.
+/// Runs the demo until `shutdown` resolves, printing the `export` lines to `out` first (see
+/// [`server::announce`]: the demo serves on if they cannot be written).
 pub async fn run(
     options: DemoOptions,
     out: &mut (dyn Write + Send),
@@ -189,12 +190,15 @@ pub async fn run(
     if status != 200 {
         bail!("demo registration failed ({status}): {page}");
     }
-    writeln!(out, "export ST_AUTH={gateway_url}/auth/v1.0")?;
-    writeln!(out, "export ST_USER=demo")?;
-    writeln!(out, "export ST_KEY={key}")?;
-    writeln!(out, "# then, for example:  swift upload default README.md && swift list default")?;
-    writeln!(out, "# HubiC emulator at {} (user {login}); Ctrl-C stops the demo", emulator.base_url())?;
-    out.flush()?;
+    server::announce(
+        out,
+        &format!(
+            "export ST_AUTH={gateway_url}/auth/v1.0\nexport ST_USER=demo\nexport ST_KEY={key}\n\
+             # then, for example:  swift upload default README.md && swift list default\n\
+             # HubiC emulator at {} (user {login}); Ctrl-C stops the demo\n",
+            emulator.base_url()
+        ),
+    );
     shutdown.await;
     let _ = stop_tx.send(());
     let _ = server.await;

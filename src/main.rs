@@ -1,7 +1,7 @@
 //! The `swiftgate` command: flags, logging, configuration, then one of `serve`, `demo`,
 //! `emulate`, `register`, `hash-key`, `check-config`. Thin: the work is in the library.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -224,10 +224,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let stop = server::shutdown_signal()?;
             let handle = Emulator::start(config, listener).await?;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", handle.base_url())?;
-            out.flush()?;
-            drop(out);
+            server::announce(&mut std::io::stdout(), &format!("{}\n", handle.base_url()));
             stop.await;
             handle.stop().await;
             Ok(())
@@ -264,10 +261,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     tokio::spawn(gateway.tokens().clone().warm_up());
     let stop = server::shutdown_signal()?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", config.public_url())?;
-    out.flush()?;
-    drop(out);
+    server::announce(&mut std::io::stdout(), &format!("{}\n", config.public_url()));
     let workers = config.worker_count();
     tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
     server::run_workers(listener, gateway, ServeOptions { tls, ..ServeOptions::default() }, workers, stop)

@@ -489,6 +489,17 @@ pub async fn run_workers<H: Handler>(
     result
 }
 
+/// Writes a readiness announcement (a base URL, the demo's `export` lines) to `out` in one write
+/// and flushes it. The announcement is a courtesy to whoever started the process: if it cannot
+/// be written (a reader that closed the pipe, a full disk), a warning goes to the log and the
+/// server goes on serving, as it would for any other failed log line. One write, so that a
+/// reader of a pipe sees all of it or none of it (up to `PIPE_BUF`, 4 KiB, on Linux).
+pub fn announce(out: &mut (dyn std::io::Write + Send), text: &str) {
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!(cause = %e, "cannot write the announcement to stdout; serving on");
+    }
+}
+
 /// Registers for SIGINT and SIGTERM at once and returns a future that resolves on the first of
 /// them. Call it before announcing readiness: a handler installed only when the future is first
 /// polled leaves a window in which a signal sent on that announcement kills the process

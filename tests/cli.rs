@@ -48,9 +48,9 @@ fn launch(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
         .expect("swiftgate starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    // Reads to the end even when nobody takes the lines any more: a closed pipe would fail
-    // the child's next write (the demo prints five lines, `start_demo` takes three, and the
-    // demo exited on the broken pipe when the reader stopped between its fourth and fifth).
+    // Reads to the end even when nobody takes the lines any more, so the child's stdout stays
+    // open: a write to a closed pipe fails (the demo, which prints five lines where `start_demo`
+    // takes three, once exited on it; it now warns and serves on).
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -255,6 +255,41 @@ fn demo_exits_cleanly_on_sigterm_and_sigint() {
         assert!(status.success(), "{signal}: {status:?}");
         assert_eq!(dir_entries(demo.1.path()), Vec::<String>::new(), "{signal} left scratch dirs");
     }
+}
+
+/// Stdout that cannot be written (here /dev/full; a pipe whose reader left, in practice) costs
+/// the demo its `export` lines, not its service: it warns on stderr and serves on until stopped.
+#[test]
+fn a_demo_whose_stdout_fails_serves_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("SWIFTGATE_LOG", "warn")
+        .env("TMPDIR", tmp.path())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("swiftgate starts");
+    let mut demo = Running(child, tmp);
+    let stderr = demo.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let warned = loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the demo warns that stdout failed");
+        if line.contains("cannot write the announcement") {
+            break line;
+        }
+    };
+    assert!(!warned.contains("ST_KEY"), "the warning carries the announcement: {warned}");
+    assert!(demo.0.try_wait().unwrap().is_none(), "the demo exited after its stdout failed");
+    assert!(Command::new("kill").args(["-TERM", &demo.0.id().to_string()]).status().unwrap().success());
+    let status = wait_exit(&mut demo.0, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
