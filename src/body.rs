@@ -94,15 +94,32 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// Reads a whole request body up to `limit` bytes; for small control-plane bodies only
-/// (forms, JSON), never for object data.
+/// How long a small control-plane body may take to arrive whole. The server cuts a request
+/// only when nothing moves (`ServeOptions::stall_cut`), so without this a client could
+/// trickle a form a byte at a time and hold its connection, unauthenticated, for ever; like
+/// nginx's `client_body_timeout`, but for the whole body, which is at most a few KiB.
+pub const SMALL_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a whole request body up to `limit` bytes within [`SMALL_BODY_TIME`]; for small
+/// control-plane bodies only (forms, JSON), never for object data.
 pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    read_limited_within(body, limit, SMALL_BODY_TIME).await
+}
+
+async fn read_limited_within<B>(body: B, limit: usize, time: std::time::Duration) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
+    let Ok(collected) = tokio::time::timeout(time, limited.collect()).await else {
+        return Err(ReadError::TimedOut);
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) => {
             if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -123,6 +140,9 @@ pub enum ReadError {
     /// The connection failed while the body was read.
     #[error("request body could not be read")]
     Io,
+    /// The body did not arrive whole in time.
+    #[error("request body took too long")]
+    TimedOut,
 }
 
 impl ReadError {
@@ -131,6 +151,7 @@ impl ReadError {
         match self {
             ReadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ReadError::Io => StatusCode::BAD_REQUEST,
+            ReadError::TimedOut => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -180,5 +201,17 @@ mod tests {
         assert!(matches!(read_limited(body, 4).await, Err(ReadError::TooLarge)));
         let body = Full::new(Bytes::from_static(b"0123"));
         assert_eq!(read_limited(body, 4).await.unwrap(), Bytes::from_static(b"0123"));
+    }
+
+    /// A body that stops coming is given up with 408 once its time is over.
+    #[tokio::test]
+    async fn read_limited_gives_up_on_a_body_that_stops_coming() {
+        use futures_util::StreamExt;
+        let first = Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"user=a")));
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::iter([first]).chain(futures_util::stream::pending()));
+        let read = read_limited_within(body, 1024, std::time::Duration::from_millis(50));
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("no answer in 10 s");
+        assert_eq!(err.unwrap_err().status(), StatusCode::REQUEST_TIMEOUT);
     }
 }

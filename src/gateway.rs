@@ -186,11 +186,11 @@ impl Gateway {
         }
     }
 
-    /// `/info`: the upstream's in proxy mode (so clients see its real capabilities), else
-    /// what the gateway knows.
+    /// `/info`: the upstream's in proxy mode (so clients see its real capabilities) once some
+    /// account's credentials are known, else what the gateway knows.
     async fn info(&self) -> Response<Body> {
         if let Some(proxy) = &self.proxy {
-            if let Some(cached) = self.tokens.any_credentials().await {
+            if let Some(cached) = self.tokens.any_cached() {
                 return proxy.info(&cached.target).await;
             }
         }

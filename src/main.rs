@@ -264,9 +264,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     server::announce(&mut std::io::stdout(), &format!("{}\n", config.public_url()));
     let workers = config.worker_count();
     tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
-    server::run_workers(listener, gateway, ServeOptions { tls, ..ServeOptions::default() }, workers, stop)
-        .await
-        .context("serving failed")?;
+    let options = ServeOptions { tls, stall_cut: config.proxy.settings().stall_cut(), ..ServeOptions::default() };
+    server::run_workers(listener, gateway, options, workers, stop).await.context("serving failed")?;
     tracing::info!("swiftgate stopped");
     Ok(())
 }

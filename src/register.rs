@@ -22,6 +22,10 @@ use crate::tokens::TokenManager;
 /// How long a `state` handed to HubiC stays valid.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 
+/// Most registrations of one account waiting for their callback at once; starting one more
+/// forgets the oldest.
+pub const PENDING_PER_ACCOUNT: usize = 8;
+
 /// Why a registration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -59,6 +63,8 @@ pub enum RegisterError {
 struct Pending {
     account: String,
     expires: SystemTime,
+    /// Order of starting, for forgetting the oldest (a test clock gives equal expiries).
+    started: u64,
     /// For a registration started in a browser: the value of the cookie that browser got, so
     /// a consent link handed to someone else cannot bind their HubiC account to this user.
     browser: Option<Secret>,
@@ -77,6 +83,8 @@ pub struct Registrar {
     scope: String,
     /// state → pending registration; short critical sections only.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Registrations started so far.
+    started: std::sync::atomic::AtomicU64,
     /// Announces each account whose registration completed.
     done: tokio::sync::broadcast::Sender<String>,
 }
@@ -105,6 +113,7 @@ impl Registrar {
             redirect_uri: format!("{public_url}/callback"),
             scope: scope.to_owned(),
             pending: Mutex::new(HashMap::new()),
+            started: std::sync::atomic::AtomicU64::new(0),
             done: tokio::sync::broadcast::channel(16).0,
         }
     }
@@ -137,7 +146,17 @@ impl Registrar {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, p| p.expires > now);
-        pending.insert(state.clone(), Pending { account: account.to_owned(), expires: now + STATE_TTL, browser });
+        // A user may start registrations as fast as its key checks allow: past the cap, the
+        // account's oldest state goes, so the map is bounded by the number of accounts.
+        let mine = pending.iter().filter(|(_, p)| p.account == account);
+        if mine.clone().count() >= PENDING_PER_ACCOUNT {
+            if let Some(oldest) = mine.min_by_key(|(_, p)| p.started).map(|(s, _)| s.clone()) {
+                pending.remove(&oldest);
+            }
+        }
+        let started = self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pending
+            .insert(state.clone(), Pending { account: account.to_owned(), expires: now + STATE_TTL, started, browser });
         drop(pending);
         let url = self.client.authorize_url(&self.redirect_uri, &self.scope, &state);
         (state, url)

@@ -64,6 +64,8 @@ pub struct Peer {
     in_progress: AtomicUsize,
     /// Writes to the client's socket that sent something.
     written: AtomicU64,
+    /// Reads from the client's socket that got something.
+    read: AtomicU64,
 }
 
 impl Peer {
@@ -77,6 +79,7 @@ impl Peer {
             activity: AtomicU64::new(0),
             in_progress: AtomicUsize::new(0),
             written: AtomicU64::new(0),
+            read: AtomicU64::new(0),
         }
     }
 
@@ -87,13 +90,41 @@ impl Peer {
         InProgress(self.clone())
     }
 
-    /// Resolves once the connection has had no request in progress, and no request begun or
-    /// response ended, for a whole `period` (see [`Peer::still`]). One timer per connection,
-    /// re-armed every `period`, stands in for hyper's header-read timer, which was made,
-    /// registered and cancelled for every request (about 1 850 instructions per request,
-    /// `benches/instructions.sh`). Bytes that trickle in do not count: a request must begin.
-    async fn idle(&self, period: Duration) {
-        Self::still(&self.activity, period, || self.in_progress.load(Ordering::Relaxed) > 0).await;
+    /// Resolves with [`Quiet::Idle`] once the connection has had no request in progress, and
+    /// no request begun or response ended, for a whole `period`: bytes that trickle in do not
+    /// count, a request must begin. Resolves with [`Quiet::Stalled`] once a request has been in
+    /// progress for `stall` without a request begun or ended and without a byte read from or
+    /// written to the client. Checked every `period`, so up to a `period` late. One timer per
+    /// connection, re-armed every `period`, stands in for hyper's header-read timer, which was
+    /// made, registered and cancelled for every request (about 1 850 instructions per request,
+    /// `benches/instructions.sh`).
+    async fn quiet(&self, period: Duration, stall: Duration) -> Quiet {
+        let moved = || {
+            (
+                self.activity.load(Ordering::Relaxed),
+                self.read.load(Ordering::Relaxed),
+                self.written.load(Ordering::Relaxed),
+            )
+        };
+        let mut seen = moved();
+        let mut stalled = Duration::ZERO;
+        loop {
+            tokio::time::sleep(period).await;
+            let now = moved();
+            let busy = self.in_progress.load(Ordering::Relaxed) > 0;
+            if !busy && now.0 == seen.0 {
+                return Quiet::Idle;
+            }
+            if busy && now == seen {
+                stalled += period;
+                if stalled >= stall {
+                    return Quiet::Stalled;
+                }
+            } else {
+                stalled = Duration::ZERO;
+            }
+            seen = now;
+        }
     }
 
     /// Resolves once `counter` has not moved for a whole `period` while `busy` says no:
@@ -111,20 +142,35 @@ impl Peer {
     }
 }
 
+/// What [`Peer::quiet`] found.
+enum Quiet {
+    /// No request in progress, none begun or ended, for a period.
+    Idle,
+    /// A request in progress, and nothing moved on the connection for the stall time.
+    Stalled,
+}
+
 /// The idle close of one connection (see [`ServeOptions::idle_close`]), a task of its own so
 /// the connection's task never polls its timer (a timer polled beside the connection cost 800
 /// instructions per request). It ends when the connection does (which drops the receiver of
 /// `close`), or asks the connection to close gracefully and then cuts it if its writes make no
-/// progress for a period (see [`Counted`]).
+/// progress for a period (see [`Counted`]), or cuts it at once if a request in progress has
+/// stalled (see [`ServeOptions::stall_cut`]).
 async fn watch_idle(
     peer: Arc<Peer>,
     connection: tokio::task::AbortHandle,
     mut close: oneshot::Sender<()>,
     period: Duration,
+    stall: Duration,
 ) {
-    tokio::select! {
+    let quiet = tokio::select! {
         () = close.closed() => return,
-        () = peer.idle(period) => {}
+        quiet = peer.quiet(period, stall) => quiet,
+    };
+    if let Quiet::Stalled = quiet {
+        tracing::info!(peer = %peer.addr, stalled_s = stall.as_secs(), "cut a connection whose request moved no byte");
+        connection.abort();
+        return;
     }
     tracing::debug!(peer = %peer.addr, "closing an idle connection");
     let _ = close.send(());
@@ -158,7 +204,12 @@ impl tokio::io::AsyncRead for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let got = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.peer.read.fetch_add(1, Ordering::Relaxed);
+        }
+        got
     }
 }
 
@@ -257,11 +308,24 @@ pub struct ServeOptions {
     /// first, and says GOAWAY on h2. Like nginx's `keepalive_timeout` and
     /// `client_header_timeout` together. 30 s by default; at least 1 ms.
     pub idle_close: Duration,
+    /// A connection with a request in progress on which no byte is read or written, and no
+    /// request begins or ends, for this long (checked every `idle_close`) is cut: a client
+    /// that stops reading its download, or an upload that upstream stops taking. hyper stops
+    /// polling a body it cannot write, so the streaming path's own idle timeouts never see
+    /// such a stall. Longer than every wait of a healthy request in which the client's socket
+    /// is quiet: [`ProxySettings::stall_cut`](crate::proxy::ProxySettings::stall_cut), 330 s
+    /// by default.
+    pub stall_cut: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { tls: None, http1_only: false, idle_close: IDLE_CLOSE }
+        ServeOptions {
+            tls: None,
+            http1_only: false,
+            idle_close: IDLE_CLOSE,
+            stall_cut: crate::proxy::ProxySettings::default().stall_cut(),
+        }
     }
 }
 
@@ -325,6 +389,7 @@ pub async fn run<H: Handler>(
     let (stop, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     let idle_close = options.idle_close.max(Duration::from_millis(1));
+    let stall_cut = options.stall_cut;
     let mut tick = tokio::time::interval(TIMER_TICK);
     loop {
         let (stream, peer) = tokio::select! {
@@ -389,7 +454,7 @@ pub async fn run<H: Handler>(
                 tracing::debug!(%peer, cause = %e, "connection ended with an error");
             }
         };
-        tokio::spawn(watch_idle(watched, tokio::spawn(connection).abort_handle(), idle_tx, idle_close));
+        tokio::spawn(watch_idle(watched, tokio::spawn(connection).abort_handle(), idle_tx, idle_close, stall_cut));
     }
     drop(listener);
     let _ = stop.send(());
@@ -545,7 +610,30 @@ mod tests {
     /// hold, so hyper still holds a tail when the body has ended), `/late` after five idle
     /// periods, and `/slow` at once with a body whose one chunk comes five idle periods later:
     /// work in progress that outlasts the idle close.
-    struct Slow(Duration, bytes::Bytes);
+    /// `/endless` answers with a body that never ends and notifies the third field when it is
+    /// dropped.
+    struct Slow(Duration, bytes::Bytes, Arc<tokio::sync::Notify>);
+
+    /// A response body that never ends, notifying when dropped.
+    struct Endless(bytes::Bytes, Arc<tokio::sync::Notify>);
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            self.1.notify_one();
+        }
+    }
+
+    impl http_body::Body for Endless {
+        type Data = bytes::Bytes;
+        type Error = crate::body::BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.0.clone()))))
+        }
+    }
 
     const BIG: usize = 16 << 20;
 
@@ -555,6 +643,7 @@ mod tests {
             match req.uri().path() {
                 "/quick" => return crate::body::text(http::StatusCode::OK, "quick"),
                 "/big" => return crate::body::text(http::StatusCode::OK, self.1.clone()),
+                "/endless" => return Response::new(Endless(self.1.slice(..64 * 1024), self.2.clone()).boxed()),
                 "/late" => {
                     tokio::time::sleep(late).await;
                     return crate::body::text(http::StatusCode::OK, "late");
@@ -577,20 +666,28 @@ mod tests {
         addr: SocketAddr,
         stop: oneshot::Sender<()>,
         server: tokio::task::JoinHandle<()>,
+        /// Notified when an `/endless` body is dropped.
+        dropped: Arc<tokio::sync::Notify>,
     }
 
     impl SlowServer {
         async fn start(period: Duration) -> SlowServer {
+            Self::start_with(period, ServeOptions::default().stall_cut).await
+        }
+
+        /// With `stall` as [`ServeOptions::stall_cut`].
+        async fn start_with(period: Duration, stall: Duration) -> SlowServer {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
-            let options = ServeOptions { idle_close: period, ..ServeOptions::default() };
+            let options = ServeOptions { idle_close: period, stall_cut: stall, ..ServeOptions::default() };
             // Made before anything is timed: 16 MiB take a while to fill in a debug build.
             let big = bytes::Bytes::from(vec![b'b'; BIG]);
-            let server = tokio::spawn(run(listener, Arc::new(Slow(period, big)), options, async {
+            let dropped = Arc::new(tokio::sync::Notify::new());
+            let server = tokio::spawn(run(listener, Arc::new(Slow(period, big, dropped.clone())), options, async {
                 let _ = stopped.await;
             }));
-            SlowServer { addr, stop, server }
+            SlowServer { addr, stop, server, dropped }
         }
 
         async fn connect(&self) -> tokio::net::TcpStream {
@@ -637,6 +734,30 @@ mod tests {
         let mut kept = server.connect().await;
         kept.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let answer = String::from_utf8(closed_within(&mut kept, 20 * period, false).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
+        server.stop().await;
+    }
+
+    /// A client that stops reading a response that has not ended is cut once nothing has
+    /// moved for the stall time, and the response body is dropped (in the gateway, with it the
+    /// upstream connection). A request that waits for less than that, with nothing moving,
+    /// gets its answer.
+    #[tokio::test]
+    async fn a_request_that_moves_no_byte_is_cut() {
+        let period = Duration::from_millis(100);
+        let stall = 10 * period;
+        let server = SlowServer::start_with(period, stall).await;
+        let mut stuck = server.connect().await;
+        let asked = tokio::time::Instant::now();
+        stuck.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_secs(10), server.dropped.notified()).await;
+        cut.expect("a response nobody reads was not cut in 10 s");
+        assert!(asked.elapsed() >= stall, "cut after {:?}, before the stall time", asked.elapsed());
+        // What the socket buffers held, then the end.
+        assert!(!closed_within(&mut stuck, Duration::from_secs(10), false).await.is_empty());
+        let mut waiting = server.connect().await;
+        waiting.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let answer = String::from_utf8(closed_within(&mut waiting, 20 * period, false).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
         server.stop().await;
     }

@@ -370,8 +370,12 @@ impl TokenManager {
     /// credentials serve; this never renews, so unauthenticated clients cannot make the gateway
     /// call the provider.
     pub fn cached_for_path(&self, path: &str) -> Option<Arc<Cached>> {
+        self.first_cached(|c| c.target.covers(path))
+    }
+
+    fn first_cached(&self, wanted: impl Fn(&Cached) -> bool) -> Option<Arc<Cached>> {
         self.slots.values().find_map(|slot| match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Fresh(c) if c.target.covers(path) => Some(c.clone()),
+            Entry::Fresh(c) if wanted(c) => Some(c.clone()),
             _ => None,
         })
     }
@@ -388,16 +392,10 @@ impl TokenManager {
         }
     }
 
-    /// Valid credentials of any account (the first that has or can get some), for `/info`.
-    pub async fn any_credentials(self: &Arc<Self>) -> Option<Arc<Cached>> {
-        let mut names: Vec<&String> = self.slots.keys().collect();
-        names.sort();
-        for name in names {
-            if let Ok(c) = self.credentials(name).await {
-                return Some(c);
-            }
-        }
-        None
+    /// The last known credentials of any account, for `/info`: only the target matters, and
+    /// like [`TokenManager::cached_for_path`] this never renews, since `/info` is anonymous.
+    pub fn any_cached(&self) -> Option<Arc<Cached>> {
+        self.first_cached(|_| true)
     }
 
     /// The clock this manager reads.

@@ -56,6 +56,15 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     assert!(page.contains("access_denied: &lt;b&gt;user refused&lt;/b&gt;"), "HubiC's words, escaped: {page}");
     let (status, _) = get(&format!("state={state}&code=1")).await;
     assert_eq!(status, 400, "a state works once");
+    // One account's pending registrations are capped: one more forgets the oldest.
+    let cap = swiftgate::register::PENDING_PER_ACCOUNT;
+    let states: Vec<String> = (0..=cap).map(|_| stack.gw.gateway.registrar().begin("alice").0).collect();
+    let (_, page) = get(&format!("state={}&error=access_denied", states[0])).await;
+    assert!(page.contains("unknown, already used or expired"), "the oldest is forgotten: {page}");
+    for state in &states[1..] {
+        let (_, page) = get(&format!("state={state}&error=access_denied")).await;
+        assert!(page.contains("access_denied"), "{page}");
+    }
 }
 
 #[tokio::test]

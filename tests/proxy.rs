@@ -46,6 +46,20 @@ async fn auth_hands_out_gateway_urls_and_tokens() {
 }
 
 #[tokio::test]
+async fn info_never_makes_the_gateway_call_the_provider() {
+    // /info is anonymous: it is asked of the last known upstream, even with expired
+    // credentials, and never renews them.
+    let stack = proxy_stack().await;
+    stack.storage_login().await;
+    stack.clock.advance(std::time::Duration::from_secs(25 * 3600));
+    stack.emu().reset_counters();
+    let info: serde_json::Value =
+        stack.http.get(format!("{}/info", stack.gw.url)).send().await.unwrap().json().await.unwrap();
+    assert!(info["swift"]["max_file_size"].is_u64(), "{info}");
+    assert_eq!((stack.emu().count("token_refresh_token"), stack.emu().count("credentials")), (0, 0));
+}
+
+#[tokio::test]
 async fn every_verb_passes_through() {
     let stack = proxy_stack().await;
     let (url, token) = stack.storage_login().await;
@@ -323,6 +337,41 @@ async fn upstream_down_is_a_swift_style_503() {
     let resp = raw::send("GET", &url, &[("x-auth-token", &token)], full("")).await;
     assert_eq!(resp.status, 503);
     assert!(String::from_utf8_lossy(&resp.body).starts_with("<html><h1>Service Unavailable</h1>"));
+}
+
+#[tokio::test]
+async fn an_upload_to_a_down_upstream_gets_its_503_not_a_reset() {
+    // The review's case, as python-swiftclient's http.client sends: the whole body, and only
+    // then a read. The gateway drains the body it did not send so the client reads the 503, as
+    // it does when upstream answers before taking the body.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stack = proxy_stack().await;
+    let (url, token) = stack.storage_login().await;
+    let placeholder = swiftgate::emulator::Emulator::start(
+        swiftgate::emulator::EmulatorConfig::default(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    std::mem::replace(&mut stack.emulator, placeholder).stop().await;
+    let uri: http::Uri = url.parse().unwrap();
+    let body = pattern(11_000_000, 3);
+    let mut s = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str()).await.unwrap();
+    let head = format!(
+        "PUT {}/default/o HTTP/1.1\r\nhost: gw\r\nx-auth-token: {token}\r\ncontent-length: {}\r\n\r\n",
+        uri.path(),
+        body.len()
+    );
+    let exchange = async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&body).await?;
+        let mut answer = vec![0u8; 12];
+        s.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), exchange).await.expect("no answer in 60 s");
+    let answer = answer.expect("an answer, not a broken connection");
+    assert_eq!(String::from_utf8_lossy(&answer), "HTTP/1.1 503");
 }
 
 #[tokio::test]

@@ -45,6 +45,15 @@ pub struct ProxySettings {
     pub extra_ca: Option<std::path::PathBuf>,
 }
 
+impl ProxySettings {
+    /// How long a request's connection may stay without a byte read or written before the
+    /// server cuts it (`ServeOptions::stall_cut`): 30 s longer than the idle and header
+    /// timeouts, so that those answer first wherever they can.
+    pub fn stall_cut(&self) -> Duration {
+        self.idle_timeout.max(self.header_timeout) + Duration::from_secs(30)
+    }
+}
+
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
@@ -145,12 +154,18 @@ fn hop_by_hop(name: &str) -> Option<&'static str> {
     one_of!(name, "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade")
 }
 
-/// Further request fields that never travel upstream: the gateway's own token, `Host` and
-/// `Expect` (set here), proxy credentials, and client-supplied forwarding fields.
+/// Further request fields that never travel upstream: the gateway's own token and its users'
+/// credentials (v1.0 auth headers, Basic), `Host` and `Expect` (set here), proxy credentials,
+/// and client-supplied forwarding fields.
 fn dropped_from_requests(name: &str) -> Option<&'static str> {
     one_of!(
         name,
         "proxy-authorization"
+            | "authorization"
+            | "x-auth-user"
+            | "x-auth-key"
+            | "x-storage-user"
+            | "x-storage-pass"
             | "host"
             | "expect"
             | "x-auth-token"
@@ -370,14 +385,13 @@ impl Proxy {
                     resent = true;
                     continue;
                 }
-                Err(failure) => return failure.response(),
+                // The client's unsent body is drained, so that a client that sends it all
+                // before reading (http.client) reads the answer instead of a broken pipe.
+                Err(failure) => return drain_then(handed_back(back_rx).await.and_then(|r| r.rest), failure.response()),
             };
             let returned = match back_rx {
                 Some(back_rx) if body_unsent || resp.status() == StatusCode::UNAUTHORIZED => {
-                    match Box::pin(tokio::time::timeout(Duration::from_secs(10), back_rx)).await {
-                        Ok(Ok(r)) => Some(r),
-                        _ => None,
-                    }
+                    handed_back(Some(back_rx)).await
                 }
                 _ => None,
             };
@@ -525,6 +539,14 @@ fn finish(result: Result<Response<pool::Pooled>, pool::SendError>) -> Result<Res
     })
 }
 
+/// What an attempt's body handed back once hyper let go of it (within 10 s).
+async fn handed_back(back: Option<tokio::sync::oneshot::Receiver<Returned>>) -> Option<Returned> {
+    match Box::pin(tokio::time::timeout(Duration::from_secs(10), back?)).await {
+        Ok(Ok(r)) => Some(r),
+        _ => None,
+    }
+}
+
 /// Answers with `resp`, first reading (and discarding) what the client is still sending, up to
 /// a bound, so a client that sent no `Expect` reads the answer instead of a reset.
 pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body> {
@@ -611,6 +633,11 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-forwarded-for", "6.6.6.6"),
             ("proxy-authorization", "Basic eA=="),
+            ("authorization", "Basic dTprZXk="),
+            ("x-auth-user", "alice"),
+            ("x-auth-key", "the gateway key"),
+            ("x-storage-user", "alice"),
+            ("x-storage-pass", "the gateway key"),
             ("x-object-meta-color", "blue"),
             ("content-type", "text/plain"),
             ("x-foobar", "not listed"),
