@@ -39,7 +39,7 @@ const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// last went to sleep with. Per request the header timers went the wrong way round (hyper's
 /// 30 s header timer followed the proxy's 120 s upstream one), so without an earlier deadline
 /// always pending, every request at low concurrency paid one `write` to the loop's eventfd and
-/// one more `epoll_wait`. (hyper's header timer is gone since, see [`Peer::idle`].)
+/// one more `epoll_wait`. (hyper's header timer is gone since, see [`Peer::quiet`].)
 const TIMER_TICK: Duration = Duration::from_secs(10);
 /// Time open connections get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +62,8 @@ pub struct Peer {
     activity: AtomicU64,
     /// Requests whose response has not ended (or been dropped) yet.
     in_progress: AtomicUsize,
+    /// Of those, the ones whose handler has answered: their response is being sent.
+    responding: AtomicUsize,
     /// Writes to the client's socket that sent something.
     written: AtomicU64,
     /// Reads from the client's socket that got something.
@@ -78,6 +80,7 @@ impl Peer {
             forwarded_for,
             activity: AtomicU64::new(0),
             in_progress: AtomicUsize::new(0),
+            responding: AtomicUsize::new(0),
             written: AtomicU64::new(0),
             read: AtomicU64::new(0),
         }
@@ -87,13 +90,13 @@ impl Peer {
     fn begin(self: &Arc<Self>) -> InProgress {
         self.activity.fetch_add(1, Ordering::Relaxed);
         self.in_progress.fetch_add(1, Ordering::Relaxed);
-        InProgress(self.clone())
+        InProgress { peer: self.clone(), responding: false }
     }
 
     /// Resolves with [`Quiet::Idle`] once the connection has had no request in progress, and
     /// no request begun or response ended, for a whole `period`: bytes that trickle in do not
-    /// count, a request must begin. Resolves with [`Quiet::Stalled`] once a request has been in
-    /// progress for `stall` without a request begun or ended and without a byte read from or
+    /// count, a request must begin. Resolves with [`Quiet::Stalled`] once a response has been
+    /// being sent for `stall` without a request begun or ended and without a byte read from or
     /// written to the client. Checked every `period`, so up to a `period` late. One timer per
     /// connection, re-armed every `period`, stands in for hyper's header-read timer, which was
     /// made, registered and cancelled for every request (about 1 850 instructions per request,
@@ -111,11 +114,10 @@ impl Peer {
         loop {
             tokio::time::sleep(period).await;
             let now = moved();
-            let busy = self.in_progress.load(Ordering::Relaxed) > 0;
-            if !busy && now.0 == seen.0 {
+            if now.0 == seen.0 && self.in_progress.load(Ordering::Relaxed) == 0 {
                 return Quiet::Idle;
             }
-            if busy && now == seen {
+            if now == seen && self.responding.load(Ordering::Relaxed) > 0 {
                 stalled += period;
                 if stalled >= stall {
                     return Quiet::Stalled;
@@ -127,14 +129,14 @@ impl Peer {
         }
     }
 
-    /// Resolves once `counter` has not moved for a whole `period` while `busy` says no:
-    /// checked every `period`, so after `period` to twice that.
-    async fn still(counter: &AtomicU64, period: Duration, busy: impl Fn() -> bool) {
+    /// Resolves once `counter` has not moved for a whole `period`: checked every `period`, so
+    /// after `period` to twice that.
+    async fn still(counter: &AtomicU64, period: Duration) {
         let mut seen = counter.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(period).await;
             let now = counter.load(Ordering::Relaxed);
-            if now == seen && !busy() {
+            if now == seen {
                 return;
             }
             seen = now;
@@ -146,7 +148,7 @@ impl Peer {
 enum Quiet {
     /// No request in progress, none begun or ended, for a period.
     Idle,
-    /// A request in progress, and nothing moved on the connection for the stall time.
+    /// A response being sent, and nothing moved on the connection for the stall time.
     Stalled,
 }
 
@@ -174,17 +176,19 @@ async fn watch_idle(
     }
     tracing::debug!(peer = %peer.addr, "closing an idle connection");
     let _ = close.send(());
-    Peer::still(&peer.written, period, || false).await;
+    Peer::still(&peer.written, period).await;
     if !connection.is_finished() {
         tracing::debug!(peer = %peer.addr, "cut an idle connection that did not close");
         connection.abort();
     }
 }
 
-/// The client's socket, counting the writes that sent something: after an idle close has
-/// been asked for, a connection whose writes make no progress for a period is cut (a request
-/// head that is only partly in, which hyper's graceful close waits for, or a client that reads
-/// nothing), while one still sending a response's tail to a slow reader is left to finish.
+/// The client's socket, counting the writes that sent something and the reads that got
+/// something. After an idle close has been asked for, a connection whose writes make no
+/// progress for a period is cut (a request head that is only partly in, which hyper's graceful
+/// close waits for, or a client that reads nothing), while one still sending a response's tail
+/// to a slow reader is left to finish. While a response is being sent, a connection on which
+/// neither moves for the stall time is cut ([`ServeOptions::stall_cut`]).
 struct Counted {
     io: tokio::net::TcpStream,
     peer: Arc<Peer>,
@@ -250,16 +254,31 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
-/// A request in progress on its connection (see [`Peer::begin`]). Its end counts as activity:
-/// hyper drops a response body once its last chunk is in hyper's write buffer, which can still
-/// hold a MiB or more for a slow client (`body::MAX_READ`), so the quiet period starts again
-/// there.
-struct InProgress(Arc<Peer>);
+/// A request in progress on its connection (see [`Peer::begin`]), and once its handler has
+/// answered, a response being sent. Its end counts as activity: hyper drops a response body
+/// once its last chunk is in hyper's write buffer, which can still hold a MiB or more for a
+/// slow client (`body::MAX_READ`), so the quiet period starts again there.
+struct InProgress {
+    peer: Arc<Peer>,
+    responding: bool,
+}
+
+impl InProgress {
+    /// The handler has answered: from now on the connection may stall (see [`Peer::quiet`]).
+    fn responding(mut self) -> Self {
+        self.peer.responding.fetch_add(1, Ordering::Relaxed);
+        self.responding = true;
+        self
+    }
+}
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.activity.fetch_add(1, Ordering::Relaxed);
-        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+        if self.responding {
+            self.peer.responding.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.peer.activity.fetch_add(1, Ordering::Relaxed);
+        self.peer.in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -308,13 +327,13 @@ pub struct ServeOptions {
     /// first, and says GOAWAY on h2. Like nginx's `keepalive_timeout` and
     /// `client_header_timeout` together. 30 s by default; at least 1 ms.
     pub idle_close: Duration,
-    /// A connection with a request in progress on which no byte is read or written, and no
-    /// request begins or ends, for this long (checked every `idle_close`) is cut: a client
-    /// that stops reading its download, or an upload that upstream stops taking. hyper stops
-    /// polling a body it cannot write, so the streaming path's own idle timeouts never see
-    /// such a stall. Longer than every wait of a healthy request in which the client's socket
-    /// is quiet: [`ProxySettings::stall_cut`](crate::proxy::ProxySettings::stall_cut), 330 s
-    /// by default.
+    /// A connection sending a response on which no byte is read or written, and no request
+    /// begins or ends, for this long (checked every `idle_close`) is cut: a client that stopped
+    /// reading its download. hyper stops polling a body it cannot write, so the streaming
+    /// path's own idle timeout never sees such a stall. Longer than that idle timeout, which
+    /// answers first where the wait is upstream's:
+    /// [`ProxySettings::stall_cut`](crate::proxy::ProxySettings::stall_cut), 330 s by default.
+    /// A request whose handler has not answered yet is left to the handler's own timeouts.
     pub stall_cut: Duration,
 }
 
@@ -378,7 +397,7 @@ pub async fn run<H: Handler>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    // hyper's own header-read timer costs a timer per request; `Peer::idle` does its work.
+    // hyper's own header-read timer costs a timer per request; `Peer::quiet` does its work.
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(crate::body::MAX_READ).max_header_size(MAX_HEAD);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -420,7 +439,7 @@ pub async fn run<H: Handler>(
                 async move {
                     let request = client.begin();
                     let resp = handler.handle(req, client).await;
-                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _request: request }))
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _request: request.responding() }))
                 }
             });
             let result = match tls {
@@ -740,18 +759,19 @@ mod tests {
 
     /// A client that stops reading a response that has not ended is cut once nothing has
     /// moved for the stall time, and the response body is dropped (in the gateway, with it the
-    /// upstream connection). A request that waits for less than that, with nothing moving,
-    /// gets its answer.
+    /// upstream connection). A response whose body waits for less than that, with nothing
+    /// moving, is sent whole; so is one whose handler takes longer than the stall time to
+    /// answer (its own timeouts govern it).
     #[tokio::test]
-    async fn a_request_that_moves_no_byte_is_cut() {
-        let period = Duration::from_millis(100);
+    async fn a_response_that_moves_no_byte_is_cut() {
+        let period = Duration::from_millis(200);
         let stall = 10 * period;
         let server = SlowServer::start_with(period, stall).await;
         let mut stuck = server.connect().await;
         let asked = tokio::time::Instant::now();
         stuck.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-        let cut = tokio::time::timeout(Duration::from_secs(10), server.dropped.notified()).await;
-        cut.expect("a response nobody reads was not cut in 10 s");
+        let cut = tokio::time::timeout(Duration::from_secs(20), server.dropped.notified()).await;
+        cut.expect("a response nobody reads was not cut in 20 s");
         assert!(asked.elapsed() >= stall, "cut after {:?}, before the stall time", asked.elapsed());
         // What the socket buffers held, then the end.
         assert!(!closed_within(&mut stuck, Duration::from_secs(10), false).await.is_empty());
@@ -759,6 +779,12 @@ mod tests {
         waiting.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let answer = String::from_utf8(closed_within(&mut waiting, 20 * period, false).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("4\r\nslow\r\n0\r\n\r\n"), "{answer}");
+        server.stop().await;
+        let server = SlowServer::start_with(period, 2 * period).await;
+        let mut late = server.connect().await;
+        late.write_all(b"GET /late HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let answer = String::from_utf8(closed_within(&mut late, 20 * period, false).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("late"), "{answer}");
         server.stop().await;
     }
 

@@ -373,11 +373,14 @@ impl TokenManager {
         self.first_cached(|c| c.target.covers(path))
     }
 
+    /// The held credentials `wanted` accepts, of the account first by name.
     fn first_cached(&self, wanted: impl Fn(&Cached) -> bool) -> Option<Arc<Cached>> {
-        self.slots.values().find_map(|slot| match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Fresh(c) if wanted(c) => Some(c.clone()),
-            _ => None,
-        })
+        let held =
+            self.slots.iter().filter_map(|(name, slot)| match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+                Entry::Fresh(c) if wanted(c) => Some((name, c.clone())),
+                _ => None,
+            });
+        held.min_by(|a, b| a.0.cmp(b.0)).map(|(_, c)| c)
     }
 
     /// Fetches credentials for every account now (errors are logged, not returned), so the

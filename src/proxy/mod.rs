@@ -46,11 +46,11 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    /// How long a request's connection may stay without a byte read or written before the
-    /// server cuts it (`ServeOptions::stall_cut`): 30 s longer than the idle and header
-    /// timeouts, so that those answer first wherever they can.
+    /// How long a connection sending a response may stay without a byte read or written
+    /// before the server cuts it (`ServeOptions::stall_cut`): 30 s longer than the idle
+    /// timeout, so that a body upstream stops sending is ended by that timeout first.
     pub fn stall_cut(&self) -> Duration {
-        self.idle_timeout.max(self.header_timeout) + Duration::from_secs(30)
+        self.idle_timeout + Duration::from_secs(30)
     }
 }
 
