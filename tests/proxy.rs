@@ -323,8 +323,9 @@ async fn header_rules_both_ways() {
     assert_eq!(resp.header("keep-alive"), "");
 }
 
-#[tokio::test]
-async fn upstream_down_is_a_swift_style_503() {
+/// A proxy stack whose user has logged in (storage URL and token returned), after which the
+/// emulator, and with it the storage, went away.
+async fn logged_in_with_upstream_down() -> (Stack, String, String) {
     let mut stack = proxy_stack().await;
     let (url, token) = stack.storage_login().await;
     let placeholder = swiftgate::emulator::Emulator::start(
@@ -334,6 +335,12 @@ async fn upstream_down_is_a_swift_style_503() {
     .await
     .unwrap();
     std::mem::replace(&mut stack.emulator, placeholder).stop().await;
+    (stack, url, token)
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_swift_style_503() {
+    let (_stack, url, token) = logged_in_with_upstream_down().await;
     let resp = raw::send("GET", &url, &[("x-auth-token", &token)], full("")).await;
     assert_eq!(resp.status, 503);
     assert!(String::from_utf8_lossy(&resp.body).starts_with("<html><h1>Service Unavailable</h1>"));
@@ -345,15 +352,7 @@ async fn an_upload_to_a_down_upstream_gets_its_503_not_a_reset() {
     // then a read. The gateway drains the body it did not send so the client reads the 503, as
     // it does when upstream answers before taking the body.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stack = proxy_stack().await;
-    let (url, token) = stack.storage_login().await;
-    let placeholder = swiftgate::emulator::Emulator::start(
-        swiftgate::emulator::EmulatorConfig::default(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
-    std::mem::replace(&mut stack.emulator, placeholder).stop().await;
+    let (_stack, url, token) = logged_in_with_upstream_down().await;
     let uri: http::Uri = url.parse().unwrap();
     let body = pattern(11_000_000, 3);
     let mut s = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str()).await.unwrap();
