@@ -95,8 +95,8 @@ impl Peer {
 
     /// Resolves with [`Quiet::Idle`] once the connection has had no request in progress, and
     /// no request begun or response ended, for a whole `period`: bytes that trickle in do not
-    /// count, a request must begin. Resolves with [`Quiet::Stalled`] once a response has been
-    /// being sent for `stall` without a request begun or ended and without a byte read from or
+    /// count, a request must begin. Resolves with [`Quiet::Stalled`] once a response has been on
+    /// its way for `stall` without a request begun or ended and without a byte read from or
     /// written to the client. Checked every `period`, so up to a `period` late. One timer per
     /// connection, re-armed every `period`, stands in for hyper's header-read timer, which was
     /// made, registered and cancelled for every request (about 1 850 instructions per request,
@@ -156,7 +156,7 @@ enum Quiet {
 /// the connection's task never polls its timer (a timer polled beside the connection cost 800
 /// instructions per request). It ends when the connection does (which drops the receiver of
 /// `close`), or asks the connection to close gracefully and then cuts it if its writes make no
-/// progress for a period (see [`Counted`]), or cuts it at once if a request in progress has
+/// progress for a period (see [`Counted`]), or cuts it at once if a response on its way has
 /// stalled (see [`ServeOptions::stall_cut`]).
 async fn watch_idle(
     peer: Arc<Peer>,
@@ -170,7 +170,7 @@ async fn watch_idle(
         quiet = peer.quiet(period, stall) => quiet,
     };
     if let Quiet::Stalled = quiet {
-        tracing::info!(peer = %peer.addr, stalled_s = stall.as_secs(), "cut a connection whose request moved no byte");
+        tracing::info!(peer = %peer.addr, stalled_s = stall.as_secs(), "cut a connection whose response moved no byte");
         connection.abort();
         return;
     }
