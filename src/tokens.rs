@@ -95,6 +95,16 @@ struct Slot {
     sticky: AtomicBool,
 }
 
+impl Slot {
+    /// The credentials held, expired or not; the entry is locked only to clone them.
+    fn held(&self) -> Option<Arc<Cached>> {
+        match &*self.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+            Entry::Fresh(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// Per-account credential cache with single-flight renewal.
 pub struct TokenManager {
     /// Keyed with rustc-hash's hasher: account names come from the configuration, so they
@@ -370,17 +380,8 @@ impl TokenManager {
     /// credentials serve; this never renews, so unauthenticated clients cannot make the gateway
     /// call the provider.
     pub fn cached_for_path(&self, path: &str) -> Option<Arc<Cached>> {
-        self.first_cached(|c| c.target.covers(path))
-    }
-
-    /// The held credentials `wanted` accepts, of the account first by name.
-    fn first_cached(&self, wanted: impl Fn(&Cached) -> bool) -> Option<Arc<Cached>> {
-        let held =
-            self.slots.iter().filter_map(|(name, slot)| match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-                Entry::Fresh(c) if wanted(c) => Some((name, c.clone())),
-                _ => None,
-            });
-        held.min_by(|a, b| a.0.cmp(b.0)).map(|(_, c)| c)
+        // One account's storage path covers a given path: the first found is the one.
+        self.slots.values().filter_map(Slot::held).find(|c| c.target.covers(path))
     }
 
     /// Fetches credentials for every account now (errors are logged, not returned), so the
@@ -397,8 +398,10 @@ impl TokenManager {
 
     /// The last known credentials of any account, for `/info`: only the target matters, and
     /// like [`TokenManager::cached_for_path`] this never renews, since `/info` is anonymous.
+    /// Those of the account first by name, so the answer does not follow hash order.
     pub fn any_cached(&self) -> Option<Arc<Cached>> {
-        self.first_cached(|_| true)
+        let held = self.slots.iter().filter_map(|(name, slot)| Some((name, slot.held()?)));
+        held.min_by(|a, b| a.0.cmp(b.0)).map(|(_, c)| c)
     }
 
     /// The clock this manager reads.

@@ -47,16 +47,21 @@ fn launch(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
         .spawn()
         .expect("swiftgate starts");
     let stdout = child.stdout.take().unwrap();
+    (Running(child, tmp), lines_of(stdout))
+}
+
+/// The lines of a child's output, read on a thread of their own. It reads to the end even when
+/// nobody takes the lines any more, so the pipe stays open: a write to a closed pipe fails (the
+/// demo, which prints five lines where `start_demo` takes three, once exited on it; it now
+/// warns and serves on).
+fn lines_of(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
-    // Reads to the end even when nobody takes the lines any more, so the child's stdout stays
-    // open: a write to a closed pipe fails (the demo, which prints five lines where `start_demo`
-    // takes three, once exited on it; it now warns and serves on).
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    (Running(child, tmp), rx)
+    rx
 }
 
 /// Starts `swiftgate args…` and returns it with its first `n` stdout lines (60 s deadline).
@@ -272,13 +277,7 @@ fn a_demo_whose_stdout_fails_serves_on() {
         .spawn()
         .expect("swiftgate starts");
     let mut demo = Running(child, tmp);
-    let stderr = demo.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(demo.0.stderr.take().unwrap());
     let warned = loop {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("the demo warns that stdout failed");
         if line.contains("cannot write the announcement") {

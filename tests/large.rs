@@ -1,7 +1,7 @@
 //! Large bodies through the gateway running as its own process: a 5 GiB PUT and GET checked by
 //! MD5, with the gateway's peak RSS (VmHWM) under a fixed ceiling and within the heap's settling
-//! of its peak after a 512 MiB object, and a slow reader that must not make the gateway buffer. The upstream keeps no object bytes
-//! (`common::pattern`), so the test needs no disk.
+//! of its peak after a 512 MiB object, and a slow reader that must not make the gateway buffer.
+//! The upstream keeps no object bytes (`common::pattern`), so the test needs no disk.
 
 mod common;
 
@@ -30,8 +30,9 @@ const CEILING_KIB: u64 = 32 * 1024;
 /// buffers ever alive at once: hyper's 1 MiB read buffers stay allocated while any chunk cut
 /// from them waits in a write queue or the replay buffer. Twelve 1 GiB PUT and GET rounds with
 /// both cores loaded took the anonymous RSS from 7.2 to 11.8 MiB, flat from the seventh round
-/// on, and a CI run saw 4.3 MiB between 512 MiB and 5 GiB, 5.2 MiB after the slow reader. Keeping the slow reader's 64 MiB
-/// object, or 0.2 % of the 4.5 GiB more that the large object moves, goes past 8 MiB.
+/// on, and a CI run saw 4.3 MiB between 512 MiB and 5 GiB, 5.2 MiB after the slow reader.
+/// Keeping the slow reader's 64 MiB object, or 0.2 % of the 4.5 GiB more that the large object
+/// moves, goes past 8 MiB.
 const SETTLING_KIB: u64 = 8 * 1024;
 
 struct Gateway(Child);
