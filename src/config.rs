@@ -150,6 +150,10 @@ pub struct UserConfig {
 /// Most worker threads `workers` may ask for.
 const MAX_WORKERS: usize = 256;
 
+/// Longest gateway token life `proxy.token_ttl` may ask for (366 days), far from where adding
+/// it to the clock could overflow.
+const MAX_TOKEN_TTL: u64 = 366 * 24 * 3600;
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -229,7 +233,8 @@ impl Config {
 
     /// Parses TOML text without environment or validation.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: parse_message(text, &e) })
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -295,6 +300,15 @@ impl Config {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.public_url.is_none() && self.listen.ip().is_unspecified() {
+            return Err(invalid(
+                "public_url",
+                format!(
+                    "must be set when listen is {} (every interface): clients and HubiC need an address they can reach",
+                    self.listen
+                ),
+            ));
+        }
         if let Some(url) = &self.public_url {
             check_url("public_url", url)?;
             let has_path = url.parse::<http::Uri>().is_ok_and(|u| !u.path().trim_end_matches('/').is_empty());
@@ -308,8 +322,8 @@ impl Config {
         if self.workers.is_some_and(|n| !(1..=MAX_WORKERS).contains(&n)) {
             return Err(invalid("workers", "must be between 1 and 256"));
         }
-        if self.proxy.token_ttl < 60 {
-            return Err(invalid("proxy.token_ttl", "must be at least 60 seconds"));
+        if !(60..=MAX_TOKEN_TTL).contains(&self.proxy.token_ttl) {
+            return Err(invalid("proxy.token_ttl", "must be between 60 seconds and 366 days"));
         }
         if self.proxy.expect_timeout == 0 || self.proxy.header_timeout == 0 || self.proxy.idle_timeout < 15 {
             return Err(invalid(
@@ -318,6 +332,12 @@ impl Config {
             ));
         }
         check_url("hubic.api_base", &self.hubic.api_base)?;
+        if !self.hubic.api_base.starts_with("https://") && !is_loopback_url(&self.hubic.api_base) {
+            return Err(invalid(
+                "hubic.api_base",
+                "must be https:// (http:// only for a loopback host): the client secret and refresh tokens go there",
+            ));
+        }
         if self.hubic.client_id.trim().is_empty() {
             return Err(invalid("hubic.client_id", "must not be empty"));
         }
@@ -333,6 +353,7 @@ impl Config {
             return Err(invalid("hubic.scope", "must include credentials.r (needed to obtain Swift credentials)"));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut derived_by = std::collections::HashMap::new();
         for (i, user) in self.users.iter().enumerate() {
             let key = |field: &str| format!("user[{i}].{field}");
             if user.name.is_empty() || user.name.chars().any(|c| c.is_control()) {
@@ -351,8 +372,24 @@ impl Config {
                 (Some(h), None) => check_hash(&key("key_hash"), h)?,
                 (None, Some(_)) => {}
             }
-            if let Some(account) = &user.account {
-                check_account(&key("account"), account)?;
+            match &user.account {
+                Some(account) => check_account(&key("account"), account)?,
+                None => {
+                    let derived = account_from_name(&user.name);
+                    check_account(&key("account"), &derived).map_err(|_| {
+                        invalid(key("account"), format!("cannot be derived from the name {:?}: set it", user.name))
+                    })?;
+                    // Two names that differ only where characters are replaced would silently
+                    // share one HubiC account; sharing one is allowed, but only when written.
+                    if let Some(other) = derived_by.insert(derived.clone(), i) {
+                        return Err(invalid(
+                            key("account"),
+                            format!(
+                                "user[{other}] and user[{i}] would both reach account {derived:?}: set `account` on them (the same value to share it)"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -428,6 +465,50 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// True for an `http(s)://` URL whose host is a loopback address or `localhost`.
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A TOML error as position and message, without the source line `toml` would quote: that line
+/// may hold a secret (a misspelt `client_secret`), and so may a value the message quotes (an
+/// unquoted number where a string was expected). Quoted values are left out, except the field
+/// names an unknown-field error lists.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let message = if message.starts_with("unknown field") { message.to_owned() } else { without_quoted(message) };
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// `message` with every `"…"` and `` `…` `` literal replaced by `…`.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                open = Some(c);
+                out.push('…');
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 fn check_hash(key: &str, hash: &str) -> Result<(), ConfigError> {
     match argon2::PasswordHash::new(hash) {
         Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => Ok(()),
@@ -484,10 +565,62 @@ mod tests {
             ("workers = 1000\n".to_owned() + &base(), "workers"),
             (base() + "[proxy]\nbuffer = 5\n", "buffer"),
             (base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""), "user[0].account"),
+            (base() + "[proxy]\ntoken_ttl = 9223372036854775807\n", "proxy.token_ttl"),
+            ("listen = \"0.0.0.0:8080\"\n".to_owned() + &base(), "public_url"),
+            ("listen = \"[::]:8080\"\n".to_owned() + &base(), "public_url"),
+            (base().replace("[hubic]\n", "[hubic]\napi_base = \"http://api.example.org\"\n"), "hubic.api_base"),
+            (base().replace("name = \"alice\"", &format!("name = \"{}\"", "a".repeat(129))), "user[0].account"),
+            (
+                base()
+                    + "[[user]]\nname = \"al ice\"\nkey_hash = \""
+                    + HASH
+                    + "\"\n"
+                    + "[[user]]\nname = \"al.ice\"\nkey_hash = \""
+                    + HASH
+                    + "\"\n",
+                "user[2].account",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn what_may_pass() {
+        // Sharing an account is allowed when written; http to a loopback host (the emulator);
+        // every interface with a public URL.
+        let shared = base()
+            + "[[user]]\nname = \"al.ice\"\nkey_hash = \""
+            + HASH
+            + "\"\naccount = \"alice\"\n"
+            + "[[user]]\nname = \"al_ice\"\nkey_hash = \""
+            + HASH
+            + "\"\n";
+        for text in [
+            shared,
+            base().replace("[hubic]\n", "[hubic]\napi_base = \"http://127.0.0.1:9000\"\n"),
+            base().replace("[hubic]\n", "[hubic]\napi_base = \"http://localhost:9000\"\n"),
+            base().replace("[hubic]\n", "[hubic]\napi_base = \"http://[::1]:9000\"\n"),
+            "listen = \"0.0.0.0:8080\"\npublic_url = \"https://gw.example.org\"\n".to_owned() + &base(),
+        ] {
+            Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+    }
+
+    #[test]
+    fn parse_errors_quote_no_value() {
+        // A misspelt key, a number where a string goes, a broken line: each names where, and
+        // none repeats the secret written there.
+        for (text, key) in [
+            (base().replace("client_secret = \"s\"", "client-secret = \"hunter2-secret\""), "client-secret"),
+            (base().replace("client_secret = \"s\"", "client_secret = 424242424242"), "line 4"),
+            (base().replace("client_secret = \"s\"", "client_secret = \"hunter2-secret"), "line 4"),
+        ] {
+            let err = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+            assert!(!err.contains("hunter2") && !err.contains("424242"), "the value leaked: {err}");
         }
     }
 
