@@ -177,28 +177,43 @@ impl Registrar {
     pub async fn complete(&self, query: &str, browser: Option<&str>) -> Result<String, RegisterError> {
         let pairs = body::form_pairs(query.as_bytes());
         let get = |k| body::form_get(&pairs, k);
-        // The state is consumed first, whatever the outcome, so a link works once.
-        let account = self.take_state(get("state").ok_or(RegisterError::BadState)?, browser)?;
+        // HubiC's error redirects carry `error` and `error_description` only, no state (a
+        // refused consent, a redirect_uri HubiC does not accept): the user sees HubiC's reason,
+        // whatever state there is or is not.
         if let Some(error) = get("error") {
+            if let Some(state) = get("state") {
+                let _ = self.take_state(state, browser);
+            }
             return Err(RegisterError::Denied {
                 error: error.to_owned(),
                 description: get("error_description").unwrap_or("").to_owned(),
             });
         }
+        // The state is consumed first, whatever the outcome, so a link works once.
+        let account = self.take_state(get("state").ok_or(RegisterError::BadState)?, browser)?;
         let code = get("code").filter(|c| !c.is_empty()).ok_or(RegisterError::MissingCode)?;
         let scope = get("scope").unwrap_or(&self.scope).to_owned();
         self.finish(&account, code, scope).await?;
         Ok(account)
     }
 
+    /// Exchanges `code` and keeps the grant, in a task of its own: once HubiC has issued a
+    /// refresh token it has revoked the account's previous one, so the new one must reach the
+    /// store even if the browser that brought the code goes away meanwhile.
     async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
-        let grant = self.client.exchange_code(code, &self.redirect_uri).await?;
-        let registered_at = crate::clock::unix_secs(self.clock.now());
-        self.store.save(account, &Grant { refresh_token: grant.refresh_token, scope, registered_at }).await?;
-        self.tokens.reset(account);
-        tracing::info!(account = %account, "account registered");
-        let _ = self.done.send(account.to_owned());
-        Ok(())
+        let (client, store, tokens, clock, done) =
+            (self.client.clone(), self.store.clone(), self.tokens.clone(), self.clock.clone(), self.done.clone());
+        let (account, code, redirect_uri) = (account.to_owned(), code.to_owned(), self.redirect_uri.clone());
+        let finishing = tokio::spawn(async move {
+            let grant = client.exchange_code(&code, &redirect_uri).await?;
+            let registered_at = crate::clock::unix_secs(clock.now());
+            store.save(&account, &Grant { refresh_token: grant.refresh_token, scope, registered_at }).await?;
+            tokens.reset(&account);
+            tracing::info!(account = %account, "account registered");
+            let _ = done.send(account);
+            Ok(())
+        });
+        finishing.await.unwrap_or_else(|_| Err(RegisterError::UnexpectedPage("the registration task failed".into())))
     }
 
     /// Registers `account` without a browser: fetches HubiC's consent page, posts the login
@@ -242,7 +257,12 @@ impl Registrar {
         if status == StatusCode::FOUND || status == StatusCode::SEE_OTHER {
             let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             let query = location.split_once('?').map_or("", |(_, q)| q);
-            return self.complete(query, None).await.map(|_| ());
+            let completed = self.complete(query, None).await.map(|_| ());
+            if completed.is_err() {
+                // An error redirect carries no state to consume.
+                let _ = self.take_state(&state, None);
+            }
+            return completed;
         }
         let text = resp.text().await.unwrap_or_default();
         let _ = self.take_state(&state, None);

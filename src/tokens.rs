@@ -93,6 +93,12 @@ struct Slot {
     /// hands out the same Swift token until it expires): from then on this account renews at
     /// expiry only, which costs one provider call per token instead of a burst near the end.
     sticky: AtomicBool,
+    /// After an early renewal failed (the held credentials still valid), no other starts
+    /// before this: every request in a token's last minutes would otherwise start one.
+    early_not_before: Mutex<Option<SystemTime>>,
+    /// Counts resets (a new registration): a renewal that began before one keeps its result
+    /// out of the cache, as it may be the old grant's.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Slot {
@@ -141,6 +147,8 @@ impl TokenManager {
                     entry: Mutex::new(Entry::Empty),
                     renewal: Arc::new(tokio::sync::Mutex::new(())),
                     sticky: AtomicBool::new(false),
+                    early_not_before: Mutex::new(None),
+                    generation: std::sync::atomic::AtomicU64::new(0),
                 };
                 (name, slot)
             })
@@ -175,12 +183,24 @@ impl TokenManager {
             Lookup::Fail(error) => return Err(TokenError::Provider(error)),
             Lookup::Renew => {}
         }
-        let _guard = slot.renewal.lock().await;
+        let guard = slot.renewal.clone().lock_owned().await;
         // Whoever held the lock before us may have renewed already.
         match self.lookup(slot) {
             Lookup::Use(cached, _) => Ok(cached),
             Lookup::Fail(error) => Err(TokenError::Provider(error)),
-            Lookup::Renew => self.renew_locked(slot).await,
+            Lookup::Renew => {
+                // In a task of its own, holding the lock: a waiter that goes away (its client
+                // disconnected) does not cut the renewal short, and the next waiter finds its
+                // result instead of starting over.
+                let (manager, account) = (self.clone(), account.to_owned());
+                let renewal = tokio::spawn(async move {
+                    let _guard = guard;
+                    manager.renew_locked(manager.slot(&account)?).await
+                });
+                renewal.await.unwrap_or_else(|_| {
+                    Err(TokenError::Provider(Arc::new(ProviderError::Protocol("the renewal task failed".into()))))
+                })
+            }
         }
     }
 
@@ -258,6 +278,10 @@ impl TokenManager {
     }
 
     fn renew_in_background(self: &Arc<Self>, account: &str, slot: &Slot) {
+        let not_before = *slot.early_not_before.lock().unwrap_or_else(|p| p.into_inner());
+        if not_before.is_some_and(|t| self.clock.now() < t) {
+            return;
+        }
         // Only one background renewal: if the lock is taken, a renewal is already under way.
         let Ok(guard) = slot.renewal.clone().try_lock_owned() else {
             return;
@@ -276,6 +300,7 @@ impl TokenManager {
 
     /// Renews with the renewal lock held; retries transient errors with backoff.
     async fn renew_locked(&self, slot: &Slot) -> Result<Arc<Cached>, TokenError> {
+        let generation = slot.generation.load(Ordering::Acquire);
         let previous = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
             Entry::Fresh(c) => Some(c.creds.token.clone()),
             _ => None,
@@ -299,6 +324,25 @@ impl TokenManager {
         };
         let now = self.clock.now();
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.generation.load(Ordering::Acquire) != generation {
+            // Registered again while this renewal ran: its waiters get its outcome, the cache
+            // stays empty for the new grant.
+            return match result {
+                Ok((creds, target)) => {
+                    let life = creds.expires.duration_since(now).unwrap_or_default();
+                    let (renew_at, stale_at) = (now, now);
+                    Ok(Arc::new(Cached {
+                        target,
+                        renew_at,
+                        stale_at,
+                        creds,
+                        fetched: tokio::time::Instant::now(),
+                        life,
+                    }))
+                }
+                Err(e) => Err(TokenError::Provider(Arc::new(e))),
+            };
+        }
         match result {
             Ok((creds, target)) => {
                 let same = previous.is_some_and(|token| token == creds.token);
@@ -324,9 +368,12 @@ impl TokenManager {
             Err(e) => {
                 tracing::warn!(cause = %e, "credential renewal failed");
                 let error = Arc::new(e);
-                // A failed early renewal leaves credentials that are still valid in place.
+                // A failed early renewal leaves credentials that are still valid in place, and
+                // the next early one waits.
                 if let Entry::Fresh(c) = &*entry {
                     if now < c.stale_at {
+                        *slot.early_not_before.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(now + self.policy.failure_hold * 5);
                         return Ok(c.clone());
                     }
                 }
@@ -359,8 +406,12 @@ impl TokenManager {
     /// Forgets everything cached for `account`, e.g. after it was registered again.
     pub fn reset(&self, account: &str) {
         if let Ok(slot) = self.slot(account) {
+            let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
+            slot.generation.fetch_add(1, Ordering::AcqRel);
             slot.source.reset();
-            *slot.entry.lock().unwrap_or_else(|p| p.into_inner()) = Entry::Empty;
+            slot.sticky.store(false, Ordering::Relaxed);
+            *slot.early_not_before.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *entry = Entry::Empty;
         }
     }
 
@@ -421,6 +472,8 @@ mod tests {
     #[derive(Debug)]
     struct Counting {
         clock: Arc<ManualClock>,
+        /// Fetches begun (before the gate) and fetches answered (after it).
+        started: AtomicU32,
         calls: AtomicU32,
         life: Duration,
         fail_next: AtomicU32,
@@ -430,6 +483,7 @@ mod tests {
     #[async_trait::async_trait]
     impl CredentialSource for Counting {
         async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
             let _permit = self.gate.acquire().await.expect("gate open");
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             if self.fail_next.load(Ordering::SeqCst) > 0 {
@@ -452,6 +506,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)));
         let source = Arc::new(Counting {
             clock: clock.clone(),
+            started: AtomicU32::new(0),
             calls: AtomicU32::new(0),
             life,
             fail_next: AtomicU32::new(0),
@@ -498,6 +553,61 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Polls `done` with a deadline, yielding to the runtime in between.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: not within 5 s");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_does_not_cut_the_renewal_short() {
+        let (manager, source, _clock) = setup(Duration::from_secs(3600));
+        let held = source.gate.acquire_many(1000).await.unwrap(); // hold the renewal in fetch
+        let m = manager.clone();
+        let waiter = tokio::spawn(async move { m.credentials("a").await.map(|_| ()) });
+        until("renewal started", || manager.is_renewing("a")).await;
+        waiter.abort(); // its client disconnected
+        let _ = waiter.await;
+        drop(held);
+        until("renewal landed", || !manager.is_renewing("a")).await;
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok1");
+        assert_eq!(source.started.load(Ordering::SeqCst), 1, "the renewal ran to its end, once");
+    }
+
+    #[tokio::test]
+    async fn a_failed_early_renewal_waits_before_the_next() {
+        let (manager, source, clock) = setup(Duration::from_secs(3600));
+        manager.credentials("a").await.unwrap();
+        clock.advance(Duration::from_secs(3400)); // inside renew_ahead, still valid
+        source.fail_next.store(1000, Ordering::SeqCst);
+        let attempts = RenewPolicy::default().attempts;
+        for _ in 0..50 {
+            assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok1");
+            until("background renewal done", || !manager.is_renewing("a")).await;
+        }
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1 + attempts, "one failed renewal, not fifty");
+        clock.advance(RenewPolicy::default().failure_hold * 5);
+        manager.credentials("a").await.unwrap();
+        until("background renewal done", || !manager.is_renewing("a")).await;
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1 + 2 * attempts, "tried again after the pause");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_began_before_a_reset_keeps_out_of_the_cache() {
+        let (manager, source, _clock) = setup(Duration::from_secs(3600));
+        let held = source.gate.acquire_many(1000).await.unwrap();
+        let m = manager.clone();
+        let before = tokio::spawn(async move { m.credentials("a").await.map(|c| c.creds.token.expose().to_owned()) });
+        until("renewal started", || manager.is_renewing("a")).await;
+        manager.reset("a"); // registered again
+        drop(held);
+        assert_eq!(before.await.unwrap().unwrap(), "tok1", "its waiter gets its outcome");
+        assert_eq!(manager.credentials("a").await.unwrap().creds.token.expose(), "tok2", "the new grant's");
     }
 
     #[tokio::test]

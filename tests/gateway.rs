@@ -56,14 +56,19 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     assert!(page.contains("access_denied: &lt;b&gt;user refused&lt;/b&gt;"), "HubiC's words, escaped: {page}");
     let (status, _) = get(&format!("state={state}&code=1")).await;
     assert_eq!(status, 400, "a state works once");
+    // HubiC's own error redirects carry no state: its reason is shown all the same.
+    let (status, page) = get("error=invalid_request&error_description=please+verify+redirect+uri").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("invalid_request: please verify redirect uri"), "{page}");
     // One account's pending registrations are capped: one more forgets the oldest.
     let cap = swiftgate::register::PENDING_PER_ACCOUNT;
     let states: Vec<String> = (0..=cap).map(|_| stack.gw.gateway.registrar().begin("alice").0).collect();
-    let (_, page) = get(&format!("state={}&error=access_denied", states[0])).await;
+    let (_, page) = get(&format!("state={}&code=1", states[0])).await;
     assert!(page.contains("unknown, already used or expired"), "the oldest is forgotten: {page}");
     for state in &states[1..] {
-        let (_, page) = get(&format!("state={state}&error=access_denied")).await;
-        assert!(page.contains("access_denied"), "{page}");
+        // Known: the code goes to HubiC, which refuses it.
+        let (_, page) = get(&format!("state={state}&code=1")).await;
+        assert!(!page.contains("unknown, already used or expired"), "{page}");
     }
 }
 
@@ -341,6 +346,26 @@ async fn usage_page_in_json_and_html() {
     let resp = stack.http.get(&url).header("X-Auth-User", USER).header("X-Auth-Key", KEY).send().await.unwrap();
     let page = resp.text().await.unwrap();
     assert!(page.contains("0 B used of 10.0 TiB"), "{page}");
+}
+
+#[tokio::test]
+async fn usage_and_storage_share_one_access_token_refresh() {
+    // Once the 6 h access token has expired, concurrent /usage calls and a credentials renewal
+    // wait for one refresh between them.
+    let stack = Stack::start().await;
+    stack.register().await;
+    stack.storage_login().await;
+    stack.clock.advance(std::time::Duration::from_secs(25 * 3600));
+    stack.emu().reset_counters();
+    let url = format!("{}/usage", stack.gw.url);
+    let usages = (0..8).map(|_| {
+        let req = stack.http.get(&url).basic_auth(USER, Some(KEY)).header("accept", "application/json");
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let (statuses, login) = tokio::join!(futures_util::future::join_all(usages), stack.storage_login());
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(!login.1.is_empty());
+    assert_eq!(stack.emu().count("token_refresh_token"), 1, "one refresh for all of them");
 }
 
 #[tokio::test]

@@ -315,27 +315,47 @@ pub struct HubicAccount {
     client: Arc<HubicClient>,
     store: Arc<dyn GrantStore>,
     account: String,
-    /// Held only to read or replace the token, never across an await.
-    access: Mutex<Option<AccessToken>>,
+    /// Held only to read or replace the token, never across an await; the token is kept with
+    /// the `generation` it was obtained in.
+    access: Mutex<(Option<AccessToken>, u64)>,
+    /// One refresh at a time: credentials and usage calls share it.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl HubicAccount {
     /// The source for `account`, whose grant lives in `store`.
     pub fn new(client: Arc<HubicClient>, store: Arc<dyn GrantStore>, account: &str) -> Self {
-        HubicAccount { client, store, account: account.to_owned(), access: Mutex::new(None) }
+        HubicAccount {
+            client,
+            store,
+            account: account.to_owned(),
+            access: Mutex::new((None, 0)),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn cached_access(&self) -> Option<AccessToken> {
         let now = self.client.clock.now();
         let guard = self.access.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().filter(|a| usable(a, now)).cloned()
+        guard.0.as_ref().filter(|a| usable(a, now)).cloned()
     }
 
-    async fn fresh_access(&self) -> Result<AccessToken, ProviderError> {
+    /// A newly refreshed access token, other than `rejected` (one HubiC just refused). Whoever
+    /// waited for the refresh lock takes the token the refresh before it brought.
+    async fn fresh_access(&self, rejected: Option<&AccessToken>) -> Result<AccessToken, ProviderError> {
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(access) = self.cached_access().filter(|a| rejected.is_none_or(|r| r.token != a.token)) {
+            return Ok(access);
+        }
+        let generation = self.access.lock().unwrap_or_else(|p| p.into_inner()).1;
         let grant: Grant = self.store.load(&self.account).await?.ok_or(ProviderError::NotRegistered)?;
         let access = self.client.refresh(&grant.refresh_token).await?;
         tracing::info!(account = %self.account, token = access.token.prefix(), "access token refreshed");
-        *self.access.lock().unwrap_or_else(|p| p.into_inner()) = Some(access.clone());
+        let mut held = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        // Registered again meanwhile: this token is the old grant's; use it once, keep it not.
+        if held.1 == generation {
+            held.0 = Some(access.clone());
+        }
         Ok(access)
     }
 
@@ -347,16 +367,16 @@ impl HubicAccount {
     {
         let (access, fresh) = match self.cached_access() {
             Some(a) => (a, false),
-            None => (self.fresh_access().await?, true),
+            None => (self.fresh_access(None).await?, true),
         };
-        match call(access).await {
+        match call(access.clone()).await {
             Ok(v) => Ok(v),
             Err(ApiFailure::Other(e)) => Err(e),
             Err(ApiFailure::AccessRejected) if fresh => {
                 Err(ProviderError::Protocol("HubiC rejected a freshly issued access token".into()))
             }
             Err(ApiFailure::AccessRejected) => {
-                let access = self.fresh_access().await?;
+                let access = self.fresh_access(Some(&access)).await?;
                 match call(access).await {
                     Ok(v) => Ok(v),
                     Err(ApiFailure::Other(e)) => Err(e),
@@ -386,7 +406,8 @@ impl CredentialSource for HubicAccount {
     }
 
     fn reset(&self) {
-        *self.access.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut held = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        *held = (None, held.1.wrapping_add(1));
     }
 }
 
