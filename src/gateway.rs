@@ -103,6 +103,14 @@ impl Gateway {
     /// Reads a registration form and checks its `user` and `key`: the form and the user's
     /// account, or the page to answer with.
     async fn verified_form(&self, req: Request<Incoming>) -> Result<(Vec<(String, String)>, String), Response<Body>> {
+        if cross_site(&req) {
+            // Another site's page posting a user's key to bind the visitor's HubiC account to
+            // that user: the browser's consent would then land in someone else's storage.
+            return Err(crate::proxy::drain_then(
+                Some(req.into_body()),
+                body::text(StatusCode::FORBIDDEN, "a registration form posted from another site is refused\n"),
+            ));
+        }
         let form = match body::read_limited(req.into_body(), FORM_LIMIT).await {
             Ok(b) => body::form_pairs(&b),
             Err(e) => return Err(body::text(e.status(), "registration form could not be read\n")),
@@ -126,9 +134,12 @@ impl Gateway {
         let (_, url, cookie) = self.registrar.begin_in_browser(&account);
         let mut resp = body::redirect(&url);
         let secure = if self.public_url.starts_with("https://") { "; Secure" } else { "" };
+        // The path the browser comes back to: under public_url's own path, if it has one.
+        let prefix = self.public_url.parse::<http::Uri>().map(|u| u.path().trim_end_matches('/').to_owned());
         let value = format!(
-            "{}={cookie}; Path=/callback; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            "{}={cookie}; Path={}/callback; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
             crate::register::BROWSER_COOKIE,
+            prefix.unwrap_or_default(),
             crate::register::STATE_TTL.as_secs()
         );
         if let Ok(v) = http::HeaderValue::from_str(&value) {
@@ -231,5 +242,23 @@ fn registration_cookie(headers: &http::HeaderMap) -> Option<String> {
 impl Handler for Gateway {
     async fn handle(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         self.route(req, peer).await
+    }
+}
+
+/// True for a form a browser posted from another site: `Sec-Fetch-Site` says so, or `Origin`
+/// names another host than the one the form was sent to (`null` included). A client that sends
+/// neither is not a browser another site could make post.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    if headers.get("sec-fetch-site").is_some_and(|v| v == "cross-site") {
+        return true;
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else { return false };
+    let sent_to =
+        headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str()));
+    let from = origin.to_str().ok().and_then(|o| o.parse::<http::Uri>().ok());
+    match (from.as_ref().and_then(|u| u.authority()), sent_to) {
+        (Some(from), Some(to)) => !from.as_str().eq_ignore_ascii_case(to),
+        _ => true,
     }
 }

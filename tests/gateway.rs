@@ -415,3 +415,43 @@ async fn a_consent_link_completed_in_another_browser_is_refused() {
     assert!(resp.text().await.unwrap().contains("another browser"));
     assert!(!stack.state.path().join("accounts").join("alice.json").exists());
 }
+
+#[tokio::test]
+async fn a_registration_form_posted_from_another_site_is_refused() {
+    // Another site's page that posts a user's key to /register would send the visitor, with
+    // the registration cookie, to HubiC's consent: their storage would end up the user's.
+    let stack = Stack::start_custom(
+        swiftgate::config::Mode::Redirect,
+        |_| {},
+        |c| c.public_url = Some("https://gw.example.org/swift".into()),
+    )
+    .await;
+    let host = stack.gw.url.trim_start_matches("http://").to_owned();
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut req = stack
+            .http
+            .post(format!("{}/register", stack.gw.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("user={USER}&key={KEY}"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    for refused in [
+        vec![("origin", "https://evil.example".to_owned())],
+        vec![("origin", "null".to_owned())],
+        vec![("origin", format!("http://{host}")), ("sec-fetch-site", "cross-site".to_owned())],
+    ] {
+        let resp = post(refused.clone()).await;
+        assert_eq!(resp.status(), 403, "{refused:?}");
+        assert!(resp.headers().get("set-cookie").is_none());
+    }
+    for accepted in [vec![], vec![("origin", format!("http://{host}")), ("sec-fetch-site", "same-origin".to_owned())]] {
+        let resp = post(accepted.clone()).await;
+        assert_eq!(resp.status(), 302, "{accepted:?}");
+        // The browser comes back to <public_url>/callback, so the cookie's path is that one.
+        let cookie = header(&resp, "set-cookie");
+        assert!(cookie.contains("; Path=/swift/callback;") && cookie.ends_with("; Secure"), "{cookie}");
+    }
+}
