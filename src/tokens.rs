@@ -99,15 +99,16 @@ struct Slot {
     /// Counts resets (a new registration): a renewal that began before one keeps its result
     /// out of the cache, as it may be the old grant's.
     generation: std::sync::atomic::AtomicU64,
+    /// The credentials last obtained, kept through refusals and failed renewals (which empty
+    /// `entry`): anonymous requests need only their target, which an outage of the provider
+    /// does not move. Locked after `entry` when both are.
+    last_known: Mutex<Option<Arc<Cached>>>,
 }
 
 impl Slot {
-    /// The credentials held, expired or not; the entry is locked only to clone them.
+    /// The credentials last obtained, expired or not; locked only to clone them.
     fn held(&self) -> Option<Arc<Cached>> {
-        match &*self.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Fresh(c) => Some(c.clone()),
-            _ => None,
-        }
+        self.last_known.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -149,6 +150,7 @@ impl TokenManager {
                     sticky: AtomicBool::new(false),
                     early_not_before: Mutex::new(None),
                     generation: std::sync::atomic::AtomicU64::new(0),
+                    last_known: Mutex::new(None),
                 };
                 (name, slot)
             })
@@ -363,6 +365,7 @@ impl TokenManager {
                 let cached =
                     Arc::new(Cached { target, renew_at, stale_at, creds, fetched: tokio::time::Instant::now(), life });
                 *entry = Entry::Fresh(cached.clone());
+                *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
                 Ok(cached)
             }
             Err(e) => {
@@ -411,6 +414,7 @@ impl TokenManager {
             slot.source.reset();
             slot.sticky.store(false, Ordering::Relaxed);
             *slot.early_not_before.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
             *entry = Entry::Empty;
         }
     }

@@ -415,4 +415,10 @@ async fn anonymous_requests_go_upstream_without_credentials() {
     let seen: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(seen["target"], "/v1/AUTH_echo/c/o?temp_url_sig=abc&temp_url_expires=1");
     assert!(seen["headers"].get("x-auth-token").is_none(), "no credentials added: {seen}");
+    // A refused token (as after a failed renewal, HubiC down) empties the cache; anonymous
+    // requests need only the target, and keep it.
+    let tokens = stack.gw.gateway.tokens().clone();
+    let held = tokens.cached_for_path("/v1/AUTH_echo/c/o").expect("a target");
+    tokens.invalidate("alice", &held.creds.token);
+    assert_eq!(raw::send("GET", &url, &[], full("")).await.status, 200, "the target is kept");
 }
