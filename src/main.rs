@@ -308,7 +308,13 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
                     "Waiting for HubiC's redirect to {}/callback, or paste the URL you were sent to:",
                     config.public_url()
                 );
-                Some(tokio::spawn(server::run(listener, gateway.clone(), ServeOptions::default(), async {
+                // The browser comes back as `serve` would receive it: over TLS if so configured.
+                let tls = match &config.tls {
+                    Some(t) => Some(server::tls_acceptor(&t.cert, &t.key)?),
+                    None => None,
+                };
+                let options = ServeOptions { tls, ..ServeOptions::default() };
+                Some(tokio::spawn(server::run(listener, gateway.clone(), options, async {
                     let _ = stop_rx.await;
                 })))
             }
