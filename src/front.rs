@@ -22,7 +22,7 @@ use crate::body::{self, Body};
 use crate::clock::secs_until;
 use crate::config::ResolvedUser;
 use crate::provider::ProviderError;
-use crate::tokens::{TokenError, TokenManager};
+use crate::tokens::{Cached, TokenError, TokenManager};
 
 /// HMAC-SHA256 under a per-process random key, keyed once: each MAC then costs two SHA-256
 /// blocks instead of four.
@@ -275,10 +275,55 @@ pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body
 /// What v1.0 auth hands out.
 #[derive(Clone, Copy, Debug)]
 pub enum Issue<'a> {
-    /// The upstream storage URL and token (redirect mode).
-    Upstream,
+    /// The upstream storage URL and token (redirect mode), checked by `UpstreamCheck`.
+    Upstream(&'a UpstreamCheck),
     /// The gateway's storage URL and a gateway token (proxy mode).
     Gateway(&'a TokenIssuer),
+}
+
+/// How often redirect mode asks upstream whether the token it hands out is still good.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long that question may take before the token is handed out unchecked.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the provider to hand out a token other than a refused one.
+const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Redirect mode's check of the upstream token before handing it out. The gateway never sees
+/// the storage requests made with it, so a token upstream revoked early (HubiC did) would go
+/// on being handed out until its expiry, to clients re-authenticating after each 401. A `HEAD`
+/// of the storage URL with the token, at most every `CHECK_EVERY` per account, finds out;
+/// anything but a 401 (an error, a timeout) leaves the token as it is.
+#[derive(Debug)]
+pub struct UpstreamCheck {
+    http: reqwest::Client,
+    /// Account → when its token was last checked; short critical sections only.
+    last: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl UpstreamCheck {
+    /// A check that asks upstream through `http`.
+    pub fn new(http: reqwest::Client) -> UpstreamCheck {
+        UpstreamCheck { http, last: Mutex::new(HashMap::new()) }
+    }
+
+    /// True when upstream refuses `cached`'s token (checked if not done lately).
+    async fn refused(&self, account: &str, cached: &Cached, now: SystemTime) -> bool {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.get(account).is_some_and(|t| now.duration_since(*t).is_ok_and(|d| d < CHECK_EVERY)) {
+                return false;
+            }
+            last.insert(account.to_owned(), now);
+        }
+        let asked = self
+            .http
+            .head(&cached.creds.endpoint)
+            .header("x-auth-token", cached.creds.token.expose())
+            .timeout(CHECK_TIMEOUT)
+            .send()
+            .await;
+        matches!(asked, Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED)
+    }
 }
 
 /// Answers a v1.0 auth request.
@@ -306,7 +351,13 @@ pub async fn v1_auth(
     let lookup = match issue {
         // The client will use the upstream token itself: give it one that outlives the skew
         // between the gateway's idea of its expiry and upstream's.
-        Issue::Upstream => tokens.credentials_lasting(account, Duration::from_secs(2)).await,
+        Issue::Upstream(check) => match tokens.credentials_lasting(account, Duration::from_secs(2)).await {
+            Ok(cached) if check.refused(account, &cached, tokens.clock().now()).await => {
+                tracing::info!(account = %account, "upstream refuses the Swift token before its expiry; renewing");
+                tokens.credentials_except(account, &cached.creds.token, REFUSAL_PATIENCE).await
+            }
+            other => other,
+        },
         Issue::Gateway(_) => tokens.credentials(account).await,
     };
     let cached = match lookup {
@@ -318,7 +369,7 @@ pub async fn v1_auth(
     };
     let now = tokens.clock().now();
     let (url, token, expires) = match issue {
-        Issue::Upstream => {
+        Issue::Upstream(_) => {
             (cached.creds.endpoint.clone(), cached.creds.token.expose().to_owned(), cached.creds.expires)
         }
         Issue::Gateway(issuer) => {

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Mode};
-use crate::front::{self, Issue, TokenIssuer, Users};
+use crate::front::{self, Issue, TokenIssuer, UpstreamCheck, Users};
 use crate::ops;
 use crate::provider::hubic::{HubicAccount, HubicClient};
 use crate::provider::{CredentialSource, ProviderError};
@@ -54,6 +54,8 @@ pub struct Gateway {
     /// Present in proxy mode.
     proxy: Option<Proxy>,
     issuer: TokenIssuer,
+    /// Redirect mode's check of upstream tokens.
+    check: UpstreamCheck,
 }
 
 impl Gateway {
@@ -76,13 +78,14 @@ impl Gateway {
         });
         let tokens = Arc::new(TokenManager::new(sources, clock, policy));
         let public_url = config.public_url();
+        let check = UpstreamCheck::new(client.http().clone());
         let registrar = Registrar::new(client, store, tokens.clone(), &public_url, &config.hubic.scope);
         let proxy = match config.mode {
             Mode::Proxy => Some(Proxy::new(config.proxy.settings(), &public_url, config.worker_count())?),
             Mode::Redirect => None,
         };
         let issuer = TokenIssuer::new(Duration::from_secs(config.proxy.token_ttl));
-        Ok(Arc::new(Gateway { users: Users::new(&users), tokens, registrar, public_url, proxy, issuer }))
+        Ok(Arc::new(Gateway { users: Users::new(&users), tokens, registrar, public_url, proxy, issuer, check }))
     }
 
     /// The token manager (the proxy and tests ask it for credentials).
@@ -168,7 +171,7 @@ impl Gateway {
         if front::is_auth_path(path) {
             let issue = match self.proxy {
                 Some(_) => Issue::Gateway(&self.issuer),
-                None => Issue::Upstream,
+                None => Issue::Upstream(&self.check),
             };
             return front::v1_auth(req.method(), req.headers(), &self.users, &self.tokens, &self.public_url, issue)
                 .await;

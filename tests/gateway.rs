@@ -285,6 +285,24 @@ async fn access_token_expiry_is_tracked_after_a_refresh() {
 }
 
 #[tokio::test]
+async fn redirect_mode_stops_handing_out_a_swift_token_revoked_early() {
+    // HubiC sometimes revoked Swift tokens before their expiry. In redirect mode the gateway
+    // never sees the 401 that follows, so it asks upstream before handing a token out again.
+    let stack = Stack::start().await;
+    stack.register().await;
+    let first = stack.auth(USER, KEY).await;
+    let revoked = header(&first, "x-auth-token").to_owned();
+    stack.emu().revoke(false, true, false);
+    stack.clock.advance(Duration::from_secs(11));
+    let again = stack.auth(USER, KEY).await;
+    assert_eq!(again.status(), 200);
+    let (url, token) = (header(&again, "x-storage-url").to_owned(), header(&again, "x-auth-token").to_owned());
+    assert_ne!(token, revoked, "the revoked token is not handed out again");
+    let head = stack.http.head(&url).header("x-auth-token", &token).send().await.unwrap();
+    assert_eq!(head.status(), 204, "the new one works");
+}
+
+#[tokio::test]
 async fn a_revoked_grant_asks_for_registration_and_transient_errors_are_retried() {
     let stack = Stack::start().await;
     stack.register().await;
