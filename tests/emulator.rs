@@ -177,6 +177,14 @@ async fn consent_post_outcomes() {
     assert!(code[..10].chars().all(|c| c.is_ascii_digit()) && code[10..].chars().all(|c| c.is_ascii_alphanumeric()));
     assert_eq!(parts[1], "scope=usage.r,credentials.r");
     assert_eq!(parts[2], "state=st4te");
+    // The state comes back exactly as sent: hubic_token's is base64 with a bare `+`.
+    let query = authorize_query(&stack, &[("state", None)]) + "&state=QUJD+ZA/x%3D=";
+    let page = stack.http.get(format!("{}/oauth/auth/?{query}", stack.emulator.base_url())).send().await.unwrap();
+    let oauth = swiftgate::register::scrape_oauth_id(&page.text().await.unwrap()).unwrap();
+    let resp =
+        post_consent(&stack, &[("oauth", &oauth), ("action", "accepted"), ("login", LOGIN), ("user_pwd", PASSWORD)])
+            .await;
+    assert!(header(&resp, "location").ends_with("&state=QUJD+ZA/x%3D="), "{}", header(&resp, "location"));
     // Refusal.
     let oauth = consent(&stack).await;
     let resp =

@@ -119,11 +119,17 @@ pub(super) fn authorize_page(emu: &Emulator, query: &str) -> Response<Body> {
         client_id: client_id.to_owned(),
         redirect_uri: redirect_uri.to_owned(),
         scope: scope.to_owned(),
-        state: get("state").map(str::to_owned),
+        state: raw_param(query, "state").filter(|v| !v.is_empty()).map(str::to_owned),
         shown: emu.now(),
     };
     emu.lock().pending.insert(oauth.clone(), pending);
     body::html(StatusCode::OK, consent_page(&oauth, scope, None))
+}
+
+/// The value of `key` in `query` exactly as sent, not form-decoded: HubiC echoed `state` back
+/// so (hubic_token's state is base64 with a bare `+`, which decoding would make a space).
+fn raw_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn new_oauth_id(emu: &Emulator) -> String {
