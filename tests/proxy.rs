@@ -374,6 +374,28 @@ async fn an_upload_to_a_down_upstream_gets_its_503_not_a_reset() {
 }
 
 #[tokio::test]
+async fn a_bad_token_gets_its_401_before_any_100_continue() {
+    // swift-protocol §3.1: a client that sends `Expect: 100-continue` with a token the gateway
+    // refuses reads the 401 at once, without a `100 Continue` first and without sending its body.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = proxy_stack().await;
+    let (url, _) = stack.storage_login().await;
+    let uri: http::Uri = url.parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str()).await.unwrap();
+    let head = format!(
+        "PUT {}/default/o HTTP/1.1\r\nhost: gw\r\nx-auth-token: SG1_bogus\r\nexpect: 100-continue\r\ncontent-length: 1000000\r\n\r\n",
+        uri.path()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_exact(&mut answer))
+        .await
+        .expect("an answer without the body")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer), "HTTP/1.1 401");
+}
+
+#[tokio::test]
 async fn an_upload_refused_before_100_gets_its_answer_not_a_reset() {
     // Found by the compatibility suite: Swift answers 413 to a too-large PUT before asking for
     // the body; a client that sent no Expect must read that 413, so the gateway drains the body.
