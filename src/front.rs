@@ -335,9 +335,10 @@ pub async fn v1_auth(
     public_url: &str,
     issue: Issue<'_>,
 ) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
+    // GET only, as tempauth (swift-protocol §1.6).
+    if method != Method::GET {
         let mut resp = body::text(StatusCode::METHOD_NOT_ALLOWED, "v1.0 auth takes GET\n");
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         return resp;
     }
     let Some((user, key)) = v1_credentials(headers) else {

@@ -200,6 +200,15 @@ async fn v1_auth_failures() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 405);
+    let resp = stack
+        .http
+        .head(format!("{}/auth/v1.0", stack.gw.url))
+        .header("X-Auth-User", USER)
+        .header("X-Auth-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), header(&resp, "allow")), (405, "GET"), "GET only, as tempauth");
 }
 
 #[tokio::test]
