@@ -18,6 +18,9 @@ use swiftgate::secret::Secret;
 use swiftgate::server::{self, ServeOptions};
 use swiftgate::tokens::RenewPolicy;
 
+/// How often `serve` looks for grants `swiftgate register` wrote while it runs.
+const STORE_WATCH: Duration = Duration::from_secs(10);
+
 #[derive(Parser)]
 #[command(name = "swiftgate", version, about = "Swift v1.0 auth gateway for HubiC-style OAuth2 storage")]
 struct Cli {
@@ -260,6 +263,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     config.listen = listener.local_addr()?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     tokio::spawn(gateway.tokens().clone().warm_up());
+    let watched = gateway.clone();
+    tokio::spawn(async move { watched.registrar().watch_store(STORE_WATCH).await });
     let stop = server::shutdown_signal()?;
     server::announce(&mut std::io::stdout(), &format!("{}\n", config.public_url()));
     let workers = config.worker_count();

@@ -87,6 +87,9 @@ pub struct Registrar {
     started: std::sync::atomic::AtomicU64,
     /// Announces each account whose registration completed.
     done: tokio::sync::broadcast::Sender<String>,
+    /// The refresh token last seen in the store per account, to notice grants another process
+    /// (`swiftgate register`) wrote; short critical sections only.
+    seen: Arc<Mutex<HashMap<String, Option<Secret>>>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -115,6 +118,31 @@ impl Registrar {
             pending: Mutex::new(HashMap::new()),
             started: std::sync::atomic::AtomicU64::new(0),
             done: tokio::sync::broadcast::channel(16).0,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Checks the store every `every` for grants another process wrote (`swiftgate register`
+    /// while `serve` runs) and drops what is cached for their accounts, as a registration in
+    /// this process does: the next request renews with the new grant.
+    pub async fn watch_store(&self, every: Duration) {
+        loop {
+            self.check_store().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// One pass of [`watch_store`](Self::watch_store); the first only records what is there.
+    pub async fn check_store(&self) {
+        for account in self.tokens.accounts() {
+            // An unreadable file is reported where it is used; here it changes nothing.
+            let Ok(grant) = self.store.load(account).await else { continue };
+            let token = grant.map(|g| g.refresh_token);
+            let before = self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), token.clone());
+            if before.is_some_and(|before| before != token) {
+                tracing::info!(account = %account, "the account's grant changed on disk; renewing with it");
+                self.tokens.reset(account);
+            }
         }
     }
 
@@ -201,14 +229,23 @@ impl Registrar {
     /// refresh token it has revoked the account's previous one, so the new one must reach the
     /// store even if the browser that brought the code goes away meanwhile.
     async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
-        let (client, store, tokens, clock, done) =
-            (self.client.clone(), self.store.clone(), self.tokens.clone(), self.clock.clone(), self.done.clone());
+        let (client, store, tokens, clock, done, seen) = (
+            self.client.clone(),
+            self.store.clone(),
+            self.tokens.clone(),
+            self.clock.clone(),
+            self.done.clone(),
+            self.seen.clone(),
+        );
         let (account, code, redirect_uri) = (account.to_owned(), code.to_owned(), self.redirect_uri.clone());
         let finishing = tokio::spawn(async move {
             let grant = client.exchange_code(&code, &redirect_uri).await?;
             let registered_at = crate::clock::unix_secs(clock.now());
-            store.save(&account, &Grant { refresh_token: grant.refresh_token, scope, registered_at }).await?;
+            let refresh_token = grant.refresh_token;
+            store.save(&account, &Grant { refresh_token: refresh_token.clone(), scope, registered_at }).await?;
             tokens.reset(&account);
+            // Written here and reset already: the store's watch need not do it again.
+            seen.lock().unwrap_or_else(|p| p.into_inner()).insert(account.clone(), Some(refresh_token));
             tracing::info!(account = %account, "account registered");
             let _ = done.send(account);
             Ok(())

@@ -425,6 +425,11 @@ impl TokenManager {
         slot.source.usage().await.map_err(|e| TokenError::Provider(Arc::new(e)))
     }
 
+    /// The accounts this manager keeps credentials for.
+    pub fn accounts(&self) -> impl Iterator<Item = &str> {
+        self.slots.keys().map(String::as_str)
+    }
+
     /// True while a renewal for `account` is under way (for readiness checks and metrics).
     pub fn is_renewing(&self, account: &str) -> bool {
         self.slot(account).is_ok_and(|slot| slot.renewal.try_lock().is_err())

@@ -482,3 +482,27 @@ async fn a_registration_form_posted_from_another_site_is_refused() {
         assert!(cookie.contains("; Path=/swift/callback;") && cookie.ends_with("; Secure"), "{cookie}");
     }
 }
+
+#[tokio::test]
+async fn a_grant_written_by_another_process_replaces_the_cached_tokens() {
+    // `swiftgate register` run while `serve` runs writes the store from another process; serve
+    // notices and drops the old grant's tokens, as a registration of its own does.
+    let stack = Stack::start().await;
+    stack.register().await;
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200);
+    let registrar = stack.gw.gateway.registrar();
+    registrar.check_store().await; // records what is there
+    registrar.check_store().await;
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200, "nothing changed, nothing dropped");
+    let other = swiftgate::store::FileStore::open(stack.state.path()).unwrap();
+    let grant = swiftgate::store::Grant {
+        refresh_token: swiftgate::secret::Secret::new("written-by-another-process"),
+        scope: "credentials.r".into(),
+        registered_at: 1,
+    };
+    swiftgate::store::GrantStore::save(&other, "alice", &grant).await.unwrap();
+    registrar.check_store().await;
+    // The old grant's credentials are gone; renewing with the new (made-up) grant fails.
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 403, "{:?}", resp.text().await);
+}
