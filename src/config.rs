@@ -353,7 +353,10 @@ impl Config {
             return Err(invalid("hubic.scope", "must include credentials.r (needed to obtain Swift credentials)"));
         }
         let mut seen = std::collections::HashSet::new();
-        let mut derived_by = std::collections::HashMap::new();
+        // Account → the user that reaches it; written ones first, so a derived name that lands
+        // on any other user's account is refused, wherever that user stands.
+        let mut derived_by: std::collections::HashMap<String, usize> =
+            self.users.iter().enumerate().filter_map(|(i, u)| Some((u.account.clone()?, i))).collect();
         for (i, user) in self.users.iter().enumerate() {
             let key = |field: &str| format!("user[{i}].{field}");
             if user.name.is_empty() || user.name.chars().any(|c| c.is_control()) {
@@ -381,11 +384,11 @@ impl Config {
                     })?;
                     // Two names that differ only where characters are replaced would silently
                     // share one HubiC account; sharing one is allowed, but only when written.
-                    if let Some(other) = derived_by.insert(derived.clone(), i) {
+                    if let Some(other) = derived_by.insert(derived.clone(), i).filter(|&o| o != i) {
                         return Err(invalid(
                             key("account"),
                             format!(
-                                "user[{other}] and user[{i}] would both reach account {derived:?}: set `account` on them (the same value to share it)"
+                                "user[{other}] and user[{i}] would both reach account {derived:?}: set `account` on both (the same value to share it)"
                             ),
                         ));
                     }
@@ -580,6 +583,11 @@ mod tests {
                     + "\"\n",
                 "user[2].account",
             ),
+            // Derived on one side, written on the other: written on both, or refused.
+            (
+                base() + "[[user]]\nname = \"bob\"\nkey_hash = \"" + HASH + "\"\naccount = \"alice\"\n",
+                "user[0].account",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_err().to_string();
@@ -589,9 +597,9 @@ mod tests {
 
     #[test]
     fn what_may_pass() {
-        // Sharing an account is allowed when written; http to a loopback host (the emulator);
-        // every interface with a public URL.
-        let shared = base()
+        // Sharing an account is allowed when written on both; http to a loopback host (the
+        // emulator); every interface with a public URL.
+        let shared = base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"alice\"")
             + "[[user]]\nname = \"al.ice\"\nkey_hash = \""
             + HASH
             + "\"\naccount = \"alice\"\n"

@@ -322,7 +322,20 @@ impl UpstreamCheck {
             .timeout(CHECK_TIMEOUT)
             .send()
             .await;
-        matches!(asked, Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED)
+        match asked {
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => true,
+            Ok(r) if r.status().is_success() => false,
+            // At most once per account and `CHECK_EVERY`, so a check that cannot work (a
+            // storage endpoint whose CA the system does not trust) is seen in the log.
+            Ok(r) => {
+                tracing::info!(account = %account, status = %r.status(), "token check: upstream did not say; token handed out");
+                false
+            }
+            Err(e) => {
+                tracing::info!(account = %account, cause = %e, "token check failed; token handed out");
+                false
+            }
+        }
     }
 }
 

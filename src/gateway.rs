@@ -106,7 +106,7 @@ impl Gateway {
     /// Reads a registration form and checks its `user` and `key`: the form and the user's
     /// account, or the page to answer with.
     async fn verified_form(&self, req: Request<Incoming>) -> Result<(Vec<(String, String)>, String), Response<Body>> {
-        if cross_site(&req) {
+        if cross_site(&req, &self.public_url) {
             // Another site's page posting a user's key to bind the visitor's HubiC account to
             // that user: the browser's consent would then land in someone else's storage.
             return Err(crate::proxy::drain_then(
@@ -248,20 +248,35 @@ impl Handler for Gateway {
     }
 }
 
-/// True for a form a browser posted from another site: `Sec-Fetch-Site` says so, or `Origin`
-/// names another host than the one the form was sent to (`null` included). A client that sends
-/// neither is not a browser another site could make post.
-fn cross_site(req: &Request<Incoming>) -> bool {
+/// True for a form a browser posted from another site. A browser that sends `Sec-Fetch-Site`
+/// is taken at its word (`same-origin` passes, even with `Origin: null` under a no-referrer
+/// policy). Otherwise `Origin` must be `public_url`'s origin, or name the host the form was
+/// sent to (`Host`, which a reverse proxy may rewrite, hence `public_url` first). A client that
+/// sends neither header is not a browser another site could make post.
+fn cross_site(req: &Request<Incoming>, public_url: &str) -> bool {
     let headers = req.headers();
-    if headers.get("sec-fetch-site").is_some_and(|v| v == "cross-site") {
-        return true;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site != "same-origin";
     }
-    let Some(origin) = headers.get(http::header::ORIGIN) else { return false };
+    let Some(origin) = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()) else { return false };
+    let Some(from) = origin_of(origin) else { return true };
+    if origin_of(public_url).is_some_and(|public| public == from) {
+        return false;
+    }
     let sent_to =
         headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str()));
-    let from = origin.to_str().ok().and_then(|o| o.parse::<http::Uri>().ok());
-    match (from.as_ref().and_then(|u| u.authority()), sent_to) {
-        (Some(from), Some(to)) => !from.as_str().eq_ignore_ascii_case(to),
-        _ => true,
-    }
+    let from_authority = origin.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.as_str().to_owned()));
+    !matches!((from_authority, sent_to), (Some(from), Some(to)) if from.eq_ignore_ascii_case(to))
+}
+
+/// `url`'s origin: scheme, lower-case host and port (the scheme's default when not written).
+fn origin_of(url: &str) -> Option<(String, String, u16)> {
+    let uri = url.parse::<http::Uri>().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let port = uri.port_u16().or(match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    })?;
+    Some((scheme, uri.host()?.to_ascii_lowercase(), port))
 }

@@ -170,6 +170,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut config = load(&config)?;
             if let Some(listen) = listen {
                 config.listen = listen;
+                // The flag can make the configuration invalid (every interface, no public_url).
+                config.validate()?;
             }
             serve(config).await
         }

@@ -70,6 +70,17 @@ struct Pending {
     browser: Option<Secret>,
 }
 
+/// The `error_description`s HubiC's error redirects carried (hubic-api §1.5, and a refusal).
+const HUBIC_DESCRIPTIONS: [&str; 7] = [
+    "missing arguments",
+    "please verify redirect uri",
+    "response type must be set to code or token",
+    "please verify scope",
+    "please verify credentials",
+    "please retry",
+    "user refused",
+];
+
 /// The cookie that ties a browser registration to the browser that started it.
 pub const BROWSER_COOKIE: &str = "swiftgate_registration";
 
@@ -89,7 +100,9 @@ pub struct Registrar {
     done: tokio::sync::broadcast::Sender<String>,
     /// The refresh token last seen in the store per account, to notice grants another process
     /// (`swiftgate register`) wrote; short critical sections only.
-    seen: Arc<Mutex<HashMap<String, Option<Secret>>>>,
+    /// Held across a load or a save, so a registration here and a pass of the watch cannot
+    /// interleave (a pass that read the old grant would reset the new one's tokens).
+    seen: Arc<tokio::sync::Mutex<HashMap<String, Option<Secret>>>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -135,13 +148,15 @@ impl Registrar {
     /// One pass of [`watch_store`](Self::watch_store); the first only records what is there.
     pub async fn check_store(&self) {
         for account in self.tokens.accounts() {
+            let mut seen = self.seen.lock().await;
             // An unreadable file is reported where it is used; here it changes nothing.
             let Ok(grant) = self.store.load(account).await else { continue };
             let token = grant.map(|g| g.refresh_token);
-            let before = self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), token.clone());
+            let before = seen.insert(account.to_owned(), token.clone());
             if before.is_some_and(|before| before != token) {
                 tracing::info!(account = %account, "the account's grant changed on disk; renewing with it");
                 self.tokens.reset(account);
+                renew_soon(&self.tokens, account);
             }
         }
     }
@@ -209,13 +224,22 @@ impl Registrar {
         // refused consent, a redirect_uri HubiC does not accept): the user sees HubiC's reason,
         // whatever state there is or is not.
         if let Some(error) = get("error") {
-            if let Some(state) = get("state") {
-                let _ = self.take_state(state, browser);
-            }
-            return Err(RegisterError::Denied {
-                error: error.to_owned(),
-                description: get("error_description").unwrap_or("").to_owned(),
-            });
+            let known = get("state").is_some_and(|state| self.take_state(state, browser).is_ok());
+            // Anyone can send a browser here with any text: without a state of ours, only
+            // HubiC's own error codes and wording are shown.
+            let description = get("error_description").unwrap_or("");
+            let (error, description) = match known {
+                true => (error, description),
+                false => (
+                    if error.len() <= 40 && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                        error
+                    } else {
+                        "error"
+                    },
+                    HUBIC_DESCRIPTIONS.iter().copied().find(|d| *d == description).unwrap_or(""),
+                ),
+            };
+            return Err(RegisterError::Denied { error: error.to_owned(), description: description.to_owned() });
         }
         // The state is consumed first, whatever the outcome, so a link works once.
         let account = self.take_state(get("state").ok_or(RegisterError::BadState)?, browser)?;
@@ -242,10 +266,12 @@ impl Registrar {
             let grant = client.exchange_code(&code, &redirect_uri).await?;
             let registered_at = crate::clock::unix_secs(clock.now());
             let refresh_token = grant.refresh_token;
+            let mut seen = seen.lock().await;
             store.save(&account, &Grant { refresh_token: refresh_token.clone(), scope, registered_at }).await?;
             tokens.reset(&account);
             // Written here and reset already: the store's watch need not do it again.
-            seen.lock().unwrap_or_else(|p| p.into_inner()).insert(account.clone(), Some(refresh_token));
+            seen.insert(account.clone(), Some(refresh_token));
+            drop(seen);
             tracing::info!(account = %account, "account registered");
             let _ = done.send(account);
             Ok(())
@@ -403,6 +429,18 @@ fn scrape_error(html: &str) -> Option<String> {
     let message = lines.next()?.trim();
     let message = message.split('<').next().unwrap_or("").trim();
     (!message.is_empty()).then(|| message.to_owned())
+}
+
+/// Renews `account`'s credentials in the background after the watch reset them, so anonymous
+/// requests (tempurl, public containers) and `/info` know the new grant's upstream before any
+/// client authenticates, as they do after `serve`'s start.
+fn renew_soon(tokens: &Arc<TokenManager>, account: &str) {
+    let (tokens, account) = (tokens.clone(), account.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = tokens.credentials(&account).await {
+            tracing::info!(account = %account, cause = %e, "no credentials after the new registration");
+        }
+    });
 }
 
 #[cfg(test)]

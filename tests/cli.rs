@@ -222,6 +222,17 @@ fn check_config_accepts_good_files_and_names_bad_keys() {
         assert!(stderr.contains(key), "{key}: {stderr}");
         assert!(!stderr.contains("s3cr3t"));
     }
+    // `serve --listen` on every interface, with no public_url: refused before anything starts.
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &good).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "0.0.0.0:0", "--config"]).arg(&path);
+    cmd.env_remove("SWIFTGATE_LISTEN").env_remove("SWIFTGATE_PUBLIC_URL").stderr(Stdio::piped());
+    let (mut serve, _) = launch(cmd);
+    let stderr = lines_of(serve.0.stderr.take().unwrap());
+    assert!(!wait_exit(&mut serve.0, Duration::from_secs(30)).success());
+    let said: Vec<String> = stderr.iter().collect();
+    assert!(said.iter().any(|l| l.contains("public_url")), "{said:?}");
 }
 
 #[test]

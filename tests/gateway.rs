@@ -60,6 +60,12 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     let (status, page) = get("error=invalid_request&error_description=please+verify+redirect+uri").await;
     assert_eq!(status, 400);
     assert!(page.contains("invalid_request: please verify redirect uri"), "{page}");
+    // Anyone can send a browser there: without a pending state, only HubiC's own wording shows.
+    let (status, page) = get("error=access_denied&error_description=Send+your+key+to+evil.example").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("access_denied") && !page.contains("evil.example"), "{page}");
+    let (_, page) = get("error=%3Cscript%3E&error_description=please+retry").await;
+    assert!(!page.contains("script") && page.contains("please retry"), "{page}");
     // One account's pending registrations are capped: one more forgets the oldest.
     let cap = swiftgate::register::PENDING_PER_ACCOUNT;
     let states: Vec<String> = (0..=cap).map(|_| stack.gw.gateway.registrar().begin("alice").0).collect();
@@ -469,12 +475,25 @@ async fn a_registration_form_posted_from_another_site_is_refused() {
         vec![("origin", "https://evil.example".to_owned())],
         vec![("origin", "null".to_owned())],
         vec![("origin", format!("http://{host}")), ("sec-fetch-site", "cross-site".to_owned())],
+        vec![("origin", format!("http://{host}")), ("sec-fetch-site", "same-site".to_owned())],
+        // public_url's host, but not its scheme.
+        vec![("origin", "http://gw.example.org".to_owned())],
     ] {
         let resp = post(refused.clone()).await;
         assert_eq!(resp.status(), 403, "{refused:?}");
         assert!(resp.headers().get("set-cookie").is_none());
     }
-    for accepted in [vec![], vec![("origin", format!("http://{host}")), ("sec-fetch-site", "same-origin".to_owned())]] {
+    for accepted in [
+        vec![],
+        vec![("origin", format!("http://{host}")), ("sec-fetch-site", "same-origin".to_owned())],
+        // The host the form was sent to.
+        vec![("origin", format!("http://{host}"))],
+        // public_url's origin, with Host rewritten by a reverse proxy; default port written or not.
+        vec![("origin", "https://gw.example.org".to_owned())],
+        vec![("origin", "https://GW.example.org:443".to_owned())],
+        // A no-referrer policy: Origin null, but the browser says same-origin.
+        vec![("origin", "null".to_owned()), ("sec-fetch-site", "same-origin".to_owned())],
+    ] {
         let resp = post(accepted.clone()).await;
         assert_eq!(resp.status(), 302, "{accepted:?}");
         // The browser comes back to <public_url>/callback, so the cookie's path is that one.
@@ -493,7 +512,9 @@ async fn a_grant_written_by_another_process_replaces_the_cached_tokens() {
     let registrar = stack.gw.gateway.registrar();
     registrar.check_store().await; // records what is there
     registrar.check_store().await;
-    assert_eq!(stack.auth(USER, KEY).await.status(), 200, "nothing changed, nothing dropped");
+    let calls = stack.emu().count("credentials");
+    assert_eq!(stack.auth(USER, KEY).await.status(), 200);
+    assert_eq!(stack.emu().count("credentials"), calls, "nothing changed, nothing dropped");
     let other = swiftgate::store::FileStore::open(stack.state.path()).unwrap();
     let grant = swiftgate::store::Grant {
         refresh_token: swiftgate::secret::Secret::new("written-by-another-process"),
@@ -502,7 +523,8 @@ async fn a_grant_written_by_another_process_replaces_the_cached_tokens() {
     };
     swiftgate::store::GrantStore::save(&other, "alice", &grant).await.unwrap();
     registrar.check_store().await;
-    // The old grant's credentials are gone; renewing with the new (made-up) grant fails.
+    // The old grant's credentials are gone; renewing with the new (made-up) grant fails (the
+    // watch's own renewal or the auth's, whichever comes first).
     let resp = stack.auth(USER, KEY).await;
     assert_eq!(resp.status(), 403, "{:?}", resp.text().await);
 }

@@ -318,8 +318,12 @@ pub struct HubicAccount {
     /// Held only to read or replace the token, never across an await; the token is kept with
     /// the `generation` it was obtained in.
     access: Mutex<(Option<AccessToken>, u64)>,
-    /// One refresh at a time: credentials and usage calls share it.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One refresh at a time: credentials and usage calls share it. It guards the number of
+    /// refreshes that ended and how the last one failed, if it did: whoever queued behind a
+    /// failed refresh gets its error instead of trying again at once.
+    refreshing: tokio::sync::Mutex<(u64, Option<ProviderError>)>,
+    /// Refreshes ended so far (read without the lock, to take a ticket before queueing).
+    refreshes: std::sync::atomic::AtomicU64,
 }
 
 impl HubicAccount {
@@ -330,7 +334,8 @@ impl HubicAccount {
             store,
             account: account.to_owned(),
             access: Mutex::new((None, 0)),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new((0, None)),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -343,13 +348,23 @@ impl HubicAccount {
     /// A newly refreshed access token, other than `rejected` (one HubiC just refused). Whoever
     /// waited for the refresh lock takes the token the refresh before it brought.
     async fn fresh_access(&self, rejected: Option<&AccessToken>) -> Result<AccessToken, ProviderError> {
-        let _refreshing = self.refreshing.lock().await;
+        use std::sync::atomic::Ordering;
+        let ticket = self.refreshes.load(Ordering::Acquire);
+        let mut refreshing = self.refreshing.lock().await;
         if let Some(access) = self.cached_access().filter(|a| rejected.is_none_or(|r| r.token != a.token)) {
             return Ok(access);
         }
+        if refreshing.0 != ticket {
+            if let Some(failure) = &refreshing.1 {
+                return Err(failure.duplicate());
+            }
+        }
         let generation = self.access.lock().unwrap_or_else(|p| p.into_inner()).1;
-        let grant: Grant = self.store.load(&self.account).await?.ok_or(ProviderError::NotRegistered)?;
-        let access = self.client.refresh(&grant.refresh_token).await?;
+        let refreshed = self.refresh_now().await;
+        refreshing.0 += 1;
+        self.refreshes.store(refreshing.0, Ordering::Release);
+        refreshing.1 = refreshed.as_ref().err().map(ProviderError::duplicate);
+        let access = refreshed?;
         tracing::info!(account = %self.account, token = access.token.prefix(), "access token refreshed");
         let mut held = self.access.lock().unwrap_or_else(|p| p.into_inner());
         // Registered again meanwhile: this token is the old grant's; use it once, keep it not.
@@ -357,6 +372,11 @@ impl HubicAccount {
             held.0 = Some(access.clone());
         }
         Ok(access)
+    }
+
+    async fn refresh_now(&self) -> Result<AccessToken, ProviderError> {
+        let grant: Grant = self.store.load(&self.account).await?.ok_or(ProviderError::NotRegistered)?;
+        self.client.refresh(&grant.refresh_token).await
     }
 
     /// Runs `call` with a valid access token, refreshing it once if HubiC rejects it.
@@ -455,5 +475,70 @@ mod tests {
             assert_eq!(access.expires, now + Duration::from_secs(life));
             assert_eq!(usable(&access, now + Duration::from_secs(later)), want, "life {life} at +{later}");
         }
+    }
+
+    /// A token endpoint that answers each request 500 once `release` says so, and counts them.
+    async fn held_token_endpoint() -> (String, Arc<std::sync::atomic::AtomicU32>, tokio::sync::watch::Sender<bool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (counted, mut released) = (counted.clone(), released.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    let answer = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (base, seen, release)
+    }
+
+    #[tokio::test]
+    async fn callers_queued_behind_a_failed_refresh_share_its_error() {
+        // HubiC down: the first caller's refresh fails after a while; those that queued behind
+        // it get its error instead of trying again one after another.
+        let (base, seen, release) = held_token_endpoint().await;
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let client = Arc::new(HubicClient::new(&base, "api_hubic_x", Secret::new("s"), clock).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::FileStore::open(dir.path()).unwrap());
+        let grant = Grant { refresh_token: Secret::new("r"), scope: "credentials.r".into(), registered_at: 1 };
+        store.save("a", &grant).await.unwrap();
+        let account = Arc::new(HubicAccount::new(client, store, "a"));
+        let call = |account: &Arc<HubicAccount>| {
+            let account = account.clone();
+            tokio::spawn(async move { account.usage().await.map(|_| ()) })
+        };
+        let first = call(&account);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the first refresh never arrived");
+            tokio::task::yield_now().await;
+        }
+        let queued: Vec<_> = (0..3).map(|_| call(&account)).collect();
+        // This runtime has one thread: a few turns let each new caller run until it waits for
+        // the refresh lock (nothing before it awaits anything else).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        release.send(true).unwrap();
+        assert!(first.await.unwrap().unwrap_err().is_transient());
+        for q in queued {
+            assert!(q.await.unwrap().unwrap_err().is_transient(), "the shared error");
+        }
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1, "one refresh for the four callers");
+        // A caller that comes after the failure tries again.
+        let _ = call(&account).await;
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -72,6 +72,29 @@ impl ProviderError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Transient(_))
     }
+
+    /// The same error again, for each of the callers that waited on one failed call (an I/O
+    /// error keeps its kind and message).
+    pub fn duplicate(&self) -> ProviderError {
+        match self {
+            ProviderError::NotRegistered => ProviderError::NotRegistered,
+            ProviderError::GrantRefused { error, description } => {
+                ProviderError::GrantRefused { error: error.clone(), description: description.clone() }
+            }
+            ProviderError::ClientRefused { error, description } => {
+                ProviderError::ClientRefused { error: error.clone(), description: description.clone() }
+            }
+            ProviderError::Transient(m) => ProviderError::Transient(m.clone()),
+            ProviderError::Protocol(m) => ProviderError::Protocol(m.clone()),
+            ProviderError::Store(StoreError::Corrupt { path, reason }) => {
+                ProviderError::Store(StoreError::Corrupt { path: path.clone(), reason: reason.clone() })
+            }
+            ProviderError::Store(StoreError::Io { path, source }) => ProviderError::Store(StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            }),
+        }
+    }
 }
 
 /// Obtains Swift credentials for one account.
