@@ -485,7 +485,7 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
     let message = if message.starts_with("unknown field") { message.to_owned() } else { without_quoted(message) };
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!("line {line}, column {column}: {message}")

@@ -99,9 +99,9 @@ pub struct Registrar {
     /// Announces each account whose registration completed.
     done: tokio::sync::broadcast::Sender<String>,
     /// The refresh token last seen in the store per account, to notice grants another process
-    /// (`swiftgate register`) wrote; short critical sections only.
-    /// Held across a load or a save, so a registration here and a pass of the watch cannot
-    /// interleave (a pass that read the old grant would reset the new one's tokens).
+    /// (`swiftgate register`) wrote. Held across a load or a save, so a registration here and
+    /// a pass of the watch cannot interleave (a pass that read the old grant would reset the
+    /// new one's tokens).
     seen: Arc<tokio::sync::Mutex<HashMap<String, Option<Secret>>>>,
 }
 

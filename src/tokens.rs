@@ -326,29 +326,13 @@ impl TokenManager {
         };
         let now = self.clock.now();
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.generation.load(Ordering::Acquire) != generation {
-            // Registered again while this renewal ran: its waiters get its outcome, the cache
-            // stays empty for the new grant.
-            return match result {
-                Ok((creds, target)) => {
-                    let life = creds.expires.duration_since(now).unwrap_or_default();
-                    let (renew_at, stale_at) = (now, now);
-                    Ok(Arc::new(Cached {
-                        target,
-                        renew_at,
-                        stale_at,
-                        creds,
-                        fetched: tokio::time::Instant::now(),
-                        life,
-                    }))
-                }
-                Err(e) => Err(TokenError::Provider(Arc::new(e))),
-            };
-        }
+        // Registered again while this renewal ran: its waiters get its outcome, and the cache
+        // stays as the reset left it, for the new grant.
+        let current = slot.generation.load(Ordering::Acquire) == generation;
         match result {
             Ok((creds, target)) => {
                 let same = previous.is_some_and(|token| token == creds.token);
-                if same {
+                if same && current {
                     slot.sticky.store(true, Ordering::Relaxed);
                 }
                 let life = creds.expires.duration_since(now).unwrap_or_default();
@@ -364,13 +348,18 @@ impl TokenManager {
                 };
                 let cached =
                     Arc::new(Cached { target, renew_at, stale_at, creds, fetched: tokio::time::Instant::now(), life });
-                *entry = Entry::Fresh(cached.clone());
-                *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
+                if current {
+                    *entry = Entry::Fresh(cached.clone());
+                    *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
+                }
                 Ok(cached)
             }
             Err(e) => {
                 tracing::warn!(cause = %e, "credential renewal failed");
                 let error = Arc::new(e);
+                if !current {
+                    return Err(TokenError::Provider(error));
+                }
                 // A failed early renewal leaves credentials that are still valid in place, and
                 // the next early one waits.
                 if let Entry::Fresh(c) = &*entry {
