@@ -194,7 +194,16 @@ impl Gateway {
                 body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => match &self.proxy {
-                Some(proxy) => self.storage(proxy, req, peer).await,
+                Some(proxy) => {
+                    // `/info` beside a storage path under a prefix (`/swift/info` for
+                    // `/swift/v1/AUTH_…`), where python-swiftclient asks for it.
+                    if path.ends_with("/info") && matches!(*req.method(), Method::GET | Method::HEAD) {
+                        if let Some(cached) = self.tokens.cached_for_info(path) {
+                            return proxy.info(&cached.target).await;
+                        }
+                    }
+                    self.storage(proxy, req, peer).await
+                }
                 None => body::text(StatusCode::NOT_FOUND, "not found\n"),
             },
         }

@@ -433,6 +433,12 @@ impl TokenManager {
         self.slots.values().filter_map(Slot::held).find(|c| c.target.covers(path))
     }
 
+    /// The last known credentials whose upstream answers `/info` at `path` (`/swift/info` for a
+    /// storage path `/swift/v1/AUTH_…`), for clients that ask there; never renews.
+    pub fn cached_for_info(&self, path: &str) -> Option<Arc<Cached>> {
+        self.slots.values().filter_map(Slot::held).find(|c| c.target.info_path().is_some_and(|p| p.path() == path))
+    }
+
     /// Fetches credentials for every account now (errors are logged, not returned), so the
     /// first client after a start does not wait and anonymous requests know their targets.
     pub async fn warm_up(self: Arc<Self>) {

@@ -417,6 +417,25 @@ async fn an_upload_refused_before_100_gets_its_answer_not_a_reset() {
 }
 
 #[tokio::test]
+async fn info_beside_a_prefixed_storage_path_comes_from_upstream() {
+    // An upstream mounted under /swift: its storage URL is /swift/v1/AUTH_…, and
+    // python-swiftclient asks for /info beside /v1, at /swift/info.
+    let echo = common::echo::start_under("/swift").await;
+    let auth_url = format!("{}/auth/v1.0", echo.origin);
+    let stack = Stack::start_mode(Mode::Proxy, |c| {
+        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
+    })
+    .await;
+    stack.register().await;
+    let (url, _) = stack.storage_login().await;
+    assert!(url.ends_with("/swift/v1/AUTH_echo"), "{url}");
+    let resp = raw::send("GET", &format!("{}/swift/info", stack.gw.url), &[], full("")).await;
+    assert_eq!(resp.status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(seen["target"], "/swift/info", "asked of upstream beside its /v1");
+}
+
+#[tokio::test]
 async fn anonymous_requests_go_upstream_without_credentials() {
     // tempurl, formpost and public containers carry no token: they are forwarded to the
     // account's last known upstream as they are, without the upstream token.

@@ -13,12 +13,14 @@ pub const TOKEN: &str = "AUTH_tkecho";
 
 pub struct Echo {
     origin: String,
+    /// Put before `/v1` in the storage URL (a proxy server mounted under a path).
+    prefix: &'static str,
 }
 
 impl Handler for Echo {
     async fn handle(&self, req: Request<Incoming>, _peer: Arc<swiftgate::server::Peer>) -> Response<Body> {
         if req.uri().path() == "/auth/v1.0" {
-            return super::v1_auth_answer(&self.origin, "AUTH_echo", TOKEN);
+            return super::v1_auth_answer(&format!("{}{}", self.origin, self.prefix), "AUTH_echo", TOKEN);
         }
         let mut headers = serde_json::Map::new();
         for (name, value) in req.headers() {
@@ -42,5 +44,10 @@ impl Handler for Echo {
 }
 
 pub async fn start() -> super::Served {
-    super::serve(|origin| Echo { origin }).await
+    start_under("").await
+}
+
+/// An echo whose storage URL is `<origin><prefix>/v1/AUTH_echo`.
+pub async fn start_under(prefix: &'static str) -> super::Served {
+    super::serve(move |origin| Echo { origin, prefix }).await
 }
