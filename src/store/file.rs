@@ -41,6 +41,7 @@ impl FileStore {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|source| io_err(&dir, source))?;
         }
+        sweep_leftovers(&dir, LEFTOVER_AGE);
         Ok(FileStore { dir })
     }
 
@@ -107,6 +108,27 @@ impl FileStore {
     }
 }
 
+/// How old a temp file must be before `open` takes it for a crash's leftover: a save takes
+/// milliseconds, and another process (`swiftgate register`) may be in the middle of one.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temp files (`.<hex>.tmp`) a crash between create and rename left in `dir`, older
+/// than `age`: each holds a refresh token. Best effort; what cannot be removed stays.
+fn sweep_leftovers(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temp file an interrupted save left");
+        }
+    }
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io { path: path.display().to_string(), source }
 }
@@ -159,6 +181,24 @@ mod tests {
         // No temp files are left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path().join("accounts")).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn open_removes_temp_files_an_interrupted_save_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = dir.path().join("accounts");
+        std::fs::create_dir_all(&accounts).unwrap();
+        let (old, fresh, other) = (accounts.join(".0123.tmp"), accounts.join(".4567.tmp"), accounts.join("a.json"));
+        for path in [&old, &fresh, &other] {
+            std::fs::write(path, "x").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(hour_ago).unwrap();
+        std::fs::File::options().write(true).open(&other).unwrap().set_modified(hour_ago).unwrap();
+        FileStore::open(dir.path()).unwrap();
+        assert!(!old.exists(), "an hour-old leftover goes");
+        assert!(fresh.exists(), "a save in progress elsewhere is left alone");
+        assert!(other.exists(), "grants stay");
     }
 
     #[tokio::test]
