@@ -291,6 +291,40 @@ async fn token_endpoint_client_authentication_styles() {
 }
 
 #[tokio::test]
+async fn codes_expire_and_grants_belong_to_their_app() {
+    // A second app, registered beside the stack's own.
+    let other = swiftgate::emulator::AppSpec::random("http://127.0.0.1:9/callback");
+    let other_basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            other.client_id,
+            other.client_secret.expose()
+        ))
+    );
+    let stack = Stack::start_with(|c| c.apps.push(other)).await;
+    // A code lives 10 minutes.
+    let stale = code(&stack).await;
+    stack.clock.advance(Duration::from_secs(601));
+    let body = format!("code={stale}&redirect_uri={}&grant_type=authorization_code", stack.app.redirect_uri);
+    let (status, _, text) = token_call(&stack, Some(&basic(&stack)), &body).await;
+    assert_eq!((status, text.as_str()), (400, r#"{"error_description":"expired code","error":"invalid_request"}"#));
+    // A code and a refresh token are good only for the app they were issued to.
+    let fresh = code(&stack).await;
+    let body = format!("code={fresh}&redirect_uri={}&grant_type=authorization_code", stack.app.redirect_uri);
+    let (status, _, text) = token_call(&stack, Some(&other_basic), &body).await;
+    assert_eq!((status, text.as_str()), (400, r#"{"error_description":"invalid code","error":"invalid_request"}"#));
+    let (refresh, _) = exchange(&stack).await;
+    let body = format!("refresh_token={refresh}&grant_type=refresh_token");
+    let (status, _, text) = token_call(&stack, Some(&other_basic), &body).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (400, r#"{"error_description":"invalid refresh token","error":"invalid_request"}"#)
+    );
+    assert_eq!(token_call(&stack, Some(&basic(&stack)), &body).await.0, 200, "its own app may");
+}
+
+#[tokio::test]
 async fn a_new_authorisation_revokes_the_previous_refresh_token() {
     let stack = Stack::start().await;
     let (first, _) = exchange(&stack).await;
