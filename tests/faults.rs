@@ -11,8 +11,6 @@ use common::raw::{self, full};
 use common::Stack;
 use http_body_util::BodyExt;
 use swiftgate::config::Mode;
-use swiftgate::emulator::StorageConfig;
-use swiftgate::secret::Secret;
 
 /// The faulty upstream behind a proxy-mode gateway, registered and logged in: the upstream, the
 /// stack (both stopped on drop), and the gateway's storage URL and token.
@@ -25,12 +23,7 @@ struct Faulted {
 
 async fn faulted() -> Faulted {
     let faulty = common::faulty::start().await;
-    let auth_url = format!("{}/auth/v1.0", faulty.origin);
-    let stack = Stack::start_mode(Mode::Proxy, |c| {
-        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
-    })
-    .await;
-    stack.register().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
     let (url, token) = stack.storage_login().await;
     Faulted { faulty, _stack: stack, url, token }
 }

@@ -10,7 +10,6 @@ use common::raw::{self, chunked, full};
 use common::{header, Stack, KEY, LOGIN, USER};
 use swiftgate::config::Mode;
 use swiftgate::emulator::StorageConfig;
-use swiftgate::secret::Secret;
 
 async fn proxy_stack() -> Stack {
     let stack = Stack::start_mode(Mode::Proxy, |_| {}).await;
@@ -271,12 +270,7 @@ async fn expiry_is_renewed_ahead_without_401() {
 #[tokio::test]
 async fn header_rules_both_ways() {
     let echo = common::echo::start().await;
-    let auth_url = format!("{}/auth/v1.0", echo.origin);
-    let stack = Stack::start_mode(Mode::Proxy, |c| {
-        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
-    })
-    .await;
-    stack.register().await;
+    let stack = Stack::in_front_of(&echo.origin).await;
     let (url, token) = stack.storage_login().await;
     assert_eq!(url, format!("{}/v1/AUTH_echo", stack.gw.url));
     // Headers that must arrive upstream unchanged, and headers that must not arrive at all.
@@ -421,12 +415,7 @@ async fn info_beside_a_prefixed_storage_path_comes_from_upstream() {
     // An upstream mounted under /swift: its storage URL is /swift/v1/AUTH_…, and
     // python-swiftclient asks for /info beside /v1, at /swift/info.
     let echo = common::echo::start_under("/swift").await;
-    let auth_url = format!("{}/auth/v1.0", echo.origin);
-    let stack = Stack::start_mode(Mode::Proxy, |c| {
-        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
-    })
-    .await;
-    stack.register().await;
+    let stack = Stack::in_front_of(&echo.origin).await;
     let (url, _) = stack.storage_login().await;
     assert!(url.ends_with("/swift/v1/AUTH_echo"), "{url}");
     let resp = raw::send("GET", &format!("{}/swift/info", stack.gw.url), &[], full("")).await;
@@ -440,12 +429,7 @@ async fn anonymous_requests_go_upstream_without_credentials() {
     // tempurl, formpost and public containers carry no token: they are forwarded to the
     // account's last known upstream as they are, without the upstream token.
     let echo = common::echo::start().await;
-    let auth_url = format!("{}/auth/v1.0", echo.origin);
-    let mut stack = Stack::start_mode(Mode::Proxy, |c| {
-        c.storage = StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
-    })
-    .await;
-    stack.register().await;
+    let mut stack = Stack::in_front_of(&echo.origin).await;
     let url = format!("{}/v1/AUTH_echo/c/o?temp_url_sig=abc&temp_url_expires=1", stack.gw.url);
     // After a restart nothing is cached until the start-up warm-up (what `serve` runs) has run.
     stack.restart_gateway().await;

@@ -95,6 +95,19 @@ impl Stack {
         Self::start_custom(mode, tweak, |_| {}).await
     }
 
+    /// A proxy-mode stack whose emulator hands out the Swift at `origin` (v1.0 auth at
+    /// `<origin>/auth/v1.0`, user `u`, key `k`), registered.
+    pub async fn in_front_of(origin: &str) -> Stack {
+        let auth_url = format!("{origin}/auth/v1.0");
+        let stack = Self::start_mode(Mode::Proxy, |c| {
+            c.storage =
+                swiftgate::emulator::StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
+        })
+        .await;
+        stack.register().await;
+        stack
+    }
+
     pub async fn start_custom(
         mode: Mode,
         tweak: impl FnOnce(&mut EmulatorConfig),
