@@ -285,8 +285,6 @@ pub enum Issue<'a> {
 const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How long that question may take before the token is handed out unchecked.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long to wait for the provider to hand out a token other than a refused one.
-const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Redirect mode's check of the upstream token before handing it out. The gateway never sees
 /// the storage requests made with it, so a token upstream revoked early (HubiC did) would go
@@ -368,7 +366,7 @@ pub async fn v1_auth(
         Issue::Upstream(check) => match tokens.credentials_lasting(account, Duration::from_secs(2)).await {
             Ok(cached) if check.refused(account, &cached, tokens.clock().now()).await => {
                 tracing::info!(account = %account, "upstream refuses the Swift token before its expiry; renewing");
-                tokens.credentials_except(account, &cached.creds.token, REFUSAL_PATIENCE).await
+                tokens.credentials_except(account, &cached.creds.token, crate::proxy::REFUSAL_PATIENCE).await
             }
             other => other,
         },

@@ -268,19 +268,19 @@ fn cross_site(req: &Request<Incoming>, public_url: &str) -> bool {
         return site != "same-origin";
     }
     let Some(origin) = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()) else { return false };
-    let Some(from) = origin_of(origin) else { return true };
-    if origin_of(public_url).is_some_and(|public| public == from) {
+    // `null`, or anything that is not an origin, is no page of ours.
+    let Some(from) = origin.parse::<http::Uri>().ok() else { return true };
+    let Some(from_origin) = origin_of(&from) else { return true };
+    if public_url.parse::<http::Uri>().ok().and_then(|public| origin_of(&public)).is_some_and(|p| p == from_origin) {
         return false;
     }
     let sent_to =
         headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str()));
-    let from_authority = origin.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.as_str().to_owned()));
-    !matches!((from_authority, sent_to), (Some(from), Some(to)) if from.eq_ignore_ascii_case(to))
+    !matches!((from.authority(), sent_to), (Some(from), Some(to)) if from.as_str().eq_ignore_ascii_case(to))
 }
 
-/// `url`'s origin: scheme, lower-case host and port (the scheme's default when not written).
-fn origin_of(url: &str) -> Option<(String, String, u16)> {
-    let uri = url.parse::<http::Uri>().ok()?;
+/// `uri`'s origin: scheme, lower-case host and port (the scheme's default when not written).
+fn origin_of(uri: &http::Uri) -> Option<(String, String, u16)> {
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let port = uri.port_u16().or(match scheme.as_str() {
         "https" => Some(443),

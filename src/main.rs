@@ -253,11 +253,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// How the configured gateway serves: TLS if `[tls]` is set, and the proxy's stall cut.
+fn serve_options(config: &Config) -> anyhow::Result<ServeOptions> {
+    let tls = config.tls.as_ref().map(|t| server::tls_acceptor(&t.cert, &t.key)).transpose()?;
+    Ok(ServeOptions { tls, stall_cut: config.proxy.settings().stall_cut(), ..ServeOptions::default() })
+}
+
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let tls = match &config.tls {
-        Some(t) => Some(server::tls_acceptor(&t.cert, &t.key)?),
-        None => None,
-    };
+    let options = serve_options(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -271,7 +274,6 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     server::announce(&mut std::io::stdout(), &format!("{}\n", config.public_url()));
     let workers = config.worker_count();
     tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
-    let options = ServeOptions { tls, stall_cut: config.proxy.settings().stall_cut(), ..ServeOptions::default() };
     server::run_workers(listener, gateway, options, workers, stop).await.context("serving failed")?;
     tracing::info!("swiftgate stopped");
     Ok(())
@@ -316,11 +318,7 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
                     config.public_url()
                 );
                 // The browser comes back as `serve` would receive it: over TLS if so configured.
-                let tls = match &config.tls {
-                    Some(t) => Some(server::tls_acceptor(&t.cert, &t.key)?),
-                    None => None,
-                };
-                let options = ServeOptions { tls, ..ServeOptions::default() };
+                let options = serve_options(&config)?;
                 Some(tokio::spawn(server::run(listener, gateway.clone(), options, async {
                     let _ = stop_rx.await;
                 })))

@@ -318,11 +318,12 @@ pub struct HubicAccount {
     /// Held only to read or replace the token, never across an await; the token is kept with
     /// the `generation` it was obtained in.
     access: Mutex<(Option<AccessToken>, u64)>,
-    /// One refresh at a time: credentials and usage calls share it. It guards the number of
-    /// refreshes that ended and how the last one failed, if it did: whoever queued behind a
-    /// failed refresh gets its error instead of trying again at once.
-    refreshing: tokio::sync::Mutex<(u64, Option<ProviderError>)>,
-    /// Refreshes ended so far (read without the lock, to take a ticket before queueing).
+    /// One refresh at a time: credentials and usage calls share it. It guards how the last
+    /// refresh failed, if it did: whoever queued behind a failed refresh gets its error instead
+    /// of trying again at once.
+    refreshing: tokio::sync::Mutex<Option<ProviderError>>,
+    /// Refreshes ended so far, counted under `refreshing`; read before queueing for it, to know
+    /// afterwards whether one ended meanwhile.
     refreshes: std::sync::atomic::AtomicU64,
 }
 
@@ -334,7 +335,7 @@ impl HubicAccount {
             store,
             account: account.to_owned(),
             access: Mutex::new((None, 0)),
-            refreshing: tokio::sync::Mutex::new((0, None)),
+            refreshing: tokio::sync::Mutex::new(None),
             refreshes: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -354,16 +355,15 @@ impl HubicAccount {
         if let Some(access) = self.cached_access().filter(|a| rejected.is_none_or(|r| r.token != a.token)) {
             return Ok(access);
         }
-        if refreshing.0 != ticket {
-            if let Some(failure) = &refreshing.1 {
+        if self.refreshes.load(Ordering::Acquire) != ticket {
+            if let Some(failure) = &*refreshing {
                 return Err(failure.duplicate());
             }
         }
         let generation = self.access.lock().unwrap_or_else(|p| p.into_inner()).1;
         let refreshed = self.refresh_now().await;
-        refreshing.0 += 1;
-        self.refreshes.store(refreshing.0, Ordering::Release);
-        refreshing.1 = refreshed.as_ref().err().map(ProviderError::duplicate);
+        *refreshing = refreshed.as_ref().err().map(ProviderError::duplicate);
+        self.refreshes.fetch_add(1, Ordering::Release);
         let access = refreshed?;
         tracing::info!(account = %self.account, token = access.token.prefix(), "access token refreshed");
         let mut held = self.access.lock().unwrap_or_else(|p| p.into_inner());

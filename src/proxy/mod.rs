@@ -574,7 +574,7 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long a 401 retry waits for the provider to hand out a token other than the one
 /// upstream just refused (tokens near their end can be refused before the provider lets go).
-const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
+pub(crate) const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Longest time spent reading and discarding a rejected upload.
 const DRAIN_TIME: Duration = Duration::from_secs(60);
