@@ -291,15 +291,7 @@ async fn start_gateway(
     use std::io::Write;
     reg.stdin.take().unwrap().write_all(b"bench-pw\n").unwrap();
     assert!(reg.wait().unwrap().success(), "registration failed");
-    let mut command = match callgrind {
-        Some(out) => {
-            let mut c = Command::new("valgrind");
-            c.args(["-q", "--tool=callgrind"]).arg(format!("--callgrind-out-file={}", out.display())).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let mut child = command
+    let mut child = command(bin, callgrind)
         .args(["serve", "--config"])
         .arg(dir.join("c.toml"))
         .env("SWIFTGATE_LOG", "warn")
@@ -354,11 +346,24 @@ fn listening(mut other: Other) -> Option<Other> {
     Some(other)
 }
 
-/// The floor ([`relay`]): this bench executable again, as a bare relay process.
-fn start_relay(upstream: SocketAddr) -> Option<Other> {
+/// A command running `program`; under callgrind, writing its counts to `callgrind`, when given.
+fn command(program: impl AsRef<std::ffi::OsStr>, callgrind: Option<&Path>) -> Command {
+    match callgrind {
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.args(["-q", "--tool=callgrind"]).arg(format!("--callgrind-out-file={}", out.display())).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The floor ([`relay`]): this bench executable again, as a bare relay process; under
+/// callgrind, writing to `callgrind`, when given.
+fn start_relay(upstream: SocketAddr, callgrind: Option<&Path>) -> Option<Other> {
     let port = free_port()?;
     let exe = std::env::current_exe().ok()?;
-    let child = Command::new(exe).arg("--relay").arg(port.to_string()).arg(upstream.to_string()).spawn().ok()?;
+    let child = command(&exe, callgrind).arg("--relay").arg(port.to_string()).arg(upstream.to_string()).spawn().ok()?;
     listening(Other { child, port, _dir: None })
 }
 
@@ -620,14 +625,36 @@ const COUNTED: usize = 2048;
 /// is not in it (callgrind sees user space only), the gateway runs some fifty times slower, and
 /// SHA-256 (the token check) runs in software: valgrind does not offer the CPU's SHA
 /// extensions, so some 7 000 of the count are instructions the CPU runs as a few hundred.
-async fn instructions(emulator: &swiftgate::emulator::EmulatorHandle, annotate: bool) {
+async fn instructions(emulator: &swiftgate::emulator::EmulatorHandle, upstream: SocketAddr, annotate: bool) {
     let scratch = tempfile::Builder::new().prefix("swiftgate-bench-callgrind-").tempdir().unwrap();
-    let out = scratch.path().join("callgrind.out");
-    let gateway = start_gateway(emulator, false, "plain", Some(&out)).await;
-    let pid = gateway.child.id().to_string();
     let (plain, _) = clients();
-    let (url, token) = login(&plain, &gateway.url).await;
-    let p = Path_ { name: "gateway", load: plain, url, token, pid: Some(gateway.child.id()) };
+    let mut rows = serde_json::Map::new();
+    {
+        let out = scratch.path().join("gateway.out");
+        let gateway = start_gateway(emulator, false, "plain", Some(&out)).await;
+        let (url, token) = login(&plain, &gateway.url).await;
+        let p = Path_ { name: "gateway", load: plain.clone(), url, token, pid: Some(gateway.child.id()) };
+        rows.insert("gateway".into(), count_instructions(&p, &out, annotate).await);
+    }
+    // The floor under the same count: what a proxy that only relays bytes executes per request.
+    let out = scratch.path().join("relay.out");
+    let relay = start_relay(upstream, Some(&out)).expect("the floor relay did not start under callgrind");
+    let p = Path_ {
+        name: "relay",
+        load: plain,
+        url: format!("http://127.0.0.1:{}/v1/AUTH_bench", relay.port),
+        token: TOKEN.into(),
+        pid: Some(relay.child.id()),
+    };
+    rows.insert("relay".into(), count_instructions(&p, &out, false).await);
+    let doc = json!({ "instructions_per_4k_get": rows, "commit": commit() });
+    write_json("instructions.json", &doc);
+}
+
+/// User-space instructions per 4 KiB GET at c=1 and c=64 of `p`'s proxy, running under
+/// callgrind with its output going to `out`.
+async fn count_instructions(p: &Path_, out: &Path, annotate: bool) -> serde_json::Value {
+    let pid = p.pid.expect("a proxy process").to_string();
     let control = |what: &str| {
         let ok = Command::new("callgrind_control")
             .args([what, &pid])
@@ -639,24 +666,22 @@ async fn instructions(emulator: &swiftgate::emulator::EmulatorHandle, annotate: 
     // Warm: the pools hold their connections and every lazy initialisation has run. At c=64,
     // so that no connection opens while counting (warmed at c=16, the c=64 count included 48
     // client and 48 upstream connections opened: 1 270 instructions per request).
-    small_gets(&p, 64, 512).await;
+    small_gets(p, 64, 512).await;
     let mut rows = serde_json::Map::new();
     // callgrind numbers its dumps from 1: c=1's is the first, c=64's the second.
     for (dump, c) in [(1, 1usize), (2, 64)] {
         control("--zero");
-        small_gets(&p, c, COUNTED).await;
+        small_gets(p, c, COUNTED).await;
         control("--dump");
-        let (dump, total) = dump_written(&out, dump).await;
+        let (dump, total) = dump_written(out, dump).await;
         let per = total as f64 / COUNTED as f64;
-        println!("gateway, 4 KiB GET c={c}: {per:.0} instructions per request ({total} for {COUNTED})");
+        println!("{}, 4 KiB GET c={c}: {per:.0} instructions per request ({total} for {COUNTED})", p.name);
         rows.insert(format!("c={c}"), json!(per));
         if annotate && c == 64 {
             print_costliest(&dump);
         }
     }
-    let doc = json!({ "instructions_per_4k_get": rows, "commit": commit() });
-    write_json("instructions.json", &doc);
-    drop(gateway);
+    serde_json::Value::Object(rows)
 }
 
 /// Dump `number` that callgrind writes after `callgrind_control --dump` (`callgrind.out.1` for
@@ -805,7 +830,7 @@ async fn bench(args: Vec<String>) {
     .await
     .unwrap();
     if args.iter().any(|a| a == "--instructions") {
-        instructions(&emulator, args.iter().any(|a| a == "--annotate")).await;
+        instructions(&emulator, up, args.iter().any(|a| a == "--annotate")).await;
         emulator.stop().await;
         return;
     }
@@ -814,7 +839,7 @@ async fn bench(args: Vec<String>) {
     let (plain, tls) = clients();
     let (gw_url, gw_token) = login(&plain, &gateways[0].url).await;
     let (gwt_url, gwt_token) = login(&tls, &gateways[1].url).await;
-    let relay = start_relay(up).expect("the floor relay did not start");
+    let relay = start_relay(up, None).expect("the floor relay did not start");
     let nginx = start_nginx(up);
     let mut paths = vec![
         Path_ {

@@ -24,6 +24,22 @@ use crate::store::{FileStore, GrantStore, StoreError};
 use crate::tokens::{RenewPolicy, TokenManager};
 use std::time::Duration;
 
+/// The gateway's own endpoints: every other path (but v1.0 auth's and `…/info`) is storage,
+/// answered by the proxy.
+const OWN_PATHS: &[&str] = &[
+    "/",
+    "/healthz",
+    "/info",
+    "/usage",
+    "/usage/",
+    "/register",
+    "/register/",
+    "/autoregister",
+    "/autoregister/",
+    "/callback",
+    "/callback/",
+];
+
 /// Largest form body accepted on the registration endpoints.
 const FORM_LIMIT: usize = 16 * 1024;
 
@@ -96,6 +112,11 @@ impl Gateway {
     /// The registrar.
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
+    }
+
+    /// The streaming proxy, in proxy mode.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
     }
 
     /// The gateway's users.
@@ -190,9 +211,7 @@ impl Gateway {
                 let cookie = registration_cookie(req.headers());
                 outcome_page(&self.registrar.complete(&query, cookie.as_deref()).await)
             }
-            (_, "/healthz" | "/info" | "/usage" | "/register" | "/autoregister" | "/callback") => {
-                body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            _ if OWN_PATHS.contains(&path) => body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => match &self.proxy {
                 Some(proxy) => {
                     // `/info` beside a storage path under a prefix (`/swift/info` for
@@ -254,6 +273,37 @@ fn registration_cookie(headers: &http::HeaderMap) -> Option<String> {
 impl Handler for Gateway {
     async fn handle(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         self.route(req, peer).await
+    }
+
+    async fn serve_h1<S>(
+        &self,
+        io: S,
+        peer: &Arc<crate::server::Peer>,
+        signals: &mut crate::server::Signals,
+    ) -> crate::server::Served<S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        match &self.proxy {
+            Some(proxy) => proxy.serve_h1(self, io, peer, signals).await,
+            None => crate::server::Served::HandOver(crate::server::Prefixed::new(bytes::Bytes::new(), io)),
+        }
+    }
+}
+
+/// What the proxy's fast path asks the router and the token issuer (see
+/// [`crate::proxy::Authority`]).
+impl crate::proxy::Authority for Gateway {
+    fn is_storage(&self, path: &str) -> bool {
+        !front::is_auth_path(path) && !OWN_PATHS.contains(&path) && !path.ends_with("/info")
+    }
+
+    fn account_of(&self, token: &str) -> Option<&str> {
+        self.issuer.verify(token, self.tokens.clock().now()).and_then(|i| self.users.account_at(i))
+    }
+
+    fn tokens(&self) -> &TokenManager {
+        &self.tokens
     }
 }
 

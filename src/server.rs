@@ -87,7 +87,7 @@ impl Peer {
     }
 
     /// Counts a request as begun and in progress until the guard is dropped.
-    fn begin(self: &Arc<Self>) -> InProgress {
+    pub(crate) fn begin(self: &Arc<Self>) -> InProgress {
         self.activity.fetch_add(1, Ordering::Relaxed);
         self.in_progress.fetch_add(1, Ordering::Relaxed);
         InProgress { peer: self.clone(), responding: false }
@@ -258,14 +258,14 @@ impl tokio::io::AsyncWrite for Counted {
 /// answered, a response being sent. Its end counts as activity: hyper drops a response body
 /// once its last chunk is in hyper's write buffer, which can still hold a MiB or more for a
 /// slow client (`body::MAX_READ`), so the quiet period starts again there.
-struct InProgress {
+pub(crate) struct InProgress {
     peer: Arc<Peer>,
     responding: bool,
 }
 
 impl InProgress {
     /// The handler has answered: from now on the connection may stall (see [`Peer::quiet`]).
-    fn responding(mut self) -> Self {
+    pub(crate) fn responding(mut self) -> Self {
         self.peer.responding.fetch_add(1, Ordering::Relaxed);
         self.responding = true;
         self
@@ -312,6 +312,108 @@ impl http_body::Body for Tracked {
 pub trait Handler: Send + Sync + 'static {
     /// Answers `req`, which arrived from `peer`.
     fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Serves the requests of an HTTP/1 connection from `peer` itself for as long as it can,
+    /// then hands the connection to hyper, with the bytes it has read and not answered, to be
+    /// served through [`handle`](Self::handle); or ends it. It must end the connection once
+    /// `signals` fire between requests. By default it hands the connection over at once.
+    fn serve_h1<S>(&self, io: S, peer: &Arc<Peer>, signals: &mut Signals) -> impl Future<Output = Served<S>> + Send
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        let _ = (peer, signals);
+        async move { Served::HandOver(Prefixed::new(bytes::Bytes::new(), io)) }
+    }
+}
+
+/// How [`Handler::serve_h1`] left a connection.
+pub enum Served<S> {
+    /// Ended (closed, or cut).
+    Done,
+    /// To be served by hyper from here on.
+    HandOver(Prefixed<S>),
+}
+
+/// A stream whose reads first return `prefix`: bytes read from it already and not consumed.
+pub struct Prefixed<S> {
+    prefix: bytes::Bytes,
+    io: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `io`, with `prefix` to be read again first.
+    pub fn new(prefix: bytes::Bytes, io: S) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What asks a connection to finish: the server stopping, or the connection's idle close.
+pub struct Signals {
+    stopping: tokio::sync::watch::Receiver<()>,
+    idle: oneshot::Receiver<()>,
+    fired: bool,
+}
+
+impl Signals {
+    /// Resolves once the server stops or the connection has been idle too long (at once if
+    /// either has happened already). Cancel-safe.
+    pub async fn fired(&mut self) {
+        if !self.fired {
+            tokio::select! {
+                _ = self.stopping.changed() => {}
+                _ = &mut self.idle => {}
+            }
+            self.fired = true;
+        }
+    }
 }
 
 /// How to serve.
@@ -433,7 +535,9 @@ pub async fn run<H: Handler>(
         let watched = client.clone();
         let (idle_tx, idle_rx) = oneshot::channel::<()>();
         let stream = Counted { io: stream, peer: client.clone() };
+        let (fast, peer_of_fast) = (handler.clone(), client.clone());
         let connection = async move {
+            let mut signals = Signals { stopping, idle: idle_rx, fired: false };
             let service = hyper::service::service_fn(move |req| {
                 let (handler, client) = (handler.clone(), client.clone());
                 async move {
@@ -454,19 +558,26 @@ pub async fn run<H: Handler>(
                         Err(_) => return,
                     };
                     tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-                    let io = TokioIo::new(tls_stream);
-                    if !http1_only && io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
-                        let conn = builders.1.serve_connection(io, service);
-                        until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                    if !http1_only && tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let conn = builders.1.serve_connection(TokioIo::new(tls_stream), service);
+                        until_done(conn, |c| c.graceful_shutdown(), signals).await
                     } else {
-                        let conn = builders.0.serve_connection(io, service);
-                        until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                        let io = match fast.serve_h1(tls_stream, &peer_of_fast, &mut signals).await {
+                            Served::Done => return,
+                            Served::HandOver(io) => io,
+                        };
+                        let conn = builders.0.serve_connection(TokioIo::new(io), service);
+                        until_done(conn, |c| c.graceful_shutdown(), signals).await
                     }
                 }
                 // Plain connections speak HTTP/1: no Swift client uses h2 without TLS.
                 None => {
-                    let conn = builders.0.serve_connection(TokioIo::new(stream), service);
-                    until_done(conn, |c| c.graceful_shutdown(), stopping, idle_rx).await
+                    let io = match fast.serve_h1(stream, &peer_of_fast, &mut signals).await {
+                        Served::Done => return,
+                        Served::HandOver(io) => io,
+                    };
+                    let conn = builders.0.serve_connection(TokioIo::new(io), service);
+                    until_done(conn, |c| c.graceful_shutdown(), signals).await
                 }
             };
             if let Err(e) = result {
@@ -486,24 +597,18 @@ pub async fn run<H: Handler>(
 /// finish gracefully (`shut`): hyper closes an HTTP/1 connection at once if it is idle or has
 /// seen nothing yet, lets a response in progress finish, flushing what it holds, and says
 /// GOAWAY on h2; it goes on waiting for a request head that is only partly in (the idle watch
-/// cuts that, see `Counted`). `stopping` is held until the end, so the server's drain waits
-/// for it.
-async fn until_done<C: Future>(
-    conn: C,
-    shut: fn(Pin<&mut C>),
-    mut stopping: tokio::sync::watch::Receiver<()>,
-    idle: oneshot::Receiver<()>,
-) -> C::Output {
+/// cuts that, see `Counted`). `signals` are held until the end: the server's drain waits for
+/// its stop receiver to go.
+async fn until_done<C: Future>(conn: C, shut: fn(Pin<&mut C>), mut signals: Signals) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
         biased;
         out = conn.as_mut() => return out,
-        _ = stopping.changed() => {}
-        _ = idle => {}
+        () = signals.fired() => {}
     }
     shut(conn.as_mut());
     let out = conn.await;
-    drop(stopping);
+    drop(signals);
     out
 }
 

@@ -74,6 +74,19 @@ pub struct Cached {
     life: Duration,
 }
 
+impl Cached {
+    /// Time left before they expire, at `now`.
+    fn left(&self, now: SystemTime) -> Duration {
+        self.creds.expires.duration_since(now).unwrap_or_default()
+    }
+
+    /// The life a caller asking for `min_life` needs left: short-lived tokens (tests,
+    /// tempauth's token_life) get a proportionate margin, a quarter of their lifetime at most.
+    fn wanted(&self, min_life: Duration) -> Duration {
+        min_life.min(self.life / 4)
+    }
+}
+
 enum Entry {
     Empty,
     Fresh(Arc<Cached>),
@@ -219,17 +232,24 @@ impl TokenManager {
         account: &str,
         min_life: Duration,
     ) -> Result<Arc<Cached>, TokenError> {
-        // Short-lived tokens (tests, tempauth's token_life) get a proportionate margin.
-        let want = |cached: &Cached| min_life.min(cached.life / 4);
-        let left = |cached: &Cached| cached.creds.expires.duration_since(self.clock.now()).unwrap_or_default();
         self.refetch_until(
             account,
             None,
             min_life + LASTING_PATIENCE,
-            |cached| left(cached) > want(cached),
-            |cached| left(cached).min(want(cached)),
+            |cached| cached.left(self.clock.now()) > cached.wanted(min_life),
+            |cached| cached.left(self.clock.now()).min(cached.wanted(min_life)),
         )
         .await
+    }
+
+    /// `account`'s cached credentials if [`credentials_lasting`](Self::credentials_lasting)
+    /// would hand them out at once with nothing else to do: fresh, not due for an early
+    /// renewal, and with `min_life` left. Never waits and never renews.
+    pub fn ready(&self, account: &str, min_life: Duration) -> Option<Arc<Cached>> {
+        match self.lookup(self.slots.get(account)?) {
+            Lookup::Use(cached, false) if cached.left(self.clock.now()) > cached.wanted(min_life) => Some(cached),
+            _ => None,
+        }
     }
 
     /// Credentials other than `refused`, which upstream just rejected. A provider may keep

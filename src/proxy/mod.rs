@@ -8,8 +8,11 @@
 //! `Expect: 100-continue` and held back until upstream answers 100, so a 401 (which Swift sends
 //! before 100) costs no byte. Only a 401 after the body was streamed reaches the client.
 
+mod fast;
 mod pool;
 pub mod stream;
+
+pub use fast::Authority;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -232,7 +235,14 @@ pub struct Proxy {
     settings: ProxySettings,
     public_origin: String,
     forwarded_proto: HeaderValue,
+    /// Requests the fast path answered, per worker.
+    fast_answers: Box<[WorkerCount]>,
 }
+
+/// A count kept by one worker, on a cache line of its own so workers never contend for it.
+#[derive(Default)]
+#[repr(align(64))]
+struct WorkerCount(std::sync::atomic::AtomicU64);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,7 +283,18 @@ impl Proxy {
         let pools = pool::Pools::new(https, workers);
         let forwarded_proto =
             HeaderValue::from_static(if public_url.starts_with("https://") { "https" } else { "http" });
-        Ok(Proxy { pools, settings, public_origin: public_url.trim_end_matches('/').to_owned(), forwarded_proto })
+        Ok(Proxy {
+            pools,
+            settings,
+            public_origin: public_url.trim_end_matches('/').to_owned(),
+            forwarded_proto,
+            fast_answers: (0..workers.max(1)).map(|_| WorkerCount::default()).collect(),
+        })
+    }
+
+    /// Requests answered by the fast path (see [`fast`]) since the start, over all workers.
+    pub fn fast_answers(&self) -> u64 {
+        self.fast_answers.iter().map(|c| c.0.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// The settings in force.
@@ -469,16 +490,22 @@ impl Proxy {
                 .headers
                 .get(&name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix(&*target.origin))
-                // The origin must end there: `https://up.example.evil/` is not `https://up.example`.
-                .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
-                .and_then(|rest| HeaderValue::from_str(&format!("{}{rest}", self.public_origin)).ok())
+                .and_then(|v| self.relocated(v, target))
+                .and_then(|v| HeaderValue::from_str(&v).ok())
             {
                 parts.headers.insert(name, rewritten);
             }
         }
         let body = IdleTimeout::new(upstream_body, self.settings.idle_timeout);
         Response::from_parts(parts, BodyExt::boxed(body))
+    }
+
+    /// An absolute location upstream wrote (`Location`, `Content-Location`) made to point at
+    /// the gateway, when it points at `target`'s origin.
+    fn relocated(&self, location: &str, target: &Target) -> Option<String> {
+        let rest = location.strip_prefix(&*target.origin)?;
+        // The origin must end there: `https://up.example.evil/` is not `https://up.example`.
+        (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then(|| format!("{}{rest}", self.public_origin))
     }
 
     /// `GET /info` from the upstream of `target`.
@@ -513,13 +540,19 @@ enum Failure {
 impl Failure {
     /// The Swift-style error page the client gets.
     fn response(self) -> Response<Body> {
+        let (status, page) = self.page();
+        body::html(status, page)
+    }
+
+    /// The status and HTML page of [`response`](Self::response).
+    fn page(self) -> (StatusCode, String) {
         let (status, what) = match self {
             Failure::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "upstream storage is unreachable"),
             Failure::Broken | Failure::Stale => (StatusCode::BAD_GATEWAY, "upstream storage failed to answer"),
             Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream storage did not answer in time"),
         };
         let reason = status.canonical_reason().unwrap_or("Error");
-        body::html(status, format!("<html><h1>{reason}</h1><p>{what}.</p></html>"))
+        (status, format!("<html><h1>{reason}</h1><p>{what}.</p></html>"))
     }
 }
 

@@ -17,15 +17,16 @@ use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 
 use super::stream::UpstreamBody;
 
 /// How long a parked connection may wait to be taken again before it is dropped.
 /// Below the idle timeouts upstream servers apply (Swift's proxy server: 60 s), so a parked
 /// connection is seldom closed by upstream just as a request goes out on it.
-const IDLE_LIFE: Duration = Duration::from_secs(30);
+pub(super) const IDLE_LIFE: Duration = Duration::from_secs(30);
 
 /// Most connections parked per origin and worker.
 const MAX_IDLE: usize = 64;
@@ -65,31 +66,62 @@ impl SendError {
     }
 }
 
-/// A connection waiting for its next request, and since when.
-type Idle = (SendRequest<UpstreamBody>, Instant);
-
-/// Connections parked by one worker, by origin (`scheme://authority`).
-#[derive(Default)]
-struct Parked {
-    /// Keyed with rustc-hash's hasher: origins come from the provider, not from clients.
-    idle: Mutex<rustc_hash::FxHashMap<Arc<str>, Vec<Idle>>>,
+/// A connection that can tell, without reading, that it cannot carry another request.
+pub(super) trait Reusable {
+    /// True once the connection is known to be closed.
+    fn is_closed(&self) -> bool;
 }
 
-impl Parked {
+impl Reusable for SendRequest<UpstreamBody> {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+/// An upstream connection the fast path ([`super::fast`]) speaks HTTP/1.1 on itself, and the
+/// bytes read from it beyond the last answer's end (none, on a connection fit for reuse).
+pub(super) struct Raw {
+    pub(super) io: TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>,
+    pub(super) buf: bytes::BytesMut,
+}
+
+impl Reusable for Raw {
+    /// Unknown until it is written to and read from: a closed one is found then.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// Connections to one origin waiting for their next request, and since when.
+type Waiting<C> = Vec<(C, Instant)>;
+
+/// Connections parked by one worker, by origin (`scheme://authority`).
+struct Parked<C> {
+    /// Keyed with rustc-hash's hasher: origins come from the provider, not from clients.
+    idle: Mutex<rustc_hash::FxHashMap<Arc<str>, Waiting<C>>>,
+}
+
+impl<C> Default for Parked<C> {
+    fn default() -> Self {
+        Parked { idle: Mutex::default() }
+    }
+}
+
+impl<C: Reusable> Parked<C> {
     /// The most recently parked live connection to `origin`, dropping stale ones on the way.
-    fn take(&self, origin: &str) -> Option<SendRequest<UpstreamBody>> {
+    fn take(&self, origin: &str) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(origin)?;
-        while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_LIFE {
-                return Some(sender);
+        while let Some((conn, since)) = list.pop() {
+            if !conn.is_closed() && since.elapsed() < IDLE_LIFE {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn park(&self, origin: Arc<str>, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn park(&self, origin: Arc<str>, conn: C) {
+        if conn.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -98,20 +130,26 @@ impl Parked {
             // The oldest goes: it is the one least likely to be taken before it ages out.
             list.remove(0);
         }
-        list.push((sender, Instant::now()));
+        list.push((conn, Instant::now()));
     }
 }
 
 /// One pool per worker thread and the connector that opens connections.
 pub struct Pools {
-    parked: Box<[Arc<Parked>]>,
+    parked: Box<[Arc<Parked<SendRequest<UpstreamBody>>>]>,
+    raw: Box<[Parked<Raw>]>,
     connector: HttpsConnector<HttpConnector>,
 }
 
 impl Pools {
     /// Pools for `workers` worker threads, opening connections with `connector`.
     pub fn new(connector: HttpsConnector<HttpConnector>, workers: usize) -> Pools {
-        Pools { parked: (0..workers.max(1)).map(|_| Arc::default()).collect(), connector }
+        let workers = workers.max(1);
+        Pools {
+            parked: (0..workers).map(|_| Arc::default()).collect(),
+            raw: (0..workers).map(|_| Parked::default()).collect(),
+            connector,
+        }
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `origin`, reached at `connect_to`. The
@@ -144,7 +182,11 @@ impl Pools {
     }
 
     /// A parked connection to `origin` that can take a request now.
-    async fn take_ready(&self, parked: &Parked, origin: &str) -> Option<SendRequest<UpstreamBody>> {
+    async fn take_ready(
+        &self,
+        parked: &Parked<SendRequest<UpstreamBody>>,
+        origin: &str,
+    ) -> Option<SendRequest<UpstreamBody>> {
         while let Some(mut sender) = parked.take(origin) {
             if sender.is_ready() {
                 return Some(sender);
@@ -156,9 +198,14 @@ impl Pools {
         None
     }
 
+    /// A stream to `uri`'s origin, through the connector (TCP options, TLS).
+    async fn open(&self, uri: &Uri) -> Result<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>, SendError> {
+        tower::ServiceExt::oneshot(self.connector.clone(), uri.clone()).await.map_err(SendError::Connect)
+    }
+
     /// A new connection to `uri`'s origin, driven by a task on the caller's worker.
     async fn connect(&self, uri: &Uri) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let io = tower::ServiceExt::oneshot(self.connector.clone(), uri.clone()).await.map_err(SendError::Connect)?;
+        let io = self.open(uri).await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(crate::body::MAX_READ)
             .handshake(io)
@@ -171,11 +218,27 @@ impl Pools {
         });
         Ok(sender)
     }
+
+    /// A parked raw connection to `origin` from the caller's worker pool.
+    pub(super) fn take_raw(&self, origin: &str) -> Option<Raw> {
+        self.raw[crate::server::worker_index() % self.raw.len()].take(origin)
+    }
+
+    /// Parks a raw connection, clean (its last answer read to the end), in the caller's worker
+    /// pool.
+    pub(super) fn park_raw(&self, origin: Arc<str>, raw: Raw) {
+        self.raw[crate::server::worker_index() % self.raw.len()].park(origin, raw);
+    }
+
+    /// A new raw connection to `uri`'s origin.
+    pub(super) async fn connect_raw(&self, uri: &Uri) -> Result<Raw, SendError> {
+        Ok(Raw { io: TokioIo::new(self.open(uri).await?), buf: bytes::BytesMut::new() })
+    }
 }
 
 /// A connection lent to one exchange.
 struct Lease {
-    parked: Arc<Parked>,
+    parked: Arc<Parked<SendRequest<UpstreamBody>>>,
     origin: Arc<str>,
     sender: SendRequest<UpstreamBody>,
 }

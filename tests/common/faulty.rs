@@ -1,8 +1,9 @@
 //! A deliberately broken Swift upstream on raw TCP: it answers v1.0 auth, then breaks
 //! connections mid-body: a GET gets a partial body and a reset, a PUT is reset after part of
-//! its body was read. Under `/v1/AUTH_faulty/kept/` it answers every request of a connection;
-//! under `/v1/AUTH_faulty/once/` it answers a connection's first request and closes the
-//! connection, unanswered, when the next one arrives. For the proxy's fault tests.
+//! its body was read. A GET under `/v1/AUTH_faulty/kept/` gets `ok` and one under `chunked/`
+//! gets `hello` in chunked coding, and the connection goes on; one under `once/` gets `ok` if
+//! it is the connection's first, else the connection closes unanswered; one under `silent/`
+//! is never answered. For the proxy's fault tests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,9 +44,12 @@ async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 /// A small keep-alive answer.
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
+/// A chunked keep-alive answer.
+const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+
 async fn serve(mut stream: TcpStream, origin: String, storage_connections: Arc<AtomicUsize>) {
     let Some((head, mut body)) = read_head(&mut stream).await else { return };
-    let request_line = head.lines().next().unwrap_or("").to_owned();
+    let mut request_line = head.lines().next().unwrap_or("").to_owned();
     if request_line.starts_with("GET /auth/v1.0") {
         let resp = format!(
             "HTTP/1.1 200 OK\r\nX-Storage-Url: {origin}/v1/AUTH_faulty\r\nX-Auth-Token: AUTH_tkfaulty\r\nX-Auth-Token-Expires: 86400\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -54,15 +58,30 @@ async fn serve(mut stream: TcpStream, origin: String, storage_connections: Arc<A
         return;
     }
     storage_connections.fetch_add(1, Ordering::SeqCst);
-    if request_line.starts_with("GET /v1/AUTH_faulty/kept/") {
-        while stream.write_all(OK).await.is_ok() && read_head(&mut stream).await.is_some() {}
-        return;
-    }
-    if request_line.starts_with("GET /v1/AUTH_faulty/once/") {
-        let _ = stream.write_all(OK).await;
-        // The next request is read and left unanswered: the connection just closes.
-        let _ = read_head(&mut stream).await;
-        return;
+    // Each request of the connection by its path; the connection goes on after `kept` and
+    // `chunked` answers.
+    for index in 0.. {
+        let answer = if request_line.starts_with("GET /v1/AUTH_faulty/kept/") {
+            OK
+        } else if request_line.starts_with("GET /v1/AUTH_faulty/chunked/") {
+            CHUNKED
+        } else if request_line.starts_with("GET /v1/AUTH_faulty/once/") && index == 0 {
+            OK
+        } else if request_line.starts_with("GET /v1/AUTH_faulty/once/") {
+            // A later request on the connection is left unanswered: the connection just closes.
+            return;
+        } else if request_line.starts_with("GET /v1/AUTH_faulty/silent/") {
+            // Never answers; the connection ends when the other side closes it.
+            while matches!(stream.read(&mut [0u8; 1024]).await, Ok(n) if n > 0) {}
+            return;
+        } else {
+            break;
+        };
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        let Some((next, _)) = read_head(&mut stream).await else { return };
+        request_line = next.lines().next().unwrap_or("").to_owned();
     }
     if request_line.starts_with("GET ") {
         // Promise 10 MB, deliver 1 MB, then reset.

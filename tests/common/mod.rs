@@ -41,10 +41,20 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    /// Stops serving and waits until the open connections have finished (the drain).
+    pub async fn halt(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+    }
+
+    /// Requests the proxy's fast path has answered.
+    pub fn fast_answers(&self) -> u64 {
+        self.gateway.proxy().map_or(0, |p| p.fast_answers())
     }
 }
 
@@ -98,11 +108,20 @@ impl Stack {
     /// A proxy-mode stack whose emulator hands out the Swift at `origin` (v1.0 auth at
     /// `<origin>/auth/v1.0`, user `u`, key `k`), registered.
     pub async fn in_front_of(origin: &str) -> Stack {
+        Self::in_front_of_with(origin, |_| {}).await
+    }
+
+    /// [`Stack::in_front_of`], with the gateway's configuration changed by `tweak_config`.
+    pub async fn in_front_of_with(origin: &str, tweak_config: impl FnOnce(&mut Config)) -> Stack {
         let auth_url = format!("{origin}/auth/v1.0");
-        let stack = Self::start_mode(Mode::Proxy, |c| {
-            c.storage =
-                swiftgate::emulator::StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
-        })
+        let stack = Self::start_custom(
+            Mode::Proxy,
+            |c| {
+                c.storage =
+                    swiftgate::emulator::StorageConfig::External { auth_url, user: "u".into(), key: Secret::new("k") };
+            },
+            tweak_config,
+        )
         .await;
         stack.register().await;
         stack

@@ -1,0 +1,212 @@
+//! The proxy's fast path (`src/proxy/fast.rs`): the storage GETs and HEADs it answers itself,
+//! what it leaves to the proxy on the same connection, and that a client cannot tell the two
+//! apart. `RunningGateway::fast_answers` tells which path answered.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Stack;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for an answer the gateway owes it.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The storage path of a logged-in stack's user, and the gateway token.
+async fn login(stack: &Stack) -> (String, String) {
+    let (url, token) = stack.storage_login().await;
+    (url.strip_prefix(&stack.gw.url).unwrap().to_owned(), token)
+}
+
+/// Reads `count` answers from `stream`, each framed by its `Content-Length`: (head, body).
+async fn answers(stream: &mut TcpStream, count: usize) -> Vec<(String, Vec<u8>)> {
+    let read = async {
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut fields);
+            if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
+                let length = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"));
+                let length: usize = length.map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse().unwrap());
+                if buf.len() >= n + length {
+                    got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), buf[n..n + length].to_vec()));
+                    buf.drain(..n + length);
+                    if got.len() == count {
+                        return got;
+                    }
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed after {} answers of {count}", got.len());
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(DEADLINE, read).await.expect("the answers in time")
+}
+
+/// True once `stream` ends (within the deadline).
+async fn ends(stream: &mut TcpStream) -> bool {
+    matches!(tokio::time::timeout(DEADLINE, stream.read(&mut [0u8; 64])).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+/// One HTTP/1 connection to the gateway, through hyper's client.
+async fn connection(stack: &Stack) -> SendRequest<Empty<Bytes>> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(stack.gw.addr).await.unwrap());
+    let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Sends `method path` with the token on `send`'s connection: status and body.
+async fn ask(send: &mut SendRequest<Empty<Bytes>>, method: &str, path: &str, token: &str) -> (u16, Bytes) {
+    let req =
+        http::Request::builder().method(method).uri(path).header("x-auth-token", token).body(Empty::new()).unwrap();
+    let exchange = async {
+        let resp = send.send_request(req).await.unwrap();
+        (resp.status().as_u16(), resp.into_body().collect().await.unwrap().to_bytes())
+    };
+    tokio::time::timeout(DEADLINE, exchange).await.expect("an answer in time")
+}
+
+#[tokio::test]
+async fn pipelined_gets_are_answered_in_order_with_upstreams_head_as_written() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let get = |n: u32| format!("GET {path}/kept/{n} HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
+    client.write_all(format!("{}{}{}", get(1), get(2), get(3)).as_bytes()).await.unwrap();
+    for (head, body) in answers(&mut client, 3).await {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        // hyper would have written the name in lower case.
+        assert!(head.contains("\r\nContent-Length: 2\r\n"), "{head}");
+        assert_eq!(body, b"ok");
+    }
+    assert_eq!(stack.gw.fast_answers(), 3);
+    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 1, "one upstream connection, kept");
+}
+
+#[tokio::test]
+async fn a_connection_goes_on_through_the_proxy_after_an_answer_the_fast_path_leaves() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut send = connection(&stack).await;
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/1"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(stack.gw.fast_answers(), 1);
+    // A chunked answer: the fast path hands the connection, and the request, to hyper.
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/chunked/a"), &token).await, (200, Bytes::from("hello")));
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/2"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/3"), "AUTH_bad").await.0, 401);
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/4"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(stack.gw.fast_answers(), 1, "hyper serves the connection from the hand-over on");
+}
+
+#[tokio::test]
+async fn requests_the_fast_path_leaves_are_answered_by_the_proxy() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    // A bad token, then a storage path of another account: each on a connection of its own.
+    let mut send = connection(&stack).await;
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/1"), "AUTH_bad").await.0, 401);
+    let mut send = connection(&stack).await;
+    assert_eq!(ask(&mut send, "GET", "/v1/AUTH_other/kept/1", &token).await.0, 403);
+    assert_eq!(stack.gw.fast_answers(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_upstream_gets_a_504_and_the_connection_goes_on() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of_with(&faulty.origin, |c| c.proxy.header_timeout = 1).await;
+    let (path, token) = login(&stack).await;
+    let mut send = connection(&stack).await;
+    let (status, page) = ask(&mut send, "GET", &format!("{path}/silent/x"), &token).await;
+    assert_eq!(status, 504);
+    assert!(page.starts_with(b"<html><h1>Gateway Timeout</h1>"), "{page:?}");
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/1"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(stack.gw.fast_answers(), 2);
+}
+
+#[tokio::test]
+async fn fields_are_dropped_and_added_as_by_the_proxy_whatever_their_case() {
+    let echo = common::echo::start().await;
+    let stack = Stack::in_front_of(&echo.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let head = format!(
+        "GET {path}/plain/o%2Fx?format=json&a=b+c HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\
+         X-Auth-User: alice\r\nX-Auth-Key: alice-key\r\nAuthorization: Basic eA==\r\nForwarded: for=6.6.6.6\r\n\
+         X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: gopher\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n\
+         Keep-Alive: timeout=5\r\nConnection: Keep-Alive\r\nX-Object-Meta-Kept: yes\r\nIf-None-Match: *\r\n\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (answer, body) = answers(&mut client, 1).await.remove(0);
+    assert_eq!(stack.gw.fast_answers(), 1);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["target"], format!("{path}/plain/o%2Fx?format=json&a=b+c"));
+    let h = &seen["headers"];
+    assert_eq!(h["x-auth-token"], common::echo::TOKEN, "the upstream token replaces the gateway's");
+    assert_eq!(h["host"], echo.origin.trim_start_matches("http://"));
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    for gone in ["x-auth-user", "x-auth-key", "authorization", "forwarded", "proxy-authorization", "te", "keep-alive"] {
+        assert!(h.get(gone).is_none(), "{gone} must not reach upstream: {h}");
+    }
+    assert_eq!((&h["x-object-meta-kept"], &h["if-none-match"]), (&"yes".into(), &"*".into()));
+    let answer = answer.to_ascii_lowercase();
+    assert!(answer.contains(&format!("\r\nlocation: {}/v1/auth_echo/c/moved\r\n", stack.gw.url)), "{answer}");
+    assert!(answer.contains("\r\ncontent-location: https://elsewhere.example/v1/x\r\n"), "{answer}");
+    assert!(!answer.contains("keep-alive"), "hop-by-hop fields stay upstream: {answer}");
+}
+
+#[tokio::test]
+async fn head_answers_carry_no_body() {
+    let echo = common::echo::start().await;
+    let stack = Stack::in_front_of(&echo.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut send = connection(&stack).await;
+    assert_eq!(ask(&mut send, "HEAD", &format!("{path}/plain/a"), &token).await, (200, Bytes::new()));
+    let (status, body) = ask(&mut send, "GET", &format!("{path}/plain/b"), &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["method"], "GET");
+    assert_eq!(stack.gw.fast_answers(), 2);
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_in_kind_and_kept() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let head = format!("GET {path}/kept/1 HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nConnection: close\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (answer, body) = answers(&mut client, 1).await.remove(0);
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert_eq!(body, b"ok");
+    assert!(ends(&mut client).await, "the gateway closes the connection");
+    assert_eq!(stack.gw.fast_answers(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_ends_an_idle_fast_path_connection_at_once() {
+    let faulty = common::faulty::start().await;
+    let mut stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let head = format!("GET {path}/kept/1 HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(answers(&mut client, 1).await[0].1, b"ok");
+    assert_eq!(stack.gw.fast_answers(), 1);
+    // The drain gives connections 10 s; an idle one must not hold it up.
+    let halted = tokio::time::timeout(Duration::from_secs(5), stack.gw.halt()).await;
+    assert!(halted.is_ok(), "the server's drain waited for an idle connection");
+    assert!(ends(&mut client).await, "the idle connection is closed");
+}
