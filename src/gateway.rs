@@ -189,17 +189,11 @@ impl Gateway {
     /// The router: path and method to handler, nothing else decides.
     pub async fn route(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         let path = req.uri().path();
-        if front::is_auth_path(path) {
-            let issue = match self.proxy {
-                Some(_) => Issue::Gateway(&self.issuer),
-                None => Issue::Upstream(&self.check),
-            };
-            return front::v1_auth(req.method(), req.headers(), &self.users, &self.tokens, &self.public_url, issue)
-                .await;
+        if let Some(answer) = self.head_only(req.method(), path, req.headers()) {
+            return answer.await;
         }
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => ops::healthz(),
-            (&Method::GET | &Method::HEAD, "/info") => self.info().await,
             (&Method::GET, "/usage" | "/usage/") => {
                 ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url).await
             }
@@ -226,6 +220,34 @@ impl Gateway {
                 None => body::text(StatusCode::NOT_FOUND, "not found\n"),
             },
         }
+    }
+
+    /// The answer to a request for one of the gateway's own endpoints that reads nothing but
+    /// the request's head: v1.0 auth, and `GET` or `HEAD` of `/info`; `None` for any other
+    /// request. The router takes these answers from here, and so does the proxy's fast path,
+    /// which answers them on a connection it keeps (clients authenticate on the connection
+    /// they then use for storage).
+    pub fn head_only<'a>(
+        &'a self,
+        method: &'a Method,
+        path: &str,
+        headers: &'a http::HeaderMap,
+    ) -> Option<impl std::future::Future<Output = Response<Body>> + Send + 'a> {
+        let auth = front::is_auth_path(path);
+        let info = path == "/info" && matches!(*method, Method::GET | Method::HEAD);
+        if !(auth || info) {
+            return None;
+        }
+        Some(async move {
+            if !auth {
+                return self.info().await;
+            }
+            let issue = match self.proxy {
+                Some(_) => Issue::Gateway(&self.issuer),
+                None => Issue::Upstream(&self.check),
+            };
+            front::v1_auth(method, headers, &self.users, &self.tokens, &self.public_url, issue).await
+        })
     }
 
     /// `/info`: the upstream's in proxy mode (so clients see its real capabilities) once some
@@ -304,6 +326,15 @@ impl crate::proxy::Authority for Gateway {
 
     fn tokens(&self) -> &TokenManager {
         &self.tokens
+    }
+
+    fn head_only<'a>(
+        &'a self,
+        method: &'a Method,
+        path: &str,
+        headers: &'a http::HeaderMap,
+    ) -> Option<impl std::future::Future<Output = Response<Body>> + Send + 'a> {
+        Gateway::head_only(self, method, path, headers)
     }
 }
 

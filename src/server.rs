@@ -397,20 +397,32 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
 
 /// What asks a connection to finish: the server stopping, or the connection's idle close.
 pub struct Signals {
-    stopping: tokio::sync::watch::Receiver<()>,
-    idle: oneshot::Receiver<()>,
+    /// Resolves once either comes. One future for the connection's life, polled in place: a
+    /// connection waits for it between every two requests, and a new wait each time cost a
+    /// new registration with the stop channel.
+    either: Pin<Box<dyn Future<Output = ()> + Send>>,
     fired: bool,
+    /// Held until the connection ends: the server's drain waits for every receiver to go.
+    _stopping: tokio::sync::watch::Receiver<()>,
 }
 
 impl Signals {
+    fn new(stopping: tokio::sync::watch::Receiver<()>, idle: oneshot::Receiver<()>) -> Self {
+        let mut watched = stopping.clone();
+        let either = Box::pin(async move {
+            tokio::select! {
+                _ = watched.changed() => {}
+                _ = idle => {}
+            }
+        });
+        Signals { either, fired: false, _stopping: stopping }
+    }
+
     /// Resolves once the server stops or the connection has been idle too long (at once if
     /// either has happened already). Cancel-safe.
     pub async fn fired(&mut self) {
         if !self.fired {
-            tokio::select! {
-                _ = self.stopping.changed() => {}
-                _ = &mut self.idle => {}
-            }
+            (&mut self.either).await;
             self.fired = true;
         }
     }
@@ -537,7 +549,7 @@ pub async fn run<H: Handler>(
         let stream = Counted { io: stream, peer: client.clone() };
         let (fast, peer_of_fast) = (handler.clone(), client.clone());
         let connection = async move {
-            let mut signals = Signals { stopping, idle: idle_rx, fired: false };
+            let mut signals = Signals::new(stopping, idle_rx);
             let service = hyper::service::service_fn(move |req| {
                 let (handler, client) = (handler.clone(), client.clone());
                 async move {

@@ -23,6 +23,11 @@ async fn login(stack: &Stack) -> (String, String) {
     (url.strip_prefix(&stack.gw.url).unwrap().to_owned(), token)
 }
 
+/// Answers from the fast path since `login` (whose own answer it gave).
+fn fast_since_login(stack: &Stack) -> u64 {
+    stack.gw.fast_answers() - 1
+}
+
 /// Reads `count` answers from `stream`, each framed by its `Content-Length`: (head, body).
 async fn answers(stream: &mut TcpStream, count: usize) -> Vec<(String, Vec<u8>)> {
     let read = async {
@@ -89,7 +94,7 @@ async fn pipelined_gets_are_answered_in_order_with_upstreams_head_as_written() {
         assert!(head.contains("\r\nContent-Length: 2\r\n"), "{head}");
         assert_eq!(body, b"ok");
     }
-    assert_eq!(stack.gw.fast_answers(), 3);
+    assert_eq!(fast_since_login(&stack), 3);
     assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 1, "one upstream connection, kept");
 }
 
@@ -100,13 +105,13 @@ async fn a_connection_goes_on_through_the_proxy_after_an_answer_the_fast_path_le
     let (path, token) = login(&stack).await;
     let mut send = connection(&stack).await;
     assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/1"), &token).await, (200, Bytes::from("ok")));
-    assert_eq!(stack.gw.fast_answers(), 1);
+    assert_eq!(fast_since_login(&stack), 1);
     // A chunked answer: the fast path hands the connection, and the request, to hyper.
     assert_eq!(ask(&mut send, "GET", &format!("{path}/chunked/a"), &token).await, (200, Bytes::from("hello")));
     assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/2"), &token).await, (200, Bytes::from("ok")));
     assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/3"), "AUTH_bad").await.0, 401);
     assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/4"), &token).await, (200, Bytes::from("ok")));
-    assert_eq!(stack.gw.fast_answers(), 1, "hyper serves the connection from the hand-over on");
+    assert_eq!(fast_since_login(&stack), 1, "hyper serves the connection from the hand-over on");
 }
 
 #[tokio::test]
@@ -119,7 +124,7 @@ async fn requests_the_fast_path_leaves_are_answered_by_the_proxy() {
     assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/1"), "AUTH_bad").await.0, 401);
     let mut send = connection(&stack).await;
     assert_eq!(ask(&mut send, "GET", "/v1/AUTH_other/kept/1", &token).await.0, 403);
-    assert_eq!(stack.gw.fast_answers(), 0);
+    assert_eq!(fast_since_login(&stack), 0);
 }
 
 #[tokio::test]
@@ -132,7 +137,10 @@ async fn a_silent_upstream_gets_a_504_and_the_connection_goes_on() {
     assert_eq!(status, 504);
     assert!(page.starts_with(b"<html><h1>Gateway Timeout</h1>"), "{page:?}");
     assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/1"), &token).await, (200, Bytes::from("ok")));
-    assert_eq!(stack.gw.fast_answers(), 2);
+    // A HEAD's 504 carries no body: the next answer on the connection is read as itself.
+    assert_eq!(ask(&mut send, "HEAD", &format!("{path}/silent/y"), &token).await, (504, Bytes::new()));
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/2"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(fast_since_login(&stack), 4);
 }
 
 #[tokio::test]
@@ -149,7 +157,7 @@ async fn fields_are_dropped_and_added_as_by_the_proxy_whatever_their_case() {
     );
     client.write_all(head.as_bytes()).await.unwrap();
     let (answer, body) = answers(&mut client, 1).await.remove(0);
-    assert_eq!(stack.gw.fast_answers(), 1);
+    assert_eq!(fast_since_login(&stack), 1);
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["target"], format!("{path}/plain/o%2Fx?format=json&a=b+c"));
     let h = &seen["headers"];
@@ -177,7 +185,7 @@ async fn head_answers_carry_no_body() {
     let (status, body) = ask(&mut send, "GET", &format!("{path}/plain/b"), &token).await;
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["method"], "GET");
-    assert_eq!(stack.gw.fast_answers(), 2);
+    assert_eq!(fast_since_login(&stack), 2);
 }
 
 #[tokio::test]
@@ -192,7 +200,7 @@ async fn connection_close_is_answered_in_kind_and_kept() {
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert_eq!(body, b"ok");
     assert!(ends(&mut client).await, "the gateway closes the connection");
-    assert_eq!(stack.gw.fast_answers(), 1);
+    assert_eq!(fast_since_login(&stack), 1);
 }
 
 #[tokio::test]
@@ -204,9 +212,80 @@ async fn shutdown_ends_an_idle_fast_path_connection_at_once() {
     let head = format!("GET {path}/kept/1 HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
     client.write_all(head.as_bytes()).await.unwrap();
     assert_eq!(answers(&mut client, 1).await[0].1, b"ok");
-    assert_eq!(stack.gw.fast_answers(), 1);
+    assert_eq!(fast_since_login(&stack), 1);
     // The drain gives connections 10 s; an idle one must not hold it up.
     let halted = tokio::time::timeout(Duration::from_secs(5), stack.gw.halt()).await;
     assert!(halted.is_ok(), "the server's drain waited for an idle connection");
     assert!(ends(&mut client).await, "the idle connection is closed");
+}
+
+#[tokio::test]
+async fn auth_and_info_on_a_connection_keep_it_on_the_fast_path() {
+    let echo = common::echo::start().await;
+    let stack = Stack::in_front_of(&echo.origin).await;
+    let (path, _) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let auth = format!(
+        "GET /auth/v1.0 HTTP/1.1\r\nHost: gw\r\nX-Auth-User: {}\r\nX-Auth-Key: {}\r\n\r\n",
+        common::USER,
+        common::KEY
+    );
+    client.write_all(auth.as_bytes()).await.unwrap();
+    let (answer, _) = answers(&mut client, 1).await.remove(0);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let token = answer.lines().find_map(|l| l.strip_prefix("x-auth-token: ")).expect("a token").to_owned();
+    assert!(answer.contains(&format!("\r\nx-storage-url: {}{path}\r\n", stack.gw.url)), "{answer}");
+    let requests = format!(
+        "GET /info HTTP/1.1\r\nHost: gw\r\n\r\nGET {path}/plain/a HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n\
+         GET /auth/v1.0 HTTP/1.1\r\nHost: gw\r\nX-Auth-User: {}\r\nX-Auth-Key: wrong\r\n\r\n",
+        common::USER
+    );
+    client.write_all(requests.as_bytes()).await.unwrap();
+    let got = answers(&mut client, 3).await;
+    assert!(got[0].0.starts_with("HTTP/1.1 200 OK\r\n"), "/info: {}", got[0].0);
+    let seen: serde_json::Value = serde_json::from_slice(&got[1].1).unwrap();
+    assert_eq!(seen["target"], format!("{path}/plain/a"));
+    assert!(got[2].0.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{}", got[2].0);
+    assert_eq!(fast_since_login(&stack), 4, "the connection never went to hyper");
+}
+
+#[tokio::test]
+async fn a_stray_answer_upstream_sends_with_its_own_is_never_taken_for_the_next() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut send = connection(&stack).await;
+    assert_eq!(ask(&mut send, "HEAD", &format!("{path}/extra/1"), &token).await, (200, Bytes::new()));
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/2"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 2, "the connection that sent it is dropped");
+}
+
+#[tokio::test]
+async fn a_stray_answer_upstream_sends_later_is_never_taken_for_the_next() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut send = connection(&stack).await;
+    assert_eq!(ask(&mut send, "HEAD", &format!("{path}/late/1"), &token).await, (200, Bytes::new()));
+    // The stray answer now waits in the parked connection's socket.
+    faulty.late.0.notify_one();
+    tokio::time::timeout(DEADLINE, faulty.late.1.notified()).await.expect("the stray answer sent");
+    assert_eq!(ask(&mut send, "GET", &format!("{path}/kept/2"), &token).await, (200, Bytes::from("ok")));
+    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 2, "the connection that sent it is dropped");
+    assert_eq!(fast_since_login(&stack), 2);
+}
+
+#[tokio::test]
+async fn a_head_over_the_limit_gets_hypers_431() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let big = "m".repeat(swiftgate::server::MAX_HEAD);
+    let head =
+        format!("GET {path}/kept/1 HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nX-Object-Meta-Big: {big}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (answer, _) = answers(&mut client, 1).await.remove(0);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert_eq!(fast_since_login(&stack), 0);
 }

@@ -4,33 +4,56 @@ mod common;
 
 use std::sync::Arc;
 
+use md5::Digest;
 use swiftgate::server::{self, ServeOptions};
 
 fn certs() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
 }
 
-#[tokio::test]
-async fn serves_https_with_h2_and_http11_by_alpn() {
-    let stack = common::Stack::start().await;
+/// `gateway` served over TLS on a port of its own: its address, the sender that stops it, and
+/// the serving task.
+async fn serve_tls(
+    gateway: Arc<swiftgate::gateway::Gateway>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let acceptor = server::tls_acceptor(&certs().join("server.crt"), &certs().join("server.key")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listener,
-        stack.gw.gateway.clone(),
-        ServeOptions { tls: Some(acceptor), ..ServeOptions::default() },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let options = ServeOptions { tls: Some(acceptor), ..ServeOptions::default() };
+    let task = tokio::spawn(server::run(listener, gateway, options, async {
+        let _ = rx.await;
+    }));
+    (addr, tx, task)
+}
 
+/// The development CA, as roots to trust.
+fn roots() -> rustls::RootCertStore {
     let ca = std::fs::read(certs().join("ca.crt")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
         roots.add(cert.unwrap()).unwrap();
     }
+    roots
+}
+
+/// A TLS connection to `addr` as `localhost`, offering `alpn`.
+async fn connect(
+    addr: std::net::SocketAddr,
+    alpn: Vec<Vec<u8>>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots()).with_no_client_auth();
+    config.alpn_protocols = alpn;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn serves_https_with_h2_and_http11_by_alpn() {
+    let stack = common::Stack::start().await;
+    let (addr, tx, task) = serve_tls(stack.gw.gateway.clone()).await;
+    let ca = std::fs::read(certs().join("ca.crt")).unwrap();
     // HTTP/1.1 is preferred (hyper's h2 server cannot send 100 Continue); h2 when it is all
     // the client speaks.
     for (offer, want) in [
@@ -38,12 +61,7 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
         (vec![b"h2".to_vec()], b"h2".as_slice()),
         (vec![b"http/1.1".to_vec()], b"http/1.1".as_slice()),
     ] {
-        let mut config = rustls::ClientConfig::builder().with_root_certificates(roots.clone()).with_no_client_auth();
-        config.alpn_protocols = offer;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
+        let tls = connect(addr, offer).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want));
         // And a request over the protocol negotiated.
         let io = hyper_util::rt::TokioIo::new(tls);
@@ -68,6 +86,42 @@ async fn serves_https_with_h2_and_http11_by_alpn() {
         reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).build().unwrap();
     let resp = client.get(format!("https://localhost:{}/healthz", addr.port())).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
+/// A download through the TLS listener arrives whole without waiting for the connection to go
+/// idle: what rustls holds when the socket is full leaves only on a flush (the proxy's fast
+/// path once kept a download's tail there until the idle close).
+#[tokio::test]
+async fn a_large_download_over_tls_arrives_whole_and_at_once() {
+    let parts = common::pattern::chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let stack = common::Stack::in_front_of(&upstream.origin).await;
+    let (url, token) = stack.storage_login().await;
+    let len = 24 * common::pattern::MIB;
+    let put = stack.http.put(format!("{url}/c/big")).header("x-auth-token", &token).body(vec![0u8; len as usize]);
+    assert_eq!(put.send().await.unwrap().status(), 201);
+    let (addr, tx, task) = serve_tls(stack.gw.gateway.clone()).await;
+    let io = hyper_util::rt::TokioIo::new(connect(addr, vec![b"http/1.1".to_vec()]).await);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let path = url.strip_prefix(&stack.gw.url).unwrap();
+    let req = http::Request::get(format!("{path}/c/big"))
+        .header("host", "localhost")
+        .header("x-auth-token", &token)
+        .body(String::new())
+        .unwrap();
+    let download = async {
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        (body.len() as u64, hex::encode(md5::Md5::digest(&body)))
+    };
+    // The idle close would let a stuck tail out after 30 s.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), download).await.expect("the whole body in time");
+    assert_eq!(got, (len, common::pattern::expected_md5(len, &parts)));
+    assert_eq!(stack.gw.fast_answers(), 1, "the download took the fast path");
     let _ = tx.send(());
     task.await.unwrap();
 }

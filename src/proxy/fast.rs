@@ -22,10 +22,11 @@
 //! 4 KiB `GET`, where the floor relay executes 5 000 (`benches/instructions.sh`).
 
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::pool::Raw;
@@ -43,6 +44,14 @@ pub trait Authority: Sync {
     fn account_of(&self, token: &str) -> Option<&str>;
     /// The credentials cache.
     fn tokens(&self) -> &TokenManager;
+    /// The answer to a request for one of the gateway's own endpoints that needs nothing but
+    /// the request's head, if `path` is one.
+    fn head_only<'a>(
+        &'a self,
+        method: &'a http::Method,
+        path: &str,
+        headers: &'a http::HeaderMap,
+    ) -> Option<impl std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'a>;
 }
 
 /// Header fields a request head may have for the fast path to take it (hyper's limit is 100;
@@ -67,6 +76,16 @@ struct Taken {
     cached: Arc<Cached>,
 }
 
+/// A body-less request for one of the gateway's own endpoints (see [`Authority::head_only`]).
+struct Own {
+    head_len: usize,
+    head_request: bool,
+    close: bool,
+    method: http::Method,
+    path: String,
+    headers: http::HeaderMap,
+}
+
 /// What a look at the client's buffer found.
 enum Look {
     /// No whole head yet.
@@ -75,23 +94,40 @@ enum Look {
     Decline,
     /// Taken: the upstream head is written out.
     Take(Taken),
+    /// For the gateway itself, answered here too.
+    Own(Own),
 }
 
 /// How an exchange ended.
 enum Exchange {
-    /// Answered; the client's connection may carry another request.
-    Done,
+    /// Answered; the client's connection may carry another request unless `close`.
+    Done {
+        /// The answer said `connection: close`.
+        close: bool,
+    },
     /// Nothing written to the client: hyper answers it.
     Decline,
     /// The connection cannot go on (the client went, or upstream broke off a body).
     Cut,
 }
 
-/// The upstream connection a client connection keeps between its requests.
-struct Held {
-    origin: Arc<str>,
-    raw: Raw,
-    since: Instant,
+/// Why no upstream answer head came.
+enum Unreached {
+    /// An answer the proxy may read differently (a head too large, malformed): it goes there.
+    Decline,
+    /// Answered with the proxy's error page.
+    Failed(Failure),
+}
+
+/// What reading an answer's head from upstream found.
+enum AnswerHead {
+    /// The head is whole: its length in the connection's buffer.
+    Whole(usize),
+    /// The connection ended or failed before a byte came.
+    Nothing,
+    /// Not a head the fast path reads (too large, or malformed), or the connection failed
+    /// within it.
+    Other,
 }
 
 impl Proxy {
@@ -104,10 +140,28 @@ impl Proxy {
     {
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
-        let mut held: Option<Held> = None;
+        let mut answered = false;
         let hand_over = loop {
+            // Once the server stops or the idle close has come, no further request is begun
+            // (one already read included); a new connection's first is still answered.
+            if answered && signals.fired().now_or_never().is_some() {
+                break false;
+            }
             let taken = match self.look(auth, &buf, peer, &mut out) {
                 Look::Take(taken) => taken,
+                Look::Own(own) => match answer_own(auth, &mut io, &own, peer.begin()).await {
+                    Exchange::Done { close } => {
+                        self.count_answer();
+                        buf.advance(own.head_len);
+                        answered = true;
+                        if close {
+                            break false;
+                        }
+                        continue;
+                    }
+                    Exchange::Decline => break true,
+                    Exchange::Cut => return Served::Done,
+                },
                 Look::Decline => break true,
                 Look::Partial => {
                     if buf.capacity() - buf.len() < CLIENT_READ / 2 {
@@ -117,7 +171,6 @@ impl Proxy {
                         // Between requests: the server's stop and the idle close end the
                         // connection here.
                         tokio::select! {
-                            biased;
                             read = io.read_buf(&mut buf) => read,
                             () = signals.fired() => break false,
                         }
@@ -130,12 +183,12 @@ impl Proxy {
                     }
                 }
             };
-            match self.exchange(&mut io, &taken, &mut held, &mut out, peer.begin()).await {
-                Exchange::Done => {
-                    let count = &self.fast_answers[crate::server::worker_index() % self.fast_answers.len()];
-                    count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.exchange(&mut io, &taken, &mut out, peer.begin(), signals).await {
+                Exchange::Done { close } => {
+                    self.count_answer();
                     buf.advance(taken.head_len);
-                    if taken.close {
+                    answered = true;
+                    if close {
                         break false;
                     }
                 }
@@ -143,11 +196,6 @@ impl Proxy {
                 Exchange::Cut => return Served::Done,
             }
         };
-        if let Some(held) = held {
-            if held.since.elapsed() < super::pool::IDLE_LIFE {
-                self.pools.park_raw(held.origin, held.raw);
-            }
-        }
         if hand_over {
             return Served::HandOver(Prefixed::new(buf.freeze(), io));
         }
@@ -155,13 +203,20 @@ impl Proxy {
         Served::Done
     }
 
+    /// Counts an answer in [`Proxy::fast_answers`], on the caller's worker's count.
+    fn count_answer(&self) {
+        let count = &self.fast_answers[crate::server::worker_index() % self.fast_answers.len()];
+        count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
-    /// the head upstream gets into `out`.
+    /// the head upstream gets into `out` (which holds anything on a decline).
     fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Look {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_FIELDS];
-        let mut req = httparse::Request::new(&mut fields);
-        let head_len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
+            // hyper answers a head over the limit with 431.
+            Ok(httparse::Status::Complete(n)) if n <= crate::server::MAX_HEAD => n,
             Ok(httparse::Status::Partial) if buf.len() < crate::server::MAX_HEAD => return Look::Partial,
             _ => return Look::Decline,
         };
@@ -171,18 +226,32 @@ impl Proxy {
             "HEAD" => true,
             _ => return Look::Decline,
         };
+        // `http` takes a URI of up to 65 534 bytes (414 beyond).
+        if target.len() >= usize::from(u16::MAX) {
+            return Look::Decline;
+        }
         let path = target.split_once('?').map_or(target, |(path, _)| path);
         // Origin form, in the characters `http`'s URI parser accepts unquoted (hyper refuses
         // others with 400, so they go to hyper).
-        if !path.starts_with('/') || !target.bytes().all(plain_target_byte) || !auth.is_storage(path) {
+        if !path.starts_with('/') || !target.bytes().all(plain_target_byte) {
             return Look::Decline;
         }
+        if !auth.is_storage(path) {
+            return own(req.headers, head_len, head_request, method, path);
+        }
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut token = None;
         let mut storage_token = None;
         let mut close = false;
         let mut lower = [0u8; 32];
+        let mut lines = Lines::new(buf);
         for field in req.headers.iter() {
-            match lowered(field.name, &mut lower) {
+            let name = lowered(field.name, &mut lower);
+            match name {
                 Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
                 Some("connection") => match connection_close(field.value) {
                     Some(c) => close |= c,
@@ -192,7 +261,13 @@ impl Proxy {
                 Some("x-storage-token") if storage_token.is_none() => storage_token = Some(field.value),
                 _ => {}
             }
+            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_requests(n).is_some()) {
+                lines.flush(out);
+            } else {
+                lines.keep(out, field);
+            }
         }
+        lines.flush(out);
         let Some(token) = token.or(storage_token).and_then(|t| std::str::from_utf8(t).ok()) else {
             return Look::Decline;
         };
@@ -202,18 +277,6 @@ impl Proxy {
         let target_of = &cached.target;
         if !target_of.covers(path) {
             return Look::Decline;
-        }
-        out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for field in req.headers.iter() {
-            let dropped = lowered(field.name, &mut lower)
-                .is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_requests(n).is_some());
-            if !dropped {
-                push_field(out, field.name.as_bytes(), field.value);
-            }
         }
         push_field(out, b"host", target_of.host.as_bytes());
         push_field(out, b"x-auth-token", target_of.token.as_bytes());
@@ -229,52 +292,29 @@ impl Proxy {
         &self,
         client: &mut S,
         taken: &Taken,
-        held: &mut Option<Held>,
         out: &mut Vec<u8>,
         request: InProgress,
+        signals: &mut Signals,
     ) -> Exchange
     where
         S: AsyncWrite + Unpin,
     {
         let target = &taken.cached.target;
-        // A parked connection that upstream closed meanwhile fails below, before any answer:
-        // declined, the request goes again through the proxy, which retries on a new one.
-        let mut up = match held.take() {
-            Some(h) if *h.origin == *target.origin && h.since.elapsed() < super::pool::IDLE_LIFE => h.raw,
-            other => {
-                if let Some(h) = other {
-                    self.pools.park_raw(h.origin, h.raw);
-                }
-                match self.pools.take_raw(&target.origin) {
-                    Some(raw) => raw,
-                    // Boxed, as every path a request seldom takes (see `Proxy::forward`).
-                    None => match Box::pin(self.pools.connect_raw(&target.connect_to)).await {
-                        Ok(raw) => raw,
-                        Err(_) => return Exchange::Decline,
-                    },
-                }
-            }
-        };
-        if up.io.write_all(out).await.is_err() {
-            return Exchange::Decline;
-        }
-        up.buf.clear();
-        if up.buf.capacity() < UPSTREAM_READ {
-            up.buf.reserve(UPSTREAM_READ);
-        }
-        let head = match tokio::time::timeout(self.settings.header_timeout, answer_head(&mut up)).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return Exchange::Decline,
+        // Connecting, sending and the answer's head, within the header timeout, as in
+        // `Proxy::send`.
+        let (mut up, head) = match tokio::time::timeout(self.settings.header_timeout, self.reach(target, out)).await {
+            Ok(Ok(reached)) => reached,
+            Ok(Err(Unreached::Decline)) => return Exchange::Decline,
+            Ok(Err(Unreached::Failed(failure))) => return answer_failure(client, taken, request, failure).await,
             Err(_) => {
                 tracing::warn!("upstream request failed: no answer within the header timeout");
-                let _request = request.responding();
-                return match write_page(client, Failure::Timeout).await {
-                    Ok(()) => Exchange::Done,
-                    Err(_) => Exchange::Cut,
-                };
+                return answer_failure(client, taken, request, Failure::Timeout).await;
             }
         };
-        let Some(answer) = self.client_head(&up.buf[..head], taken, target, out) else {
+        // The server stopping or the idle close, come meanwhile, close the connection after
+        // this answer, which says so.
+        let close = taken.close || signals.fired().now_or_never().is_some();
+        let Some(answer) = self.client_head(&up.buf[..head], taken, close, target, out) else {
             return Exchange::Decline;
         };
         up.buf.advance(head);
@@ -310,71 +350,227 @@ impl Proxy {
             }
             left -= take as u64;
         }
-        if up.buf.capacity() > 4 * UPSTREAM_READ {
-            up.buf = BytesMut::new();
+        // A TLS stream may hold the tail until flushed.
+        if client.flush().await.is_err() {
+            return Exchange::Cut;
         }
-        up.buf.clear();
-        if clean && !answer.close {
-            *held = Some(Held { origin: target.origin.clone(), raw: up, since: Instant::now() });
+        if clean && !answer.upstream_closes {
+            if up.buf.capacity() > 2 * UPSTREAM_READ {
+                up.buf = BytesMut::new();
+            }
+            up.buf.clear();
+            self.pools.park_raw(target.origin.clone(), up);
         }
-        Exchange::Done
+        Exchange::Done { close }
     }
 
-    /// The client's answer head from upstream's (`head`), written into `out`; `None` for an
-    /// answer the fast path leaves to the proxy (see the module's description).
-    fn client_head(&self, head: &[u8], taken: &Taken, target: &super::Target, out: &mut Vec<u8>) -> Option<Answer> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-        let mut resp = httparse::Response::new(&mut fields);
-        resp.parse(head).ok()?;
+    /// Sends the head in `out` to `target` on a parked connection or a new one, and reads the
+    /// answer's head: the connection and the head's length in its buffer. A parked connection
+    /// that upstream closed meanwhile (it ends before a byte of answer) is dropped and the
+    /// request goes again on another, as in the proxy's pool.
+    async fn reach(&self, target: &super::Target, out: &[u8]) -> Result<(Raw, usize), Unreached> {
+        loop {
+            let (mut up, reused) = match self.pools.take_raw(&target.origin) {
+                Some(raw) => (raw, true),
+                // Boxed, as every path a request seldom takes (see `Proxy::forward`).
+                None => match Box::pin(self.pools.connect_raw(&target.connect_to)).await {
+                    Ok(raw) => (raw, false),
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "upstream request failed");
+                        return Err(Unreached::Failed(Failure::Unreachable));
+                    }
+                },
+            };
+            let sent = match up.io.write_all(out).await {
+                Ok(()) => up.io.flush().await,
+                Err(e) => Err(e),
+            };
+            let head = match sent {
+                Ok(()) => answer_head(&mut up).await,
+                Err(_) => AnswerHead::Nothing,
+            };
+            match head {
+                AnswerHead::Whole(n) => return Ok((up, n)),
+                AnswerHead::Nothing if reused => {
+                    tracing::debug!("a parked upstream connection was dead");
+                }
+                AnswerHead::Nothing => {
+                    tracing::warn!("upstream request failed: the connection ended without an answer");
+                    return Err(Unreached::Failed(Failure::Broken));
+                }
+                AnswerHead::Other => return Err(Unreached::Decline),
+            }
+        }
+    }
+
+    /// The client's answer head from upstream's (`head`), written into `out`, saying
+    /// `connection: close` if `close`; `None` for an answer the fast path leaves to the proxy
+    /// (see the module's description).
+    fn client_head(
+        &self,
+        head: &[u8],
+        taken: &Taken,
+        close: bool,
+        target: &super::Target,
+        out: &mut Vec<u8>,
+    ) -> Option<Answer> {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, &mut fields).ok()?;
         let code = resp.code?;
         if !(200..=599).contains(&code) || code == 401 {
             return None;
         }
-        let status = http::StatusCode::from_u16(code).ok()?;
-        let mut length = None;
-        let mut close = false;
-        let mut lower = [0u8; 32];
-        for field in resp.headers.iter() {
-            match lowered(field.name, &mut lower) {
-                Some("transfer-encoding") => return None,
-                Some("content-length") => {
-                    let n = std::str::from_utf8(field.value).ok()?.trim().parse::<u64>().ok()?;
-                    if length.is_some_and(|l| l != n) {
-                        return None;
-                    }
-                    length = Some(n);
-                }
-                Some("connection") => close |= connection_close(field.value)?,
-                _ => {}
-            }
-        }
-        let body = if taken.head_request || code == 204 || code == 304 { 0 } else { length? };
+        // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.
+        let mut upstream_closes = resp.version != Some(1);
+        // hyper's server drops a length from answers that have no body of any kind.
+        let no_body = code == 204 || code == 304;
         out.clear();
+        // The reason phrase as upstream wrote it, as hyper relays it.
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(&[b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8]);
         out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
+        let mut length = None;
+        let mut dated = false;
+        let mut lower = [0u8; 32];
+        let mut lines = Lines::new(head);
         for field in resp.headers.iter() {
             let name = lowered(field.name, &mut lower);
-            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_responses(n).is_some()) {
-                continue;
-            }
-            if matches!(name, Some("location" | "content-location")) {
-                let relocated = std::str::from_utf8(field.value).ok().and_then(|v| self.relocated(v, target));
-                if let Some(value) = relocated {
-                    push_field(out, field.name.as_bytes(), value.as_bytes());
-                    continue;
+            match name {
+                Some("transfer-encoding") => return None,
+                Some("content-length") => {
+                    let n = content_length(field.value)?;
+                    match length {
+                        Some(l) if l != n => return None,
+                        // One `Content-Length`, as hyper writes it.
+                        Some(_) => {
+                            lines.flush(out);
+                            continue;
+                        }
+                        None => length = Some(n),
+                    }
+                    if no_body {
+                        lines.flush(out);
+                        continue;
+                    }
                 }
+                Some("connection") => upstream_closes |= connection_close(field.value)?,
+                Some("date") => dated = true,
+                Some("location" | "content-location") => {
+                    if let Some(value) = visible_ascii(field.value).and_then(|v| self.relocated(v, target)) {
+                        lines.flush(out);
+                        push_field(out, field.name.as_bytes(), value.as_bytes());
+                        continue;
+                    }
+                }
+                _ => {}
             }
-            push_field(out, field.name.as_bytes(), field.value);
+            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_responses(n).is_some()) {
+                lines.flush(out);
+            } else {
+                lines.keep(out, field);
+            }
         }
-        if taken.close {
+        lines.flush(out);
+        let body = if taken.head_request || no_body { 0 } else { length? };
+        if !dated {
+            // hyper's server adds one; Swift always sends its own.
+            push_field(out, b"date", httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        }
+        if close {
             push_field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        Some(Answer { body, close })
+        Some(Answer { body, upstream_closes })
     }
+}
+
+/// A request for the gateway's own endpoints, if it has no body and its fields all make a
+/// `HeaderMap`.
+fn own(fields: &[httparse::Header<'_>], head_len: usize, head_request: bool, method: &str, path: &str) -> Look {
+    let mut headers = http::HeaderMap::with_capacity(fields.len());
+    let mut close = false;
+    let mut lower = [0u8; 32];
+    for field in fields {
+        match lowered(field.name, &mut lower) {
+            Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
+            Some("connection") => match connection_close(field.value) {
+                Some(c) => close |= c,
+                None => return Look::Decline,
+            },
+            _ => {}
+        }
+        let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(field.name.as_bytes()), http::HeaderValue::from_bytes(field.value))
+        else {
+            return Look::Decline;
+        };
+        headers.append(name, value);
+    }
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { return Look::Decline };
+    Look::Own(Own { head_len, head_request, close, method, path: path.to_owned(), headers })
+}
+
+/// Most bytes of a gateway endpoint's answer the fast path writes (its own answers are a few
+/// hundred bytes, upstream's `/info` a few KiB).
+const OWN_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Answers `own` with what the gateway answers to it, or declines if it has no such answer.
+async fn answer_own<S, A>(auth: &A, client: &mut S, own: &Own, request: InProgress) -> Exchange
+where
+    S: AsyncWrite + Unpin,
+    A: Authority,
+{
+    let Some(answer) = auth.head_only(&own.method, &own.path, &own.headers) else { return Exchange::Decline };
+    let (parts, body) = answer.await.into_parts();
+    let _request = request.responding();
+    let Some(body) = collect(body).await else {
+        tracing::warn!("an answer of the gateway's could not be read; connection closed");
+        return Exchange::Cut;
+    };
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status).into_bytes();
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+            continue;
+        }
+        dated |= name == http::header::DATE;
+        push_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    push_field(&mut head, b"content-length", body.len().to_string().as_bytes());
+    if !dated {
+        push_field(&mut head, b"date", httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    }
+    if own.close {
+        push_field(&mut head, b"connection", b"close");
+    }
+    head.extend_from_slice(b"\r\n");
+    let body = if own.head_request { &[][..] } else { &body[..] };
+    match write_two(client, &head, body).await {
+        Ok(()) if client.flush().await.is_ok() => Exchange::Done { close: own.close },
+        _ => Exchange::Cut,
+    }
+}
+
+/// `body`, whole, if it ends within [`OWN_BODY_LIMIT`] bytes and
+/// [`crate::body::SMALL_BODY_TIME`].
+async fn collect(mut body: crate::body::Body) -> Option<BytesMut> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut whole = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.ok()?.into_data() {
+                if whole.len() + data.len() > OWN_BODY_LIMIT {
+                    return None;
+                }
+                whole.extend_from_slice(&data);
+            }
+        }
+        Some(whole)
+    };
+    tokio::time::timeout(crate::body::SMALL_BODY_TIME, read).await.ok()?
 }
 
 /// What the client's answer carries.
@@ -382,29 +578,50 @@ struct Answer {
     /// Body bytes to relay.
     body: u64,
     /// Upstream closes the connection after it.
-    close: bool,
+    upstream_closes: bool,
 }
 
-/// Reads upstream's answer until its head is whole: the head's length in `up.buf`. `None` if
-/// the connection ends or fails first, or the head is too large.
-async fn answer_head(up: &mut Raw) -> Option<usize> {
+/// Reads upstream's answer until its head is whole.
+async fn answer_head(up: &mut Raw) -> AnswerHead {
+    up.buf.clear();
     loop {
         if !up.buf.is_empty() {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-            match httparse::Response::new(&mut fields).parse(&up.buf) {
-                Ok(httparse::Status::Complete(n)) => return Some(n),
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut httparse::Response::new(&mut []),
+                &up.buf,
+                &mut fields,
+            );
+            match parsed {
+                Ok(httparse::Status::Complete(n)) => return AnswerHead::Whole(n),
                 Ok(httparse::Status::Partial) if up.buf.len() < crate::server::MAX_HEAD => {}
-                _ => return None,
+                _ => return AnswerHead::Other,
             }
         }
-        if up.buf.capacity() == up.buf.len() {
+        if up.buf.capacity() - up.buf.len() < UPSTREAM_READ / 2 {
             up.buf.reserve(UPSTREAM_READ);
         }
         match up.io.read_buf(&mut up.buf).await {
             Ok(n) if n > 0 => {}
-            _ => return None,
+            _ if up.buf.is_empty() => return AnswerHead::Nothing,
+            _ => return AnswerHead::Other,
         }
     }
+}
+
+/// A `Content-Length` value: digits only, as hyper reads it.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// `value` as text if it is visible ASCII (with spaces and tabs), as `HeaderValue::to_str`
+/// takes it.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)).then(|| std::str::from_utf8(value).ok())?
 }
 
 /// `name` in ASCII lower case, in `into`, if it fits (no field the gateway looks for is longer).
@@ -436,6 +653,58 @@ fn plain_target_byte(b: u8) -> bool {
     matches!(b, 0x21..=0x7e) && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}')
 }
 
+/// Copies header lines of a head into an outgoing one as they were written, each run of
+/// consecutive kept lines in one copy (four small copies per field were a tenth of the fast
+/// path's instructions).
+struct Lines<'a> {
+    head: &'a [u8],
+    /// The run of kept lines not copied yet: its start and end in `head`.
+    run: Option<(usize, usize)>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(head: &'a [u8]) -> Self {
+        Lines { head, run: None }
+    }
+
+    /// Keeps `field`'s line, one that httparse found in `head`.
+    fn keep(&mut self, out: &mut Vec<u8>, field: &httparse::Header<'_>) {
+        let Some((start, end)) = self.line(field) else {
+            // Not where it should be: written out afresh (never happens with httparse).
+            self.flush(out);
+            push_field(out, field.name.as_bytes(), field.value);
+            return;
+        };
+        match &mut self.run {
+            Some((_, run_end)) if *run_end == start => *run_end = end,
+            _ => {
+                self.flush(out);
+                self.run = Some((start, end));
+            }
+        }
+    }
+
+    /// Copies the run of kept lines, if any.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some((start, end)) = self.run.take() {
+            out.extend_from_slice(&self.head[start..end]);
+        }
+    }
+
+    /// Where `field`'s line lies in `head`, its line ending included: from its name to the
+    /// first line feed after its value (httparse leaves none inside a value).
+    fn line(&self, field: &httparse::Header<'_>) -> Option<(usize, usize)> {
+        let base = self.head.as_ptr() as usize;
+        let start = (field.name.as_ptr() as usize).checked_sub(base)?;
+        let after_name = start + field.name.len();
+        let value_end = (field.value.as_ptr() as usize).checked_sub(base).map(|v| v + field.value.len());
+        // An empty value may point anywhere: then look from the name on.
+        let from = value_end.filter(|&v| !field.value.is_empty() && v >= after_name).unwrap_or(after_name);
+        let feed = self.head.get(from..)?.iter().position(|&b| b == b'\n')?;
+        Some((start, from + feed + 1))
+    }
+}
+
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -458,14 +727,26 @@ async fn write_two<S: AsyncWrite + Unpin>(io: &mut S, a: &[u8], b: &[u8]) -> std
     io.write_all(b).await
 }
 
-/// Writes the error page of `failure` as a whole answer.
-async fn write_page<S: AsyncWrite + Unpin>(io: &mut S, failure: Failure) -> std::io::Result<()> {
+/// Answers with the proxy's error page for `failure` (its head only, to a `HEAD`).
+async fn answer_failure<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    taken: &Taken,
+    request: InProgress,
+    failure: Failure,
+) -> Exchange {
+    let _request = request.responding();
     let (status, page) = failure.page();
+    let close = if taken.close { "connection: close\r\n" } else { "" };
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\r\n",
-        page.len()
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{close}date: {}\r\n\r\n",
+        page.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
-    write_two(io, head.as_bytes(), page.as_bytes()).await
+    let page = if taken.head_request { "" } else { page.as_str() };
+    match write_two(client, head.as_bytes(), page.as_bytes()).await {
+        Ok(()) if client.flush().await.is_ok() => Exchange::Done { close: taken.close },
+        _ => Exchange::Cut,
+    }
 }
 
 #[cfg(test)]
@@ -484,6 +765,25 @@ mod tests {
         ] {
             assert_eq!(connection_close(value), want, "{}", String::from_utf8_lossy(value));
         }
+    }
+
+    #[test]
+    fn kept_lines_are_copied_as_written() {
+        let head = b"GET / HTTP/1.1\r\nA: 1\r\nDrop: x\r\nB:  two \r\nC:\r\nD: 4\nE: 5\r\n\r\n";
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut fields);
+        assert!(req.parse(head).unwrap().is_complete());
+        let mut out = Vec::new();
+        let mut lines = Lines::new(head);
+        for field in req.headers.iter() {
+            if field.name == "Drop" {
+                lines.flush(&mut out);
+            } else {
+                lines.keep(&mut out, field);
+            }
+        }
+        lines.flush(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nB:  two \r\nC:\r\nD: 4\nE: 5\r\n");
     }
 
     #[test]

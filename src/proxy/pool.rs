@@ -66,29 +66,45 @@ impl SendError {
     }
 }
 
-/// A connection that can tell, without reading, that it cannot carry another request.
+/// A parked connection, and whether it can carry another request.
 pub(super) trait Reusable {
-    /// True once the connection is known to be closed.
-    fn is_closed(&self) -> bool;
+    /// True once the connection is known to be closed, without asking the socket.
+    fn known_closed(&self) -> bool;
+    /// True if it can carry a request now: checked when it is taken from the pool.
+    fn usable(&mut self) -> bool;
 }
 
 impl Reusable for SendRequest<UpstreamBody> {
-    fn is_closed(&self) -> bool {
-        SendRequest::is_closed(self)
+    fn known_closed(&self) -> bool {
+        self.is_closed()
+    }
+
+    fn usable(&mut self) -> bool {
+        !self.is_closed()
     }
 }
 
-/// An upstream connection the fast path ([`super::fast`]) speaks HTTP/1.1 on itself, and the
-/// bytes read from it beyond the last answer's end (none, on a connection fit for reuse).
+/// An upstream connection the fast path ([`super::fast`]) speaks HTTP/1.1 on itself, parked
+/// only after an answer read to its end and no further.
 pub(super) struct Raw {
     pub(super) io: TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>,
     pub(super) buf: bytes::BytesMut,
 }
 
 impl Reusable for Raw {
-    /// Unknown until it is written to and read from: a closed one is found then.
-    fn is_closed(&self) -> bool {
+    fn known_closed(&self) -> bool {
         false
+    }
+
+    /// Usable when a read would wait: upstream has neither closed it nor sent bytes that no
+    /// request asked for (an answer's body beyond its framing, which the next request would
+    /// otherwise take for its answer). hyper's client finds the same by reading idle
+    /// connections. Costs a `recv` only when the socket was last seen readable.
+    fn usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        matches!(tokio::io::AsyncRead::poll_read(Pin::new(&mut self.io), &mut cx, &mut probe), Poll::Pending)
     }
 }
 
@@ -112,8 +128,8 @@ impl<C: Reusable> Parked<C> {
     fn take(&self, origin: &str) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(origin)?;
-        while let Some((conn, since)) = list.pop() {
-            if !conn.is_closed() && since.elapsed() < IDLE_LIFE {
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_LIFE && conn.usable() {
                 return Some(conn);
             }
         }
@@ -121,7 +137,7 @@ impl<C: Reusable> Parked<C> {
     }
 
     fn park(&self, origin: Arc<str>, conn: C) {
-        if conn.is_closed() {
+        if conn.known_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

@@ -3,7 +3,8 @@
 //! its body was read. A GET under `/v1/AUTH_faulty/kept/` gets `ok` and one under `chunked/`
 //! gets `hello` in chunked coding, and the connection goes on; one under `once/` gets `ok` if
 //! it is the connection's first, else the connection closes unanswered; one under `silent/`
-//! is never answered. For the proxy's fault tests.
+//! (whatever its method) is never answered. A HEAD under `extra/` gets a stray second answer in the same write; one
+//! under `late/` gets it when the test asks (`late`). For the proxy's fault tests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +17,8 @@ pub struct Faulty {
     pub origin: String,
     /// Connections that carried a storage request (not auth).
     pub storage_connections: Arc<AtomicUsize>,
+    /// `late/`: notified by the test to send the stray answer, and by the upstream once sent.
+    pub late: Arc<(tokio::sync::Notify, tokio::sync::Notify)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,7 +50,12 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 /// A chunked keep-alive answer.
 const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
 
-async fn serve(mut stream: TcpStream, origin: String, storage_connections: Arc<AtomicUsize>) {
+async fn serve(
+    mut stream: TcpStream,
+    origin: String,
+    storage_connections: Arc<AtomicUsize>,
+    late: Arc<(tokio::sync::Notify, tokio::sync::Notify)>,
+) {
     let Some((head, mut body)) = read_head(&mut stream).await else { return };
     let mut request_line = head.lines().next().unwrap_or("").to_owned();
     if request_line.starts_with("GET /auth/v1.0") {
@@ -70,7 +78,24 @@ async fn serve(mut stream: TcpStream, origin: String, storage_connections: Arc<A
         } else if request_line.starts_with("GET /v1/AUTH_faulty/once/") {
             // A later request on the connection is left unanswered: the connection just closes.
             return;
-        } else if request_line.starts_with("GET /v1/AUTH_faulty/silent/") {
+        } else if request_line.starts_with("HEAD /v1/AUTH_faulty/extra/") {
+            // A HEAD answered with a body: a whole stray answer, in the same write.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+        } else if request_line.starts_with("HEAD /v1/AUTH_faulty/late/") {
+            // The same stray answer, sent apart once the test asks for it.
+            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await.is_err() {
+                return;
+            }
+            late.0.notified().await;
+            let stray = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray").await;
+            late.1.notify_one();
+            if stray.is_err() {
+                return;
+            }
+            let Some((next, _)) = read_head(&mut stream).await else { return };
+            request_line = next.lines().next().unwrap_or("").to_owned();
+            continue;
+        } else if request_line.contains(" /v1/AUTH_faulty/silent/") {
             // Never answers; the connection ends when the other side closes it.
             while matches!(stream.read(&mut [0u8; 1024]).await, Ok(n) if n > 0) {}
             return;
@@ -109,11 +134,12 @@ pub async fn start() -> Faulty {
     let origin = format!("http://{addr}");
     let o = origin.clone();
     let storage_connections = Arc::new(AtomicUsize::new(0));
-    let counter = storage_connections.clone();
+    let late = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let (counter, l) = (storage_connections.clone(), late.clone());
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, o.clone(), counter.clone()));
+            tokio::spawn(serve(stream, o.clone(), counter.clone(), l.clone()));
         }
     });
-    Faulty { origin, storage_connections, task }
+    Faulty { origin, storage_connections, late, task }
 }
