@@ -304,7 +304,7 @@ impl Handler for Gateway {
         signals: &mut crate::server::Signals,
     ) -> crate::server::Served<S>
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+        S: crate::server::Connection,
     {
         match &self.proxy {
             Some(proxy) => proxy.serve_h1(self, io, peer, signals).await,

@@ -189,12 +189,23 @@ async fn watch_idle(
 /// close waits for, or a client that reads nothing), while one still sending a response's tail
 /// to a slow reader is left to finish. While a response is being sent, a connection on which
 /// neither moves for the stall time is cut ([`ServeOptions::stall_cut`]).
-struct Counted {
+pub struct Counted {
     io: tokio::net::TcpStream,
     peer: Arc<Peer>,
 }
 
 impl Counted {
+    /// The socket, for writes that bypass [`tokio::io::AsyncWrite`] (`splice(2)`); each that
+    /// sent something is told with [`wrote`](Self::wrote).
+    pub(crate) fn socket(&self) -> &tokio::net::TcpStream {
+        &self.io
+    }
+
+    /// Counts a write made on [`socket`](Self::socket) that sent something.
+    pub(crate) fn wrote(&self) {
+        self.peer.written.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn count(&self, sent: &std::task::Poll<std::io::Result<usize>>) {
         if matches!(sent, std::task::Poll::Ready(Ok(n)) if *n > 0) {
             self.peer.written.fetch_add(1, Ordering::Relaxed);
@@ -319,12 +330,29 @@ pub trait Handler: Send + Sync + 'static {
     /// `signals` fire between requests. By default it hands the connection over at once.
     fn serve_h1<S>(&self, io: S, peer: &Arc<Peer>, signals: &mut Signals) -> impl Future<Output = Served<S>> + Send
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+        S: Connection,
     {
         let _ = (peer, signals);
         async move { Served::HandOver(Prefixed::new(bytes::Bytes::new(), io)) }
     }
 }
+
+/// A client's connection as [`Handler::serve_h1`] gets it: the plain socket or TLS over it.
+pub trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// The socket itself, when the connection is plain (no TLS): what is written to it goes to
+    /// the client as it is.
+    fn plain(&self) -> Option<&Counted> {
+        None
+    }
+}
+
+impl Connection for Counted {
+    fn plain(&self) -> Option<&Counted> {
+        Some(self)
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<tokio::io::BufReader<Counted>> {}
 
 /// How [`Handler::serve_h1`] left a connection.
 pub enum Served<S> {

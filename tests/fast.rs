@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::Stack;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
+use md5::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -96,6 +97,96 @@ async fn pipelined_gets_are_answered_in_order_with_upstreams_head_as_written() {
     }
     assert_eq!(fast_since_login(&stack), 3);
     assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 1, "one upstream connection, kept");
+}
+
+#[tokio::test]
+async fn large_bodies_go_from_socket_to_socket_whole_and_the_connection_goes_on() {
+    let parts = common::pattern::chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let stack = Stack::in_front_of(&upstream.origin).await;
+    let (path, token) = login(&stack).await;
+    // An odd length, so the last splice is a short one; the pattern catches a byte lost,
+    // repeated or out of place.
+    let len = 24 * common::pattern::MIB + 5;
+    let put = stack.http.put(format!("{}{path}/c/big", stack.gw.url)).header("x-auth-token", &token);
+    assert_eq!(put.body(vec![0u8; len as usize]).send().await.unwrap().status(), 201);
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let get = |name: &str| format!("GET {path}/c/{name} HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
+    client.write_all(format!("{}{}{}", get("big"), get("big"), get("missing")).as_bytes()).await.unwrap();
+    let got = answers(&mut client, 3).await;
+    for (head, body) in &got[..2] {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(body.len() as u64, len);
+        assert_eq!(hex::encode(md5::Md5::digest(body)), common::pattern::expected_md5(len, &parts));
+    }
+    assert!(got[2].0.starts_with("HTTP/1.1 404 Not Found\r\n"), "{}", got[2].0);
+    assert_eq!(fast_since_login(&stack), 3);
+    assert_eq!(stack.gw.spliced_answers(), 2, "both large bodies were spliced");
+}
+
+#[tokio::test]
+async fn a_slow_reader_of_a_spliced_body_is_not_taken_for_a_stalled_one() {
+    // The writes `splice(2)` makes bypass the socket's counting wrapper; the stall cut must
+    // still see them, or it cuts a download the client is reading.
+    let parts = common::pattern::chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let stack = Stack::in_front_of(&upstream.origin).await;
+    let (path, token) = login(&stack).await;
+    let len = 32 * common::pattern::MIB;
+    let put = stack.http.put(format!("{}{path}/c/big", stack.gw.url)).header("x-auth-token", &token);
+    assert_eq!(put.body(vec![0u8; len as usize]).send().await.unwrap().status(), 201);
+    let options = swiftgate::server::ServeOptions {
+        idle_close: Duration::from_millis(50),
+        stall_cut: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (addr, stop, task) = common::serve_gateway(stack.gw.gateway.clone(), options).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let get = format!("GET {path}/c/big HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
+    client.write_all(get.as_bytes()).await.unwrap();
+    let read = async {
+        let (mut got, mut chunk) = (0u64, vec![0u8; 64 * 1024]);
+        let mut next_pause = 0;
+        loop {
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n as u64,
+            }
+            if got >= next_pause {
+                // Workload shaping, not synchronisation: a reader of about 20 MiB/s, so the
+                // download lasts several stall periods while it never stalls for one.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                next_pause += 2 * common::pattern::MIB;
+            }
+            if got > len {
+                return got;
+            }
+        }
+    };
+    let got = tokio::time::timeout(Duration::from_secs(30), read).await.expect("the download in time");
+    assert!(got > len, "the whole body came ({got} bytes with the head)");
+    assert_eq!(stack.gw.spliced_answers(), 1);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_going_quiet_mid_body_cuts_the_spliced_transfer_after_the_idle_timeout() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of_with(&faulty.origin, |c| c.proxy.idle_timeout = 1).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    let get = format!("GET {path}/stall/x HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
+    client.write_all(get.as_bytes()).await.unwrap();
+    let read = async {
+        let (mut got, mut chunk) = (0usize, vec![0u8; 64 * 1024]);
+        while let Ok(n @ 1..) = client.read(&mut chunk).await {
+            got += n;
+        }
+        got
+    };
+    let got = tokio::time::timeout(DEADLINE, read).await.expect("the connection cut, not held");
+    assert!((1_000_000..10_000_000).contains(&got), "{got} bytes: the part sent, then the cut");
 }
 
 #[tokio::test]

@@ -17,14 +17,7 @@ async fn serve_tls(
     gateway: Arc<swiftgate::gateway::Gateway>,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let acceptor = server::tls_acceptor(&certs().join("server.crt"), &certs().join("server.key")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions { tls: Some(acceptor), ..ServeOptions::default() };
-    let task = tokio::spawn(server::run(listener, gateway, options, async {
-        let _ = rx.await;
-    }));
-    (addr, tx, task)
+    common::serve_gateway(gateway, ServeOptions { tls: Some(acceptor), ..ServeOptions::default() }).await
 }
 
 /// The development CA, as roots to trust.
@@ -103,7 +96,7 @@ async fn a_large_download_over_tls_arrives_whole_and_at_once() {
     let put = stack.http.put(format!("{url}/c/big")).header("x-auth-token", &token).body(vec![0u8; len as usize]);
     assert_eq!(put.send().await.unwrap().status(), 201);
     let (addr, tx, task) = serve_tls(stack.gw.gateway.clone()).await;
-    let before = stack.gw.fast_answers();
+    let (before, spliced) = (stack.gw.fast_answers(), stack.gw.spliced_answers());
     let io = hyper_util::rt::TokioIo::new(connect(addr, vec![b"http/1.1".to_vec()]).await);
     let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
@@ -123,6 +116,7 @@ async fn a_large_download_over_tls_arrives_whole_and_at_once() {
     let got = tokio::time::timeout(std::time::Duration::from_secs(20), download).await.expect("the whole body in time");
     assert_eq!(got, (len, common::pattern::expected_md5(len, &parts)));
     assert_eq!(stack.gw.fast_answers() - before, 1, "the download took the fast path");
+    assert_eq!(stack.gw.spliced_answers(), spliced, "no splice under TLS");
     let _ = tx.send(());
     task.await.unwrap();
 }

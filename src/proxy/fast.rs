@@ -27,11 +27,12 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::pool::Raw;
+use super::splice::{Broke, Pipe};
 use super::{dropped_from_requests, dropped_from_responses, hop_by_hop, Failure, Proxy, TOKEN_MARGIN};
-use crate::server::{InProgress, Peer, Prefixed, Served, Signals};
+use crate::server::{Connection, InProgress, Peer, Prefixed, Served, Signals};
 use crate::tokens::{Cached, TokenManager};
 
 /// What the fast path needs from the gateway: which paths are storage paths, and whose a
@@ -65,6 +66,10 @@ const CLIENT_READ: usize = 8 * 1024;
 /// What an upstream connection's read buffer starts at; it doubles, up to
 /// [`crate::body::MAX_READ`], while a body fills it, and goes back to this after a large body.
 const UPSTREAM_READ: usize = 16 * 1024;
+
+/// The least body the fast path relays with `splice(2)` (see [`super::splice`]) rather than
+/// through its buffer: below it, the pipe's making costs more than the copies it saves.
+const SPLICE_MIN: u64 = 64 * 1024;
 
 /// A request the fast path takes.
 struct Taken {
@@ -135,7 +140,7 @@ impl Proxy {
     /// one is not for the fast path, then hands the connection to hyper.
     pub async fn serve_h1<S, A>(&self, auth: &A, mut io: S, peer: &Arc<Peer>, signals: &mut Signals) -> Served<S>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: Connection,
         A: Authority,
     {
         let mut buf = BytesMut::new();
@@ -203,10 +208,14 @@ impl Proxy {
         Served::Done
     }
 
-    /// Counts an answer in [`Proxy::fast_answers`], on the caller's worker's count.
+    /// The caller's worker's counts (see [`Proxy::fast_answers`]).
+    fn counts(&self) -> &super::WorkerCounts {
+        &self.fast_counts[crate::server::worker_index() % self.fast_counts.len()]
+    }
+
+    /// Counts an answer in [`Proxy::fast_answers`].
     fn count_answer(&self) {
-        let count = &self.fast_answers[crate::server::worker_index() % self.fast_answers.len()];
-        count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counts().answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
@@ -297,7 +306,7 @@ impl Proxy {
         signals: &mut Signals,
     ) -> Exchange
     where
-        S: AsyncWrite + Unpin,
+        S: Connection,
     {
         let target = &taken.cached.target;
         // Connecting, sending and the answer's head, within the header timeout, as in
@@ -327,6 +336,22 @@ impl Proxy {
         }
         left -= first as u64;
         let mut clean = up.buf.len() == first;
+        if left >= SPLICE_MIN {
+            if let Some(((from, to), pipe)) = up.plain().zip(client.plain()).zip(Pipe::new()) {
+                match pipe.relay(from, to.socket(), left, self.settings.idle_timeout, || to.wrote()).await {
+                    Ok(()) => {
+                        self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        left = 0;
+                    }
+                    Err(broke) => {
+                        if broke == Broke::Upstream {
+                            tracing::warn!("upstream broke off an answer's body");
+                        }
+                        return Exchange::Cut;
+                    }
+                }
+            }
+        }
         let mut room = UPSTREAM_READ;
         while left > 0 {
             up.buf.clear();

@@ -10,6 +10,7 @@
 
 mod fast;
 mod pool;
+mod splice;
 pub mod stream;
 
 pub use fast::Authority;
@@ -235,14 +236,19 @@ pub struct Proxy {
     settings: ProxySettings,
     public_origin: String,
     forwarded_proto: HeaderValue,
-    /// Requests the fast path answered, per worker.
-    fast_answers: Box<[WorkerCount]>,
+    /// What the fast path did, per worker.
+    fast_counts: Box<[WorkerCounts]>,
 }
 
-/// A count kept by one worker, on a cache line of its own so workers never contend for it.
+/// Counts kept by one worker, on a cache line of their own so workers never contend for them.
 #[derive(Default)]
 #[repr(align(64))]
-struct WorkerCount(std::sync::atomic::AtomicU64);
+struct WorkerCounts {
+    /// Requests the fast path answered.
+    answers: std::sync::atomic::AtomicU64,
+    /// Of those, the ones whose body it relayed with `splice(2)`.
+    spliced: std::sync::atomic::AtomicU64,
+}
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,13 +294,19 @@ impl Proxy {
             settings,
             public_origin: public_url.trim_end_matches('/').to_owned(),
             forwarded_proto,
-            fast_answers: (0..workers.max(1)).map(|_| WorkerCount::default()).collect(),
+            fast_counts: (0..workers.max(1)).map(|_| WorkerCounts::default()).collect(),
         })
     }
 
     /// Requests answered by the fast path (see [`fast`]) since the start, over all workers.
     pub fn fast_answers(&self) -> u64 {
-        self.fast_answers.iter().map(|c| c.0.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        self.fast_counts.iter().map(|c| c.answers.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// Of the fast path's answers, those whose body went from socket to socket through the
+    /// kernel alone (see [`splice`]), since the start.
+    pub fn spliced_answers(&self) -> u64 {
+        self.fast_counts.iter().map(|c| c.spliced.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// The settings in force.

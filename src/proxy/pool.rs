@@ -91,6 +91,16 @@ pub(super) struct Raw {
     pub(super) buf: bytes::BytesMut,
 }
 
+impl Raw {
+    /// The socket itself, when the connection is plain (no TLS).
+    pub(super) fn plain(&self) -> Option<&tokio::net::TcpStream> {
+        match self.io.inner() {
+            MaybeHttpsStream::Http(io) => Some(io.inner()),
+            MaybeHttpsStream::Https(_) => None,
+        }
+    }
+}
+
 impl Reusable for Raw {
     fn known_closed(&self) -> bool {
         false

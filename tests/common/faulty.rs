@@ -3,7 +3,7 @@
 //! its body was read. A GET under `/v1/AUTH_faulty/kept/` gets `ok` and one under `chunked/`
 //! gets `hello` in chunked coding, and the connection goes on; one under `once/` gets `ok` if
 //! it is the connection's first, else the connection closes unanswered; one under `silent/`
-//! (whatever its method) is never answered. A HEAD under `extra/` gets a stray second answer in the same write; one
+//! (whatever its method) is never answered; one under `stall/` gets 1 MB of a 10 MB body, then nothing. A HEAD under `extra/` gets a stray second answer in the same write; one
 //! under `late/` gets it when the test asks (`late`). For the proxy's fault tests.
 
 use std::net::SocketAddr;
@@ -95,6 +95,12 @@ async fn serve(
             let Some((next, _)) = read_head(&mut stream).await else { return };
             request_line = next.lines().next().unwrap_or("").to_owned();
             continue;
+        } else if request_line.starts_with("GET /v1/AUTH_faulty/stall/") {
+            // Promises 10 MB, sends 1 MB, then nothing until the other side closes.
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n").await;
+            let _ = stream.write_all(&vec![b's'; 1_000_000]).await;
+            while matches!(stream.read(&mut [0u8; 1024]).await, Ok(n) if n > 0) {}
+            return;
         } else if request_line.contains(" /v1/AUTH_faulty/silent/") {
             // Never answers; the connection ends when the other side closes it.
             while matches!(stream.read(&mut [0u8; 1024]).await, Ok(n) if n > 0) {}

@@ -56,6 +56,11 @@ impl RunningGateway {
     pub fn fast_answers(&self) -> u64 {
         self.gateway.proxy().map_or(0, |p| p.fast_answers())
     }
+
+    /// Of those, the answers whose body went from socket to socket by `splice(2)`.
+    pub fn spliced_answers(&self) -> u64 {
+        self.gateway.proxy().map_or(0, |p| p.spliced_answers())
+    }
 }
 
 impl Drop for RunningGateway {
@@ -90,6 +95,21 @@ pub async fn start_gateway(
         let _ = rx.await;
     }));
     RunningGateway { gateway, url: format!("http://{addr}"), addr, stop: Some(tx), task }
+}
+
+/// Serves `gateway` on a listener of its own with `options`: its address, the sender that
+/// stops it, and the task to await after.
+pub async fn serve_gateway(
+    gateway: Arc<Gateway>,
+    options: ServeOptions,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, gateway, options, async {
+        let _ = rx.await;
+    }));
+    (addr, tx, task)
 }
 
 impl Stack {
