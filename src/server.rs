@@ -195,8 +195,8 @@ pub struct Counted {
 }
 
 impl Counted {
-    /// The socket, for writes that bypass [`tokio::io::AsyncWrite`] (`splice(2)`); each that
-    /// sent something is told with [`wrote`](Self::wrote).
+    /// The socket, for reads and writes that bypass tokio's I/O traits (`splice(2)`); each
+    /// that moved something is told with [`wrote`](Self::wrote) or [`got`](Self::got).
     pub(crate) fn socket(&self) -> &tokio::net::TcpStream {
         &self.io
     }
@@ -204,6 +204,11 @@ impl Counted {
     /// Counts a write made on [`socket`](Self::socket) that sent something.
     pub(crate) fn wrote(&self) {
         self.peer.written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a read made on [`socket`](Self::socket) that got something.
+    pub(crate) fn got(&self) {
+        self.peer.read.fetch_add(1, Ordering::Relaxed);
     }
 
     fn count(&self, sent: &std::task::Poll<std::io::Result<usize>>) {

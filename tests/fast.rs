@@ -120,8 +120,8 @@ async fn large_bodies_go_from_socket_to_socket_whole_and_the_connection_goes_on(
         assert_eq!(hex::encode(md5::Md5::digest(body)), common::pattern::expected_md5(len, &parts));
     }
     assert!(got[2].0.starts_with("HTTP/1.1 404 Not Found\r\n"), "{}", got[2].0);
-    assert_eq!(fast_since_login(&stack), 3);
-    assert_eq!(stack.gw.spliced_answers(), 2, "both large bodies were spliced");
+    assert_eq!(fast_since_login(&stack), 4, "the upload and the three GETs");
+    assert_eq!(stack.gw.spliced_answers(), 3, "the upload's body and both downloads");
 }
 
 #[tokio::test]
@@ -165,7 +165,7 @@ async fn a_slow_reader_of_a_spliced_body_is_not_taken_for_a_stalled_one() {
     };
     let got = tokio::time::timeout(Duration::from_secs(30), read).await.expect("the download in time");
     assert!(got > len, "the whole body came ({got} bytes with the head)");
-    assert_eq!(stack.gw.spliced_answers(), 1);
+    assert_eq!(stack.gw.spliced_answers(), 2, "the upload and the download");
     let _ = stop.send(());
     task.await.unwrap();
 }
@@ -187,6 +187,112 @@ async fn upstream_going_quiet_mid_body_cuts_the_spliced_transfer_after_the_idle_
     };
     let got = tokio::time::timeout(DEADLINE, read).await.expect("the connection cut, not held");
     assert!((1_000_000..10_000_000).contains(&got), "{got} bytes: the part sent, then the cut");
+}
+
+/// An upload's head for `path` of `len` bytes, with the token.
+fn put_head(path: &str, token: &str, len: u64) -> String {
+    format!("PUT {path} HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nContent-Length: {len}\r\n\r\n")
+}
+
+#[tokio::test]
+async fn large_uploads_go_from_socket_to_socket_whole_and_the_connection_goes_on() {
+    let parts = common::pattern::chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let stack = Stack::in_front_of(&upstream.origin).await;
+    let (path, token) = login(&stack).await;
+    // Past the 4 MiB replay buffer, an odd length; then a GET of it on the same connection,
+    // sent behind the body before any answer is read.
+    let len = 9 * common::pattern::MIB + 3;
+    let mut sent = put_head(&format!("{path}/c/up"), &token, len).into_bytes();
+    common::pattern::pieces(len, &parts).for_each(|piece| sent.extend_from_slice(piece));
+    sent.extend_from_slice(format!("GET {path}/c/up HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n").as_bytes());
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    client.write_all(&sent).await.unwrap();
+    let got = answers(&mut client, 2).await;
+    let md5 = common::pattern::expected_md5(len, &parts);
+    assert!(got[0].0.starts_with("HTTP/1.1 201 Created\r\n"), "{}", got[0].0);
+    assert!(got[0].0.to_ascii_lowercase().contains(&format!("etag: {md5}\r\n")), "{}", got[0].0);
+    assert_eq!(hex::encode(md5::Md5::digest(&got[1].1)), md5, "the object came back as sent");
+    assert_eq!(fast_since_login(&stack), 2);
+    assert_eq!(stack.gw.spliced_answers(), 2, "the upload's body and the download's");
+    // One at the replay buffer's size stays the proxy's (it keeps the body for a replay).
+    let small = reqwest::Body::from(vec![7u8; 4 << 20]);
+    let put = stack.http.put(format!("{}{path}/c/small", stack.gw.url)).header("x-auth-token", &token);
+    assert_eq!(put.body(small).send().await.unwrap().status(), 201);
+    assert_eq!(fast_since_login(&stack), 2, "taken by the proxy");
+}
+
+#[tokio::test]
+async fn an_upload_whose_token_upstream_refuses_goes_to_the_proxy_before_its_body_is_read() {
+    let stack = Stack::start_mode(swiftgate::config::Mode::Proxy, |_| {}).await;
+    stack.register().await;
+    let (path, token) = login(&stack).await;
+    let container = stack.http.put(format!("{}{path}/c", stack.gw.url)).header("x-auth-token", &token);
+    assert_eq!(container.send().await.unwrap().status(), 201);
+    let renewals = stack.emu().count("credentials");
+    // Upstream refuses the cached token before asking for the body: the body is still the
+    // client's, and the proxy renews and sends it once.
+    stack.emu().revoke(false, true, false);
+    let body: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    client.write_all(put_head(&format!("{path}/c/o"), &token, body.len() as u64).as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    let got = answers(&mut client, 1).await;
+    assert!(got[0].0.starts_with("HTTP/1.1 201 Created\r\n"), "{}", got[0].0);
+    assert_eq!(stack.emu().count("credentials"), renewals + 1, "one renewal");
+    assert_eq!(fast_since_login(&stack), 0, "declined, then answered by the proxy");
+    let back = stack.http.get(format!("{}{path}/c/o", stack.gw.url)).header("x-auth-token", &token);
+    assert!(back.send().await.unwrap().bytes().await.unwrap() == body, "stored as sent");
+}
+
+#[tokio::test]
+async fn a_client_that_breaks_off_a_spliced_upload_is_cut_and_nothing_is_stored() {
+    let parts = common::pattern::chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let stack = Stack::in_front_of(&upstream.origin).await;
+    let (path, token) = login(&stack).await;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    client.write_all(put_head(&format!("{path}/c/part"), &token, 16 << 20).as_bytes()).await.unwrap();
+    client.write_all(&vec![1u8; 6 << 20]).await.unwrap();
+    client.shutdown().await.unwrap();
+    assert!(ends(&mut client).await, "the gateway ends the connection");
+    let head = stack.http.head(format!("{}{path}/c/part", stack.gw.url)).header("x-auth-token", &token);
+    assert_eq!(head.send().await.unwrap().status(), 404, "no object from a part of a body");
+    assert_eq!(stack.gw.spliced_answers(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_asks_for_the_body_gets_it_after_the_expect_timeout() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of_with(&faulty.origin, |c| c.proxy.expect_timeout = 1).await;
+    let (path, token) = login(&stack).await;
+    let len = 5 << 20;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    client.write_all(put_head(&format!("{path}/late100/o"), &token, len).as_bytes()).await.unwrap();
+    client.write_all(&vec![2u8; len as usize]).await.unwrap();
+    // Its `100`, come after the body, is passed over for the answer behind it.
+    let got = answers(&mut client, 1).await;
+    assert!(got[0].0.starts_with("HTTP/1.1 201 Created\r\n"), "{}", got[0].0);
+    assert!(got[0].0.contains(&format!("X-Received: {len}\r\n")), "{}", got[0].0);
+    assert_eq!((fast_since_login(&stack), stack.gw.spliced_answers()), (1, 1));
+}
+
+#[tokio::test]
+async fn an_upstream_that_breaks_off_a_spliced_upload_gets_the_client_a_502() {
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of_with(&faulty.origin, |c| c.proxy.expect_timeout = 1).await;
+    let (path, token) = login(&stack).await;
+    // It resets after about 1 MB of the body; the client, sending all before it reads, still
+    // reads the 502.
+    let len = 8 << 20;
+    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+    client.write_all(put_head(&format!("{path}/c/o"), &token, len).as_bytes()).await.unwrap();
+    client.write_all(&vec![3u8; len as usize]).await.unwrap();
+    let got = answers(&mut client, 1).await;
+    assert!(got[0].0.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{}", got[0].0);
+    assert!(got[0].0.contains("connection: close\r\n"), "{}", got[0].0);
+    assert!(ends(&mut client).await);
+    assert_eq!(stack.gw.spliced_answers(), 0);
 }
 
 #[tokio::test]

@@ -9,8 +9,15 @@
 //! reads. No header map, no request or response object, no second task: the whole exchange
 //! runs in the client connection's task, on one upstream connection it keeps.
 //!
+//! A `PUT` whose body is larger than the replay buffer (`Content-Length`, not chunked) is taken
+//! too when neither side is TLS: its head goes upstream with `Expect: 100-continue`, as the
+//! proxy sends it, and only once upstream answers `100` (or the expect timeout passes) does
+//! the body go from the client's socket to upstream's through a pipe ([`super::splice`]),
+//! never entering user space. An answer before `100` (a `401`, a `413`) leaves the body
+//! unread, and the request goes to the proxy, which renews and retries or relays the answer.
+//!
 //! Anything else hands the connection to hyper, with the request still unanswered, before a
-//! byte of answer has been written: another method or HTTP version, a body, `Expect`,
+//! byte of answer has been written: another method or HTTP version, another body, `Expect`,
 //! `Upgrade`, a `Connection` field naming other fields, a path outside storage, a missing or bad
 //! token, credentials that need renewing, an upstream that cannot be reached or closed a parked
 //! connection, and answers the relay does not frame (1xx, chunked, read-until-close) or that
@@ -32,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::pool::Raw;
 use super::splice::{Broke, Pipe};
 use super::{dropped_from_requests, dropped_from_responses, hop_by_hop, Failure, Proxy, TOKEN_MARGIN};
-use crate::server::{Connection, InProgress, Peer, Prefixed, Served, Signals};
+use crate::server::{Connection, Counted, InProgress, Peer, Prefixed, Served, Signals};
 use crate::tokens::{Cached, TokenManager};
 
 /// What the fast path needs from the gateway: which paths are storage paths, and whose a
@@ -76,6 +83,10 @@ struct Taken {
     /// The request head's length in the client's buffer.
     head_len: usize,
     head_request: bool,
+    /// An upload's body length (0 for a request without a body).
+    upload: u64,
+    /// How much of the upload's body is in the client's buffer, after the head.
+    buffered: usize,
     /// The client sent `Connection: close`.
     close: bool,
     cached: Arc<Cached>,
@@ -118,10 +129,16 @@ enum Exchange {
 
 /// Why no upstream answer head came.
 enum Unreached {
-    /// An answer the proxy may read differently (a head too large, malformed): it goes there.
+    /// An answer the proxy may read differently (a head too large, malformed), or an upload's
+    /// head answered before its body was asked for: it goes there.
     Decline,
     /// Answered with the proxy's error page.
     Failed(Failure),
+    /// The client broke off an upload's body: the connection cannot go on.
+    Cut,
+    /// Upstream stopped taking an upload's body, of which the client still has `unread`
+    /// bytes to send: the client gets a 502 and the connection ends.
+    Abandoned { unread: u64 },
 }
 
 /// What reading an answer's head from upstream found.
@@ -152,7 +169,7 @@ impl Proxy {
             if answered && signals.fired().now_or_never().is_some() {
                 break false;
             }
-            let taken = match self.look(auth, &buf, peer, &mut out) {
+            let taken = match self.look(auth, &buf, peer, io.plain().is_some(), &mut out) {
                 Look::Take(taken) => taken,
                 Look::Own(own) => match answer_own(auth, &mut io, &own, peer.begin()).await {
                     Exchange::Done { close } => {
@@ -188,10 +205,11 @@ impl Proxy {
                     }
                 }
             };
-            match self.exchange(&mut io, &taken, &mut out, peer.begin(), signals).await {
+            let body_start = &buf[taken.head_len..taken.head_len + taken.buffered];
+            match self.exchange(&mut io, &taken, body_start, &mut out, peer.begin(), signals).await {
                 Exchange::Done { close } => {
                     self.count_answer();
-                    buf.advance(taken.head_len);
+                    buf.advance(taken.head_len + taken.buffered);
                     answered = true;
                     if close {
                         break false;
@@ -219,8 +237,9 @@ impl Proxy {
     }
 
     /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
-    /// the head upstream gets into `out` (which holds anything on a decline).
-    fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Look {
+    /// the head upstream gets into `out` (which holds anything on a decline). Uploads are
+    /// taken only from a `plain_client` (see [`super::splice`]).
+    fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, plain_client: bool, out: &mut Vec<u8>) -> Look {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
@@ -230,9 +249,10 @@ impl Proxy {
             _ => return Look::Decline,
         };
         let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else { return Look::Decline };
-        let head_request = match method {
-            "GET" => false,
-            "HEAD" => true,
+        let (head_request, upload) = match method {
+            "GET" => (false, false),
+            "HEAD" => (true, false),
+            "PUT" if plain_client => (false, true),
             _ => return Look::Decline,
         };
         // `http` takes a URI of up to 65 534 bytes (414 beyond).
@@ -256,11 +276,24 @@ impl Proxy {
         let mut token = None;
         let mut storage_token = None;
         let mut close = false;
+        let mut length = None;
         let mut lower = [0u8; 32];
         let mut lines = Lines::new(buf);
         for field in req.headers.iter() {
             let name = lowered(field.name, &mut lower);
             match name {
+                Some("content-length") if upload => {
+                    let Some(n) = content_length(field.value) else { return Look::Decline };
+                    match length {
+                        Some(l) if l != n => return Look::Decline,
+                        // One `Content-Length` upstream, as hyper sends it.
+                        Some(_) => {
+                            lines.flush(out);
+                            continue;
+                        }
+                        None => length = Some(n),
+                    }
+                }
                 Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
                 Some("connection") => match connection_close(field.value) {
                     Some(c) => close |= c,
@@ -287,20 +320,33 @@ impl Proxy {
         if !target_of.covers(path) {
             return Look::Decline;
         }
+        // A body the proxy would keep for a replay after a 401 stays the proxy's; so does one
+        // for a TLS upstream, which `splice(2)` cannot write to.
+        let upload = match length {
+            Some(n) if n > self.settings.replay_buffer && target_of.plain() => n,
+            _ if upload => return Look::Decline,
+            _ => 0,
+        };
+        if upload > 0 {
+            push_field(out, b"expect", b"100-continue");
+        }
         push_field(out, b"host", target_of.host.as_bytes());
         push_field(out, b"x-auth-token", target_of.token.as_bytes());
         push_field(out, b"x-forwarded-for", peer.forwarded_for.as_bytes());
         push_field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
         out.extend_from_slice(b"\r\n");
-        Look::Take(Taken { head_len, head_request, close, cached })
+        let buffered = (buf.len() - head_len).min(usize::try_from(upload).unwrap_or(usize::MAX));
+        Look::Take(Taken { head_len, head_request, upload, buffered, close, cached })
     }
 
-    /// Sends the head in `out` upstream and relays the answer to the client, or declines
-    /// before writing a byte to the client.
+    /// Sends the head in `out` upstream (and an upload's body, of which `body_start` is in the
+    /// client's buffer) and relays the answer to the client, or declines before writing a byte
+    /// to the client or reading one of an upload's body.
     async fn exchange<S>(
         &self,
         client: &mut S,
         taken: &Taken,
+        body_start: &[u8],
         out: &mut Vec<u8>,
         request: InProgress,
         signals: &mut Signals,
@@ -309,22 +355,49 @@ impl Proxy {
         S: Connection,
     {
         let target = &taken.cached.target;
-        // Connecting, sending and the answer's head, within the header timeout, as in
-        // `Proxy::send`.
-        let (mut up, head) = match tokio::time::timeout(self.settings.header_timeout, self.reach(target, out)).await {
-            Ok(Ok(reached)) => reached,
-            Ok(Err(Unreached::Decline)) => return Exchange::Decline,
-            Ok(Err(Unreached::Failed(failure))) => return answer_failure(client, taken, request, failure).await,
-            Err(_) => {
-                tracing::warn!("upstream request failed: no answer within the header timeout");
-                return answer_failure(client, taken, request, Failure::Timeout).await;
+        let reached = if taken.upload > 0 {
+            // Boxed, as every path a GET never takes (see `Proxy::forward`).
+            Box::pin(self.upload(client.plain(), taken, body_start, out)).await
+        } else {
+            // Connecting, sending and the answer's head, within the header timeout, as in
+            // `Proxy::send`.
+            let reach = self.reach(target, out, None);
+            match tokio::time::timeout(self.settings.header_timeout, reach).await {
+                Ok(reached) => reached.map(|(up, head)| (up, head.unwrap_or(0))),
+                Err(_) => Err(Unreached::Failed(Failure::Timeout)),
+            }
+        };
+        let (mut up, head) = match reached {
+            Ok(reached) => reached,
+            Err(Unreached::Decline) => return Exchange::Decline,
+            Err(Unreached::Failed(failure)) => {
+                if let Failure::Timeout = failure {
+                    tracing::warn!("upstream request failed: no answer within the header timeout");
+                }
+                return answer_failure(client, taken.head_request, taken.close, request, failure).await;
+            }
+            Err(Unreached::Cut) => return Exchange::Cut,
+            Err(Unreached::Abandoned { unread }) => {
+                // As the proxy does (`drain_then`): what the client still sends is read and
+                // discarded, so that one sending its whole body before reading gets the
+                // answer, not a reset.
+                let answered = answer_failure(client, taken.head_request, true, request, Failure::Broken).await;
+                if let (Exchange::Done { .. }, Some(from)) = (&answered, client.plain()) {
+                    discard(from.socket(), unread).await;
+                }
+                return answered;
             }
         };
         // The server stopping or the idle close, come meanwhile, close the connection after
         // this answer, which says so.
         let close = taken.close || signals.fired().now_or_never().is_some();
         let Some(answer) = self.client_head(&up.buf[..head], taken, close, target, out) else {
-            return Exchange::Decline;
+            if taken.upload == 0 {
+                return Exchange::Decline;
+            }
+            // The body is gone: the proxy cannot send the request again.
+            tracing::warn!("upstream's answer to an upload is not one the fast path relays");
+            return answer_failure(client, taken.head_request, taken.close, request, Failure::Broken).await;
         };
         up.buf.advance(head);
         // The answer is committed from here: a failure cuts the connection.
@@ -343,8 +416,8 @@ impl Proxy {
                         self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         left = 0;
                     }
-                    Err(broke) => {
-                        if broke == Broke::Upstream {
+                    Err((broke, _)) => {
+                        if broke == Broke::Source {
                             tracing::warn!("upstream broke off an answer's body");
                         }
                         return Exchange::Cut;
@@ -389,11 +462,83 @@ impl Proxy {
         Exchange::Done { close }
     }
 
+    /// An upload: its head (in `out`) upstream, then, once upstream asks for it, its body from
+    /// the client's socket (`client`, `None` under TLS), then the answer's head (see the
+    /// module's description): the connection and the head's length in its buffer.
+    async fn upload(
+        &self,
+        client: Option<&Counted>,
+        taken: &Taken,
+        body_start: &[u8],
+        out: &[u8],
+    ) -> Result<(Raw, usize), Unreached> {
+        let target = &taken.cached.target;
+        let (Some(from), Some(pipe)) = (client, Pipe::new()) else { return Err(Unreached::Decline) };
+        // Before the body, every failure leaves the request whole for the proxy.
+        let reach = self.reach(target, out, Some(self.settings.expect_timeout));
+        let mut up = match tokio::time::timeout(self.settings.header_timeout, reach).await {
+            Ok(Ok((up, None))) => up,
+            Ok(Ok((mut up, Some(head)))) if status(&up.buf[..head]) == Some(100) => {
+                up.buf.advance(head);
+                up
+            }
+            _ => return Err(Unreached::Decline),
+        };
+        if up.plain().is_none() {
+            return Err(Unreached::Decline);
+        }
+        // From here the client's body is being read: a failure cuts the connection.
+        let left = taken.upload - body_start.len() as u64;
+        let broke = match (up.io.write_all(body_start).await, up.plain()) {
+            (Ok(()), Some(to)) if left > 0 => {
+                pipe.relay(from.socket(), to, left, self.settings.idle_timeout, || from.got()).await.err()
+            }
+            (Ok(()), _) => None,
+            (Err(_), _) => Some((Broke::Sink, 0)),
+        };
+        match broke {
+            None => self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Some((Broke::Source, _)) => {
+                tracing::info!("a client broke off an upload's body");
+                return Err(Unreached::Cut);
+            }
+            Some((Broke::Sink, taken)) => {
+                tracing::warn!("upstream request failed: it stopped taking an upload's body");
+                return Err(Unreached::Abandoned { unread: left - taken });
+            }
+        };
+        // The answer's head, within the header timeout from the body's end, as in
+        // `Proxy::send`; a `100` that came after the expect timeout is passed over.
+        let answer = async {
+            loop {
+                match answer_head(&mut up).await {
+                    AnswerHead::Whole(head) if status(&up.buf[..head]).is_some_and(|c| c < 200) => up.buf.advance(head),
+                    AnswerHead::Whole(head) => return Some(head),
+                    _ => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(self.settings.header_timeout, answer).await {
+            Ok(Some(head)) => Ok((up, head)),
+            Ok(None) => {
+                tracing::warn!("upstream request failed: no answer to an upload's body");
+                Err(Unreached::Failed(Failure::Broken))
+            }
+            Err(_) => Err(Unreached::Failed(Failure::Timeout)),
+        }
+    }
+
     /// Sends the head in `out` to `target` on a parked connection or a new one, and reads the
-    /// answer's head: the connection and the head's length in its buffer. A parked connection
-    /// that upstream closed meanwhile (it ends before a byte of answer) is dropped and the
-    /// request goes again on another, as in the proxy's pool.
-    async fn reach(&self, target: &super::Target, out: &[u8]) -> Result<(Raw, usize), Unreached> {
+    /// answer's head: the connection and the head's length in its buffer, or, with `expect`,
+    /// `None` if no head came within that time. A parked connection that upstream closed
+    /// meanwhile (it ends before a byte of answer) is dropped and the request goes again on
+    /// another, as in the proxy's pool.
+    async fn reach(
+        &self,
+        target: &super::Target,
+        out: &[u8],
+        expect: Option<std::time::Duration>,
+    ) -> Result<(Raw, Option<usize>), Unreached> {
         loop {
             let (mut up, reused) = match self.pools.take_raw(&target.origin) {
                 Some(raw) => (raw, true),
@@ -406,16 +551,21 @@ impl Proxy {
                     }
                 },
             };
+            up.buf.clear();
             let sent = match up.io.write_all(out).await {
                 Ok(()) => up.io.flush().await,
                 Err(e) => Err(e),
             };
-            let head = match sent {
-                Ok(()) => answer_head(&mut up).await,
-                Err(_) => AnswerHead::Nothing,
+            let head = match (sent, expect) {
+                (Ok(()), None) => answer_head(&mut up).await,
+                (Ok(()), Some(wait)) => match tokio::time::timeout(wait, answer_head(&mut up)).await {
+                    Ok(head) => head,
+                    Err(_) => return Ok((up, None)),
+                },
+                (Err(_), _) => AnswerHead::Nothing,
             };
             match head {
-                AnswerHead::Whole(n) => return Ok((up, n)),
+                AnswerHead::Whole(n) => return Ok((up, Some(n))),
                 AnswerHead::Nothing if reused => {
                     tracing::debug!("a parked upstream connection was dead");
                 }
@@ -443,7 +593,9 @@ impl Proxy {
         let mut resp = httparse::Response::new(&mut []);
         httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, &mut fields).ok()?;
         let code = resp.code?;
-        if !(200..=599).contains(&code) || code == 401 {
+        // A 401 before an upload's body is declined earlier (see `Proxy::upload`); after it,
+        // the proxy could not send the body again either, so it goes to the client.
+        if !(200..=599).contains(&code) || (code == 401 && taken.upload == 0) {
             return None;
         }
         // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.
@@ -606,9 +758,8 @@ struct Answer {
     upstream_closes: bool,
 }
 
-/// Reads upstream's answer until its head is whole.
+/// Reads upstream's answer until its head, at the start of the connection's buffer, is whole.
 async fn answer_head(up: &mut Raw) -> AnswerHead {
-    up.buf.clear();
     loop {
         if !up.buf.is_empty() {
             let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
@@ -632,6 +783,14 @@ async fn answer_head(up: &mut Raw) -> AnswerHead {
             _ => return AnswerHead::Other,
         }
     }
+}
+
+/// The status code of the answer head `head`.
+fn status(head: &[u8]) -> Option<u16> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, &mut fields).ok()?;
+    resp.code
 }
 
 /// A `Content-Length` value: digits only, as hyper reads it.
@@ -752,26 +911,49 @@ async fn write_two<S: AsyncWrite + Unpin>(io: &mut S, a: &[u8], b: &[u8]) -> std
     io.write_all(b).await
 }
 
-/// Answers with the proxy's error page for `failure` (its head only, to a `HEAD`).
+/// Answers with the proxy's error page for `failure` (its head only, to a `HEAD`), saying
+/// `connection: close` if `close`.
 async fn answer_failure<S: AsyncWrite + Unpin>(
     client: &mut S,
-    taken: &Taken,
+    head_request: bool,
+    close: bool,
     request: InProgress,
     failure: Failure,
 ) -> Exchange {
     let _request = request.responding();
     let (status, page) = failure.page();
-    let close = if taken.close { "connection: close\r\n" } else { "" };
+    let closing = if close { "connection: close\r\n" } else { "" };
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{close}date: {}\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{closing}date: {}\r\n\r\n",
         page.len(),
         httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
-    let page = if taken.head_request { "" } else { page.as_str() };
+    let page = if head_request { "" } else { page.as_str() };
     match write_two(client, head.as_bytes(), page.as_bytes()).await {
-        Ok(()) if client.flush().await.is_ok() => Exchange::Done { close: taken.close },
+        Ok(()) if client.flush().await.is_ok() => Exchange::Done { close },
         _ => Exchange::Cut,
     }
+}
+
+/// Reads and discards the `unread` bytes of a body the client still sends on `from`, within
+/// the proxy's bounds for a rejected upload ([`super::DRAIN_LIMIT`], [`super::DRAIN_TIME`]).
+async fn discard(from: &tokio::net::TcpStream, unread: u64) {
+    let read = async {
+        let (mut left, mut sink) = (unread.min(super::DRAIN_LIMIT), vec![0u8; 64 * 1024]);
+        while left > 0 {
+            if from.readable().await.is_err() {
+                return;
+            }
+            let room = usize::try_from(left).unwrap_or(usize::MAX).min(sink.len());
+            match from.try_read(&mut sink[..room]) {
+                Ok(0) => return,
+                Ok(n) => left -= n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(super::DRAIN_TIME, read).await;
 }
 
 #[cfg(test)]

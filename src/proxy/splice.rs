@@ -3,8 +3,9 @@
 //! client's socket as references to the kernel's own pages, so the gateway copies none of them
 //! (the copying relay reads each byte into its buffer and writes it out again).
 //!
-//! Used by the fast path for large answer bodies when neither side is TLS. Elsewhere (another
-//! OS, or no pipe to be had) [`Pipe::new`] gives `None` and the caller copies.
+//! Used by the fast path for large bodies, downloads and uploads, when neither side is TLS.
+//! Elsewhere (another OS, or no pipe to be had) [`Pipe::new`] gives `None`: a download is then
+//! copied, an upload left to the proxy.
 
 use std::io;
 use std::time::Duration;
@@ -13,17 +14,19 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// The pipe's capacity, asked for (Linux's default limit for an unprivileged process); a
-/// process over its pipe allowance gets the default 64 KiB, which works too.
+/// smaller pipe (64 KiB by default, less for a user over its pipe allowance) only means more
+/// calls.
 #[cfg(target_os = "linux")]
 const PIPE_SIZE: usize = 1024 * 1024;
 
 /// Which side a relay broke on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Broke {
-    /// Upstream ended, failed or went quiet for the idle timeout before the body's end.
-    Upstream,
-    /// The client's socket failed.
-    Client,
+    /// The side read from ended, failed or sent nothing for the idle time before the body's
+    /// end.
+    Source,
+    /// The side written to failed, or took nothing for the idle time.
+    Sink,
 }
 
 /// A pipe the relay passes through, empty between relays.
@@ -61,8 +64,9 @@ impl Pipe {
         None
     }
 
-    /// Moves exactly `len` bytes from `from` to `to`, calling `sent` after each write to `to`
-    /// that moved some; a wait for `from` longer than `idle` breaks the relay. The pipe is
+    /// Moves exactly `len` bytes from `from` to `to`, calling `moved` after each write to `to`
+    /// that moved some; a wait on either side longer than `idle` breaks the relay, which then
+    /// tells how many bytes it had taken from `from`. The pipe is
     /// filled only when empty, so a `splice` into it that would block says `from` has nothing
     /// yet (and not that the pipe is full), and the socket's readiness is cleared rightly.
     #[cfg(target_os = "linux")]
@@ -72,8 +76,8 @@ impl Pipe {
         to: &TcpStream,
         len: u64,
         idle: Duration,
-        sent: impl Fn(),
-    ) -> Result<(), Broke> {
+        moved: impl Fn(),
+    ) -> Result<(), (Broke, u64)> {
         use std::os::fd::AsRawFd;
         let (pipe_in, pipe_out) = (self.write.as_raw_fd(), self.read.as_raw_fd());
         let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
@@ -82,34 +86,33 @@ impl Pipe {
             let want = usize::try_from(left).unwrap_or(usize::MAX).min(PIPE_SIZE);
             let mut held = loop {
                 match from.try_io(Interest::READABLE, || splice(from_fd, pipe_in, want)) {
-                    Ok(0) => return Err(Broke::Upstream),
+                    Ok(0) => return Err((Broke::Source, len - left)),
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match tokio::time::timeout(idle, from.readable()).await {
-                            Ok(Ok(())) => {}
-                            _ => return Err(Broke::Upstream),
+                        if !matches!(tokio::time::timeout(idle, from.readable()).await, Ok(Ok(()))) {
+                            return Err((Broke::Source, len - left));
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err(Broke::Upstream),
+                    Err(_) => return Err((Broke::Source, len - left)),
                 }
             };
             left -= held as u64;
             while held > 0 {
                 match to.try_io(Interest::WRITABLE, || splice(pipe_out, to_fd, held)) {
                     // A socket that takes nothing from a non-empty pipe is not going to.
-                    Ok(0) => return Err(Broke::Client),
+                    Ok(0) => return Err((Broke::Sink, len - left)),
                     Ok(n) => {
                         held -= n;
-                        sent();
+                        moved();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if to.writable().await.is_err() {
-                            return Err(Broke::Client);
+                        if !matches!(tokio::time::timeout(idle, to.writable()).await, Ok(Ok(()))) {
+                            return Err((Broke::Sink, len - left));
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err(Broke::Client),
+                    Err(_) => return Err((Broke::Sink, len - left)),
                 }
             }
         }
@@ -124,8 +127,8 @@ impl Pipe {
         _to: &TcpStream,
         _len: u64,
         _idle: Duration,
-        _sent: impl Fn(),
-    ) -> Result<(), Broke> {
+        _moved: impl Fn(),
+    ) -> Result<(), (Broke, u64)> {
         match *self {}
     }
 }

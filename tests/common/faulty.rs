@@ -3,8 +3,11 @@
 //! its body was read. A GET under `/v1/AUTH_faulty/kept/` gets `ok` and one under `chunked/`
 //! gets `hello` in chunked coding, and the connection goes on; one under `once/` gets `ok` if
 //! it is the connection's first, else the connection closes unanswered; one under `silent/`
-//! (whatever its method) is never answered; one under `stall/` gets 1 MB of a 10 MB body, then nothing. A HEAD under `extra/` gets a stray second answer in the same write; one
-//! under `late/` gets it when the test asks (`late`). For the proxy's fault tests.
+//! (whatever its method) is never answered; one under `stall/` gets 1 MB of a 10 MB body, then
+//! nothing. A HEAD under `extra/` gets a stray second answer in the same write; one under
+//! `late/` gets it when the test asks (`late`). A PUT under `late100/` is never asked for its
+//! body (no `100 Continue` before it), and once it is all in gets a late `100` and then `201`
+//! with the bytes it got in `X-Received`. For the proxy's fault tests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,6 +102,24 @@ async fn serve(
             // Promises 10 MB, sends 1 MB, then nothing until the other side closes.
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n").await;
             let _ = stream.write_all(&vec![b's'; 1_000_000]).await;
+            while matches!(stream.read(&mut [0u8; 1024]).await, Ok(n) if n > 0) {}
+            return;
+        } else if request_line.starts_with("PUT /v1/AUTH_faulty/late100/") {
+            let length = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+            });
+            let (mut got, mut chunk) = (body.len(), vec![0u8; 65536]);
+            while got < length.unwrap_or(0) {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nX-Received: {got}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
             while matches!(stream.read(&mut [0u8; 1024]).await, Ok(n) if n > 0) {}
             return;
         } else if request_line.contains(" /v1/AUTH_faulty/silent/") {

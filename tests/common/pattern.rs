@@ -64,13 +64,15 @@ pub fn generated(len: u64, parts: Arc<Vec<Bytes>>) -> (Boxed, tokio::sync::onesh
 /// The MD5 of the first `len` bytes of the pattern.
 pub fn expected_md5(len: u64, parts: &[Bytes]) -> String {
     let mut md5 = Md5::new();
-    let mut done = 0;
-    while done < len {
-        let chunk = &parts[((done / MIB) % 7) as usize][..(len - done).min(MIB) as usize];
-        md5.update(chunk);
-        done += chunk.len() as u64;
+    for piece in pieces(len, parts) {
+        md5.update(piece);
     }
     hex::encode(md5.finalize())
+}
+
+/// The first `len` bytes of the pattern, as slices of the chunks.
+pub fn pieces(len: u64, parts: &[Bytes]) -> impl Iterator<Item = &[u8]> {
+    (0..len.div_ceil(MIB)).map(move |i| &parts[(i % 7) as usize][..(len - i * MIB).min(MIB) as usize])
 }
 
 /// The upstream: v1.0 auth with one fixed token, then PUT, GET, HEAD and DELETE of objects that
