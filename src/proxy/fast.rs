@@ -83,13 +83,23 @@ struct Taken {
     /// The request head's length in the client's buffer.
     head_len: usize,
     head_request: bool,
-    /// An upload's body length (0 for a request without a body).
-    upload: u64,
-    /// How much of the upload's body is in the client's buffer, after the head.
+    /// A `PUT`'s body.
+    upload: Option<Upload>,
+    /// How much of an upload's body is in the client's buffer, after the head, when taken.
     buffered: usize,
     /// The client sent `Connection: close`.
     close: bool,
     cached: Arc<Cached>,
+}
+
+/// An upload's body, as the fast path sends it.
+struct Upload {
+    /// Its length.
+    len: u64,
+    /// At most the replay buffer: read into the client's buffer and kept there while it goes
+    /// upstream, so that whatever upstream answers, the whole request can still go to the
+    /// proxy. Larger, it goes from socket to socket once upstream asks for it.
+    kept: bool,
 }
 
 /// A body-less request for one of the gateway's own endpoints (see [`Authority::head_only`]).
@@ -205,11 +215,17 @@ impl Proxy {
                     }
                 }
             };
-            let body_start = &buf[taken.head_len..taken.head_len + taken.buffered];
-            match self.exchange(&mut io, &taken, body_start, &mut out, peer.begin(), signals).await {
+            match self.exchange(&mut io, &mut buf, &taken, &mut out, peer.begin(), signals).await {
                 Exchange::Done { close } => {
                     self.count_answer();
-                    buf.advance(taken.head_len + taken.buffered);
+                    buf.advance(match &taken.upload {
+                        Some(Upload { len, kept: true }) => taken.head_len + *len as usize,
+                        _ => taken.head_len + taken.buffered,
+                    });
+                    if buf.is_empty() && buf.capacity() > crate::server::MAX_HEAD {
+                        // What a kept upload grew it to.
+                        buf = BytesMut::new();
+                    }
                     answered = true;
                     if close {
                         break false;
@@ -320,14 +336,15 @@ impl Proxy {
         if !target_of.covers(path) {
             return Look::Decline;
         }
-        // A body the proxy would keep for a replay after a 401 stays the proxy's; so does one
-        // for a TLS upstream, which `splice(2)` cannot write to.
+        // A larger body than the proxy would keep for a replay goes by `splice(2)`, which
+        // cannot write to a TLS upstream.
         let upload = match length {
-            Some(n) if n > self.settings.replay_buffer && target_of.plain() => n,
+            Some(len) if len <= self.settings.replay_buffer => Some(Upload { len, kept: true }),
+            Some(len) if target_of.plain() => Some(Upload { len, kept: false }),
             _ if upload => return Look::Decline,
-            _ => 0,
+            _ => None,
         };
-        if upload > 0 {
+        if upload.as_ref().is_some_and(|u| !u.kept) {
             push_field(out, b"expect", b"100-continue");
         }
         push_field(out, b"host", target_of.host.as_bytes());
@@ -335,18 +352,19 @@ impl Proxy {
         push_field(out, b"x-forwarded-for", peer.forwarded_for.as_bytes());
         push_field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
         out.extend_from_slice(b"\r\n");
-        let buffered = (buf.len() - head_len).min(usize::try_from(upload).unwrap_or(usize::MAX));
+        let body = upload.as_ref().map_or(0, |u| usize::try_from(u.len).unwrap_or(usize::MAX));
+        let buffered = (buf.len() - head_len).min(body);
         Look::Take(Taken { head_len, head_request, upload, buffered, close, cached })
     }
 
-    /// Sends the head in `out` upstream (and an upload's body, of which `body_start` is in the
-    /// client's buffer) and relays the answer to the client, or declines before writing a byte
-    /// to the client or reading one of an upload's body.
+    /// Sends the head in `out` upstream (and an upload's body, which starts in the client's
+    /// buffer `buf`) and relays the answer to the client, or declines before writing a byte to
+    /// the client or losing one of the request (an upload's body read and not kept).
     async fn exchange<S>(
         &self,
         client: &mut S,
+        buf: &mut BytesMut,
         taken: &Taken,
-        body_start: &[u8],
         out: &mut Vec<u8>,
         request: InProgress,
         signals: &mut Signals,
@@ -355,9 +373,14 @@ impl Proxy {
         S: Connection,
     {
         let target = &taken.cached.target;
-        let reached = if taken.upload > 0 {
-            // Boxed, as every path a GET never takes (see `Proxy::forward`).
-            Box::pin(self.upload(client.plain(), taken, body_start, out)).await
+        // Uploads are boxed, as every path a GET never takes (see `Proxy::forward`).
+        let reached = if let Some(upload) = &taken.upload {
+            if upload.kept {
+                Box::pin(self.upload_kept(client, buf, taken, upload.len, out)).await
+            } else {
+                let body_start = &buf[taken.head_len..taken.head_len + taken.buffered];
+                Box::pin(self.upload(client.plain(), taken, upload.len, body_start, out)).await
+            }
         } else {
             // Connecting, sending and the answer's head, within the header timeout, as in
             // `Proxy::send`.
@@ -392,7 +415,7 @@ impl Proxy {
         // this answer, which says so.
         let close = taken.close || signals.fired().now_or_never().is_some();
         let Some(answer) = self.client_head(&up.buf[..head], taken, close, target, out) else {
-            if taken.upload == 0 {
+            if taken.upload.as_ref().is_none_or(|u| u.kept) {
                 return Exchange::Decline;
             }
             // The body is gone: the proxy cannot send the request again.
@@ -469,6 +492,7 @@ impl Proxy {
         &self,
         client: Option<&Counted>,
         taken: &Taken,
+        len: u64,
         body_start: &[u8],
         out: &[u8],
     ) -> Result<(Raw, usize), Unreached> {
@@ -488,7 +512,7 @@ impl Proxy {
             return Err(Unreached::Decline);
         }
         // From here the client's body is being read: a failure cuts the connection.
-        let left = taken.upload - body_start.len() as u64;
+        let left = len - body_start.len() as u64;
         let broke = match (up.io.write_all(body_start).await, up.plain()) {
             (Ok(()), Some(to)) if left > 0 => {
                 pipe.relay(from.socket(), to, left, self.settings.idle_timeout, || from.got()).await.err()
@@ -525,6 +549,59 @@ impl Proxy {
                 Err(Unreached::Failed(Failure::Broken))
             }
             Err(_) => Err(Unreached::Failed(Failure::Timeout)),
+        }
+    }
+
+    /// An upload of `len` bytes the proxy would keep for a replay: its head (in `out`) and its
+    /// body go upstream as they come, the body read into the client's buffer `buf` behind the
+    /// head and kept there; then the answer's head (see [`Upload::kept`]): the connection and
+    /// the head's length in its buffer. Any failure before that head declines, with the whole
+    /// request in `buf` or still on the client's socket.
+    async fn upload_kept<S: Connection>(
+        &self,
+        client: &mut S,
+        buf: &mut BytesMut,
+        taken: &Taken,
+        len: u64,
+        out: &[u8],
+    ) -> Result<(Raw, usize), Unreached> {
+        let target = &taken.cached.target;
+        // At most the replay buffer, which the configuration keeps far below `usize::MAX`.
+        let end = taken.head_len + usize::try_from(len).map_err(|_| Unreached::Decline)?;
+        let mut up = match self.pools.take_raw(&target.origin) {
+            Some(raw) => raw,
+            None => self.pools.connect_raw(&target.connect_to).await.map_err(|_| Unreached::Decline)?,
+        };
+        up.buf.clear();
+        let idle = self.settings.idle_timeout;
+        let mut sent = buf.len().min(end);
+        let first = write_two(&mut up.io, out, &buf[taken.head_len..sent]);
+        if !matches!(tokio::time::timeout(idle, first).await, Ok(Ok(()))) {
+            return Err(Unreached::Decline);
+        }
+        while sent < end {
+            if buf.capacity() - buf.len() < CLIENT_READ {
+                buf.reserve((end - buf.len()).clamp(CLIENT_READ, crate::body::MAX_READ));
+            }
+            match tokio::time::timeout(idle, client.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => {
+                    tracing::info!("a client broke off an upload's body");
+                    return Err(Unreached::Cut);
+                }
+            }
+            let to = buf.len().min(end);
+            if !matches!(tokio::time::timeout(idle, up.io.write_all(&buf[sent..to])).await, Ok(Ok(()))) {
+                return Err(Unreached::Decline);
+            }
+            sent = to;
+        }
+        if up.io.flush().await.is_err() {
+            return Err(Unreached::Decline);
+        }
+        match tokio::time::timeout(self.settings.header_timeout, answer_head(&mut up)).await {
+            Ok(AnswerHead::Whole(head)) => Ok((up, head)),
+            _ => Err(Unreached::Decline),
         }
     }
 
@@ -595,7 +672,7 @@ impl Proxy {
         let code = resp.code?;
         // A 401 before an upload's body is declined earlier (see `Proxy::upload`); after it,
         // the proxy could not send the body again either, so it goes to the client.
-        if !(200..=599).contains(&code) || (code == 401 && taken.upload == 0) {
+        if !(200..=599).contains(&code) || (code == 401 && taken.upload.as_ref().is_none_or(|u| u.kept)) {
             return None;
         }
         // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.
