@@ -269,36 +269,36 @@ async fn a_client_that_breaks_off_a_spliced_upload_is_cut_and_nothing_is_stored(
     assert_eq!(stack.gw.spliced_answers(), 0);
 }
 
-#[tokio::test]
-async fn an_upstream_that_never_asks_for_the_body_gets_it_after_the_expect_timeout() {
+/// A PUT of `len` bytes to the faulty upstream's `dir/o`, through a gateway whose expect
+/// timeout is 1 s, sent whole before its answer is read: the upstream and the stack (to keep
+/// them), the answer's head and the connection.
+async fn put_to_faulty(dir: &str, len: u64) -> (common::faulty::Faulty, Stack, String, TcpStream) {
     let faulty = common::faulty::start().await;
     let stack = Stack::in_front_of_with(&faulty.origin, |c| c.proxy.expect_timeout = 1).await;
     let (path, token) = login(&stack).await;
-    let len = 5 << 20;
     let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
-    client.write_all(put_head(&format!("{path}/late100/o"), &token, len).as_bytes()).await.unwrap();
+    client.write_all(put_head(&format!("{path}/{dir}/o"), &token, len).as_bytes()).await.unwrap();
     client.write_all(&vec![2u8; len as usize]).await.unwrap();
+    let head = answers(&mut client, 1).await.remove(0).0;
+    (faulty, stack, head, client)
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_asks_for_the_body_gets_it_after_the_expect_timeout() {
     // Its `100`, come after the body, is passed over for the answer behind it.
-    let got = answers(&mut client, 1).await;
-    assert!(got[0].0.starts_with("HTTP/1.1 201 Created\r\n"), "{}", got[0].0);
-    assert!(got[0].0.contains(&format!("X-Received: {len}\r\n")), "{}", got[0].0);
+    let (_faulty, stack, head, _) = put_to_faulty("late100", 5 << 20).await;
+    assert!(head.starts_with("HTTP/1.1 201 Created\r\n"), "{head}");
+    assert!(head.contains(&format!("X-Received: {}\r\n", 5 << 20)), "{head}");
     assert_eq!((fast_since_login(&stack), stack.gw.spliced_answers()), (1, 1));
 }
 
 #[tokio::test]
 async fn an_upstream_that_breaks_off_a_spliced_upload_gets_the_client_a_502() {
-    let faulty = common::faulty::start().await;
-    let stack = Stack::in_front_of_with(&faulty.origin, |c| c.proxy.expect_timeout = 1).await;
-    let (path, token) = login(&stack).await;
     // It resets after about 1 MB of the body; the client, sending all before it reads, still
     // reads the 502.
-    let len = 8 << 20;
-    let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
-    client.write_all(put_head(&format!("{path}/c/o"), &token, len).as_bytes()).await.unwrap();
-    client.write_all(&vec![3u8; len as usize]).await.unwrap();
-    let got = answers(&mut client, 1).await;
-    assert!(got[0].0.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{}", got[0].0);
-    assert!(got[0].0.contains("connection: close\r\n"), "{}", got[0].0);
+    let (_faulty, stack, head, mut client) = put_to_faulty("c", 8 << 20).await;
+    assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
     assert!(ends(&mut client).await);
     assert_eq!(stack.gw.spliced_answers(), 0);
 }
