@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,16 @@ const DEADLINE: Duration = Duration::from_secs(10);
 async fn login(stack: &Stack) -> (String, String) {
     let (url, token) = stack.storage_login().await;
     (url.strip_prefix(&stack.gw.url).unwrap().to_owned(), token)
+}
+
+/// A logged-in stack in front of the pattern upstream (`common::pattern`): the pattern's
+/// chunks, the upstream (to keep it), the stack, the storage path and the token.
+async fn pattern_stack() -> (Arc<Vec<Bytes>>, common::Served, Stack, String, String) {
+    let parts = common::pattern::chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let stack = Stack::in_front_of(&upstream.origin).await;
+    let (path, token) = login(&stack).await;
+    (parts, upstream, stack, path, token)
 }
 
 /// Answers from the fast path since `login` (whose own answer it gave).
@@ -101,10 +112,7 @@ async fn pipelined_gets_are_answered_in_order_with_upstreams_head_as_written() {
 
 #[tokio::test]
 async fn large_bodies_go_from_socket_to_socket_whole_and_the_connection_goes_on() {
-    let parts = common::pattern::chunks();
-    let upstream = common::pattern::start(parts.clone()).await;
-    let stack = Stack::in_front_of(&upstream.origin).await;
-    let (path, token) = login(&stack).await;
+    let (parts, _upstream, stack, path, token) = pattern_stack().await;
     // An odd length, so the last splice is a short one; the pattern catches a byte lost,
     // repeated or out of place.
     let len = 24 * common::pattern::MIB + 5;
@@ -128,10 +136,7 @@ async fn large_bodies_go_from_socket_to_socket_whole_and_the_connection_goes_on(
 async fn a_slow_reader_of_a_spliced_body_is_not_taken_for_a_stalled_one() {
     // The writes `splice(2)` makes bypass the socket's counting wrapper; the stall cut must
     // still see them, or it cuts a download the client is reading.
-    let parts = common::pattern::chunks();
-    let upstream = common::pattern::start(parts.clone()).await;
-    let stack = Stack::in_front_of(&upstream.origin).await;
-    let (path, token) = login(&stack).await;
+    let (_, _upstream, stack, path, token) = pattern_stack().await;
     let len = 32 * common::pattern::MIB;
     let put = stack.http.put(format!("{}{path}/c/big", stack.gw.url)).header("x-auth-token", &token);
     assert_eq!(put.body(vec![0u8; len as usize]).send().await.unwrap().status(), 201);
@@ -196,10 +201,7 @@ fn put_head(path: &str, token: &str, len: u64) -> String {
 
 #[tokio::test]
 async fn large_uploads_go_from_socket_to_socket_whole_and_the_connection_goes_on() {
-    let parts = common::pattern::chunks();
-    let upstream = common::pattern::start(parts.clone()).await;
-    let stack = Stack::in_front_of(&upstream.origin).await;
-    let (path, token) = login(&stack).await;
+    let (parts, _upstream, stack, path, token) = pattern_stack().await;
     // Past the 4 MiB replay buffer, an odd length; then a GET of it on the same connection,
     // sent behind the body before any answer is read.
     let len = 9 * common::pattern::MIB + 3;
@@ -255,10 +257,7 @@ async fn an_upload_whose_token_upstream_refuses_goes_to_the_proxy_before_its_bod
 
 #[tokio::test]
 async fn a_client_that_breaks_off_a_spliced_upload_is_cut_and_nothing_is_stored() {
-    let parts = common::pattern::chunks();
-    let upstream = common::pattern::start(parts.clone()).await;
-    let stack = Stack::in_front_of(&upstream.origin).await;
-    let (path, token) = login(&stack).await;
+    let (_, _upstream, stack, path, token) = pattern_stack().await;
     let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
     client.write_all(put_head(&format!("{path}/c/part"), &token, 16 << 20).as_bytes()).await.unwrap();
     client.write_all(&vec![1u8; 6 << 20]).await.unwrap();

@@ -116,6 +116,21 @@ async fn a_large_download_over_tls_arrives_whole_and_at_once() {
     let got = tokio::time::timeout(std::time::Duration::from_secs(20), download).await.expect("the whole body in time");
     assert_eq!(got, (len, common::pattern::expected_md5(len, &parts)));
     assert_eq!(stack.gw.fast_answers() - before, 1, "the download took the fast path");
+    // On the same connection, an upload of at most the replay buffer takes the fast path too
+    // (its body is kept, not spliced); a larger one goes to the proxy.
+    for (name, size, fast) in [("small", 1 << 20, 2), ("large", 5 << 20, 2)] {
+        let body = "k".repeat(size);
+        let md5 = hex::encode(md5::Md5::digest(body.as_bytes()));
+        let put = http::Request::put(format!("{path}/c/{name}"))
+            .header("host", "localhost")
+            .header("x-auth-token", &token)
+            .body(body)
+            .unwrap();
+        let resp = send.send_request(put).await.unwrap();
+        assert_eq!(resp.status(), 201, "{name}");
+        assert_eq!(resp.headers()["etag"], md5.as_str(), "{name}");
+        assert_eq!(stack.gw.fast_answers() - before, fast, "{name}");
+    }
     assert_eq!(stack.gw.spliced_answers(), spliced, "no splice under TLS");
     let _ = tx.send(());
     task.await.unwrap();

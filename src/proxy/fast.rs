@@ -9,15 +9,18 @@
 //! reads. No header map, no request or response object, no second task: the whole exchange
 //! runs in the client connection's task, on one upstream connection it keeps.
 //!
-//! A `PUT` whose body is larger than the replay buffer (`Content-Length`, not chunked) is taken
-//! too when neither side is TLS: its head goes upstream with `Expect: 100-continue`, as the
-//! proxy sends it, and only once upstream answers `100` (or the expect timeout passes) does
-//! the body go from the client's socket to upstream's through a pipe ([`super::splice`]),
-//! never entering user space. An answer before `100` (a `401`, a `413`) leaves the body
-//! unread, and the request goes to the proxy, which renews and retries or relays the answer.
+//! A `PUT` with a `Content-Length` is taken too, under the proxy's replay policy:
+//! - a body of at most the replay buffer goes upstream as it comes and is kept in the client's
+//!   read buffer meanwhile, so that a `401` or any answer the fast path does not relay hands
+//!   the whole request to the proxy;
+//! - a larger one, when neither side is TLS, waits behind `Expect: 100-continue`, as the proxy
+//!   sends it, and only once upstream answers `100` (or the expect timeout passes) goes from
+//!   the client's socket to upstream's through a pipe ([`super::splice`]), never entering
+//!   user space. An answer before `100` (a `401`, a `413`) leaves the body unread, and the
+//!   request goes to the proxy, which renews and retries or relays the answer.
 //!
 //! Anything else hands the connection to hyper, with the request still unanswered, before a
-//! byte of answer has been written: another method or HTTP version, another body, `Expect`,
+//! byte of answer has been written: another method or HTTP version, a chunked body, `Expect`,
 //! `Upgrade`, a `Connection` field naming other fields, a path outside storage, a missing or bad
 //! token, credentials that need renewing, an upstream that cannot be reached or closed a parked
 //! connection, and answers the relay does not frame (1xx, chunked, read-until-close) or that
@@ -85,11 +88,24 @@ struct Taken {
     head_request: bool,
     /// A `PUT`'s body.
     upload: Option<Upload>,
-    /// How much of an upload's body is in the client's buffer, after the head, when taken.
-    buffered: usize,
     /// The client sent `Connection: close`.
     close: bool,
     cached: Arc<Cached>,
+}
+
+impl Taken {
+    /// What the client's buffer `buf` holds of the request: its head, and of an upload's body
+    /// what has come (all of it, once a kept upload has gone upstream).
+    fn in_buffer(&self, buf: &[u8]) -> usize {
+        let body = self.upload.as_ref().map_or(0, |u| usize::try_from(u.len).unwrap_or(usize::MAX));
+        self.head_len + (buf.len() - self.head_len).min(body)
+    }
+
+    /// True while the proxy could still send the whole request: anything but an upload whose
+    /// body went from socket to socket.
+    fn replayable(&self) -> bool {
+        self.upload.as_ref().is_none_or(|u| u.kept)
+    }
 }
 
 /// An upload's body, as the fast path sends it.
@@ -151,10 +167,19 @@ enum Unreached {
     Abandoned { unread: u64 },
 }
 
+/// An answer's head, whole at the start of its connection's buffer.
+#[derive(Clone, Copy)]
+struct Head {
+    /// Its length.
+    len: usize,
+    /// Its status code.
+    code: u16,
+}
+
 /// What reading an answer's head from upstream found.
 enum AnswerHead {
-    /// The head is whole: its length in the connection's buffer.
-    Whole(usize),
+    /// The head is whole.
+    Whole(Head),
     /// The connection ended or failed before a byte came.
     Nothing,
     /// Not a head the fast path reads (too large, or malformed), or the connection failed
@@ -218,10 +243,7 @@ impl Proxy {
             match self.exchange(&mut io, &mut buf, &taken, &mut out, peer.begin(), signals).await {
                 Exchange::Done { close } => {
                     self.count_answer();
-                    buf.advance(match &taken.upload {
-                        Some(Upload { len, kept: true }) => taken.head_len + *len as usize,
-                        _ => taken.head_len + taken.buffered,
-                    });
+                    buf.advance(taken.in_buffer(&buf));
                     if buf.is_empty() && buf.capacity() > crate::server::MAX_HEAD {
                         // What a kept upload grew it to.
                         buf = BytesMut::new();
@@ -252,9 +274,14 @@ impl Proxy {
         self.counts().answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts a body relayed by `splice(2)` in [`Proxy::spliced_answers`].
+    fn count_spliced(&self) {
+        self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
-    /// the head upstream gets into `out` (which holds anything on a decline). Uploads are
-    /// taken only from a `plain_client` (see [`super::splice`]).
+    /// the head upstream gets into `out` (which holds anything on a decline). Uploads larger
+    /// than the replay buffer are taken only from a `plain_client` (see [`super::splice`]).
     fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, plain_client: bool, out: &mut Vec<u8>) -> Look {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_FIELDS];
         let mut req = httparse::Request::new(&mut []);
@@ -265,10 +292,10 @@ impl Proxy {
             _ => return Look::Decline,
         };
         let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else { return Look::Decline };
-        let (head_request, upload) = match method {
+        let (head_request, put) = match method {
             "GET" => (false, false),
             "HEAD" => (true, false),
-            "PUT" if plain_client => (false, true),
+            "PUT" => (false, true),
             _ => return Look::Decline,
         };
         // `http` takes a URI of up to 65 534 bytes (414 beyond).
@@ -298,7 +325,7 @@ impl Proxy {
         for field in req.headers.iter() {
             let name = lowered(field.name, &mut lower);
             match name {
-                Some("content-length") if upload => {
+                Some("content-length") if put => {
                     let Some(n) = content_length(field.value) else { return Look::Decline };
                     match length {
                         Some(l) if l != n => return Look::Decline,
@@ -337,11 +364,11 @@ impl Proxy {
             return Look::Decline;
         }
         // A larger body than the proxy would keep for a replay goes by `splice(2)`, which
-        // cannot write to a TLS upstream.
+        // takes plain sockets only.
         let upload = match length {
             Some(len) if len <= self.settings.replay_buffer => Some(Upload { len, kept: true }),
-            Some(len) if target_of.plain() => Some(Upload { len, kept: false }),
-            _ if upload => return Look::Decline,
+            Some(len) if plain_client && target_of.plain() => Some(Upload { len, kept: false }),
+            _ if put => return Look::Decline,
             _ => None,
         };
         if upload.as_ref().is_some_and(|u| !u.kept) {
@@ -352,9 +379,7 @@ impl Proxy {
         push_field(out, b"x-forwarded-for", peer.forwarded_for.as_bytes());
         push_field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
         out.extend_from_slice(b"\r\n");
-        let body = upload.as_ref().map_or(0, |u| usize::try_from(u.len).unwrap_or(usize::MAX));
-        let buffered = (buf.len() - head_len).min(body);
-        Look::Take(Taken { head_len, head_request, upload, buffered, close, cached })
+        Look::Take(Taken { head_len, head_request, upload, close, cached })
     }
 
     /// Sends the head in `out` upstream (and an upload's body, which starts in the client's
@@ -378,7 +403,7 @@ impl Proxy {
             if upload.kept {
                 Box::pin(self.upload_kept(client, buf, taken, upload.len, out)).await
             } else {
-                let body_start = &buf[taken.head_len..taken.head_len + taken.buffered];
+                let body_start = &buf[taken.head_len..taken.in_buffer(buf)];
                 Box::pin(self.upload(client.plain(), taken, upload.len, body_start, out)).await
             }
         } else {
@@ -386,7 +411,7 @@ impl Proxy {
             // `Proxy::send`.
             let reach = self.reach(target, out, None);
             match tokio::time::timeout(self.settings.header_timeout, reach).await {
-                Ok(reached) => reached.map(|(up, head)| (up, head.unwrap_or(0))),
+                Ok(reached) => reached.map(|(up, head)| (up, head.map_or(0, |h| h.len))),
                 Err(_) => Err(Unreached::Failed(Failure::Timeout)),
             }
         };
@@ -415,7 +440,7 @@ impl Proxy {
         // this answer, which says so.
         let close = taken.close || signals.fired().now_or_never().is_some();
         let Some(answer) = self.client_head(&up.buf[..head], taken, close, target, out) else {
-            if taken.upload.as_ref().is_none_or(|u| u.kept) {
+            if taken.replayable() {
                 return Exchange::Decline;
             }
             // The body is gone: the proxy cannot send the request again.
@@ -436,7 +461,7 @@ impl Proxy {
             if let Some(((from, to), pipe)) = up.plain().zip(client.plain()).zip(Pipe::new()) {
                 match pipe.relay(from, to.socket(), left, self.settings.idle_timeout, || to.wrote()).await {
                     Ok(()) => {
-                        self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.count_spliced();
                         left = 0;
                     }
                     Err((broke, _)) => {
@@ -502,8 +527,8 @@ impl Proxy {
         let reach = self.reach(target, out, Some(self.settings.expect_timeout));
         let mut up = match tokio::time::timeout(self.settings.header_timeout, reach).await {
             Ok(Ok((up, None))) => up,
-            Ok(Ok((mut up, Some(head)))) if status(&up.buf[..head]) == Some(100) => {
-                up.buf.advance(head);
+            Ok(Ok((mut up, Some(head)))) if head.code == 100 => {
+                up.buf.advance(head.len);
                 up
             }
             _ => return Err(Unreached::Decline),
@@ -521,7 +546,7 @@ impl Proxy {
             (Err(_), _) => Some((Broke::Sink, 0)),
         };
         match broke {
-            None => self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            None => self.count_spliced(),
             Some((Broke::Source, _)) => {
                 tracing::info!("a client broke off an upload's body");
                 return Err(Unreached::Cut);
@@ -536,8 +561,8 @@ impl Proxy {
         let answer = async {
             loop {
                 match answer_head(&mut up).await {
-                    AnswerHead::Whole(head) if status(&up.buf[..head]).is_some_and(|c| c < 200) => up.buf.advance(head),
-                    AnswerHead::Whole(head) => return Some(head),
+                    AnswerHead::Whole(head) if head.code < 200 => up.buf.advance(head.len),
+                    AnswerHead::Whole(head) => return Some(head.len),
                     _ => return None,
                 }
             }
@@ -568,11 +593,8 @@ impl Proxy {
         let target = &taken.cached.target;
         // At most the replay buffer, which the configuration keeps far below `usize::MAX`.
         let end = taken.head_len + usize::try_from(len).map_err(|_| Unreached::Decline)?;
-        let mut up = match self.pools.take_raw(&target.origin) {
-            Some(raw) => raw,
-            None => self.pools.connect_raw(&target.connect_to).await.map_err(|_| Unreached::Decline)?,
-        };
-        up.buf.clear();
+        // Any failure before the answer's head declines (see above).
+        let (mut up, _) = self.raw_connection(target).await.map_err(|_| Unreached::Decline)?;
         let idle = self.settings.idle_timeout;
         let mut sent = buf.len().min(end);
         let first = write_two(&mut up.io, out, &buf[taken.head_len..sent]);
@@ -600,9 +622,27 @@ impl Proxy {
             return Err(Unreached::Decline);
         }
         match tokio::time::timeout(self.settings.header_timeout, answer_head(&mut up)).await {
-            Ok(AnswerHead::Whole(head)) => Ok((up, head)),
+            Ok(AnswerHead::Whole(head)) => Ok((up, head.len)),
             _ => Err(Unreached::Decline),
         }
+    }
+
+    /// A parked connection to `target`'s origin, or a new one, its buffer empty; and whether
+    /// it was parked.
+    async fn raw_connection(&self, target: &super::Target) -> Result<(Raw, bool), Unreached> {
+        let (mut up, reused) = match self.pools.take_raw(&target.origin) {
+            Some(raw) => (raw, true),
+            // Boxed, as every path a request seldom takes (see `Proxy::forward`).
+            None => match Box::pin(self.pools.connect_raw(&target.connect_to)).await {
+                Ok(raw) => (raw, false),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "upstream request failed");
+                    return Err(Unreached::Failed(Failure::Unreachable));
+                }
+            },
+        };
+        up.buf.clear();
+        Ok((up, reused))
     }
 
     /// Sends the head in `out` to `target` on a parked connection or a new one, and reads the
@@ -615,20 +655,9 @@ impl Proxy {
         target: &super::Target,
         out: &[u8],
         expect: Option<std::time::Duration>,
-    ) -> Result<(Raw, Option<usize>), Unreached> {
+    ) -> Result<(Raw, Option<Head>), Unreached> {
         loop {
-            let (mut up, reused) = match self.pools.take_raw(&target.origin) {
-                Some(raw) => (raw, true),
-                // Boxed, as every path a request seldom takes (see `Proxy::forward`).
-                None => match Box::pin(self.pools.connect_raw(&target.connect_to)).await {
-                    Ok(raw) => (raw, false),
-                    Err(e) => {
-                        tracing::warn!(cause = %e, "upstream request failed");
-                        return Err(Unreached::Failed(Failure::Unreachable));
-                    }
-                },
-            };
-            up.buf.clear();
+            let (mut up, reused) = self.raw_connection(target).await?;
             let sent = match up.io.write_all(out).await {
                 Ok(()) => up.io.flush().await,
                 Err(e) => Err(e),
@@ -642,7 +671,7 @@ impl Proxy {
                 (Err(_), _) => AnswerHead::Nothing,
             };
             match head {
-                AnswerHead::Whole(n) => return Ok((up, Some(n))),
+                AnswerHead::Whole(head) => return Ok((up, Some(head))),
                 AnswerHead::Nothing if reused => {
                     tracing::debug!("a parked upstream connection was dead");
                 }
@@ -672,7 +701,7 @@ impl Proxy {
         let code = resp.code?;
         // A 401 before an upload's body is declined earlier (see `Proxy::upload`); after it,
         // the proxy could not send the body again either, so it goes to the client.
-        if !(200..=599).contains(&code) || (code == 401 && taken.upload.as_ref().is_none_or(|u| u.kept)) {
+        if !(200..=599).contains(&code) || (code == 401 && taken.replayable()) {
             return None;
         }
         // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.
@@ -840,14 +869,12 @@ async fn answer_head(up: &mut Raw) -> AnswerHead {
     loop {
         if !up.buf.is_empty() {
             let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut httparse::Response::new(&mut []),
-                &up.buf,
-                &mut fields,
-            );
-            match parsed {
-                Ok(httparse::Status::Complete(n)) => return AnswerHead::Whole(n),
-                Ok(httparse::Status::Partial) if up.buf.len() < crate::server::MAX_HEAD => {}
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed =
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &up.buf, &mut fields);
+            match (parsed, resp.code) {
+                (Ok(httparse::Status::Complete(len)), Some(code)) => return AnswerHead::Whole(Head { len, code }),
+                (Ok(httparse::Status::Partial), _) if up.buf.len() < crate::server::MAX_HEAD => {}
                 _ => return AnswerHead::Other,
             }
         }
@@ -860,14 +887,6 @@ async fn answer_head(up: &mut Raw) -> AnswerHead {
             _ => return AnswerHead::Other,
         }
     }
-}
-
-/// The status code of the answer head `head`.
-fn status(head: &[u8]) -> Option<u16> {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-    let mut resp = httparse::Response::new(&mut []);
-    httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, &mut fields).ok()?;
-    resp.code
 }
 
 /// A `Content-Length` value: digits only, as hyper reads it.

@@ -66,9 +66,9 @@ impl Pipe {
 
     /// Moves exactly `len` bytes from `from` to `to`, calling `moved` after each write to `to`
     /// that moved some; a wait on either side longer than `idle` breaks the relay, which then
-    /// tells how many bytes it had taken from `from`. The pipe is
-    /// filled only when empty, so a `splice` into it that would block says `from` has nothing
-    /// yet (and not that the pipe is full), and the socket's readiness is cleared rightly.
+    /// tells how many bytes it had taken from `from`. The pipe is filled only when empty, so a
+    /// `splice` into it that would block says `from` has nothing yet (and not that the pipe is
+    /// full), and the socket's readiness is cleared rightly.
     #[cfg(target_os = "linux")]
     pub(crate) async fn relay(
         &self,
