@@ -159,17 +159,44 @@ fn cpu_seconds(pid: u32) -> f64 {
     family(pid).iter().map(threads).sum()
 }
 
-/// CPU seconds a proxy spent, per path, and what it did for them (GiB moved, requests served).
-type CpuLedger = BTreeMap<&'static str, (f64, f64)>;
+/// Busy CPU seconds of the whole machine so far (every CPU's time outside idle and I/O wait, in
+/// `/proc/stat`'s 10 ms ticks): the load generator's, upstream's, the kernel's and the proxy's.
+/// A proxy can lower its own figure by moving work onto the processes at either end (a body
+/// passed by `splice(2)` on loopback makes both ends copy it more slowly); this one shows it.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().filter_map(|t| t.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    busy / 100.0
+}
 
-/// Runs `work` on `p` and, when `p` is a proxy, charges its CPU time to `ledger` for `amount`.
+/// CPU seconds spent, per path, and what was done for them (GiB moved, requests served): the
+/// proxy's own (none for the direct path), and the whole machine's.
+#[derive(Default)]
+struct Spent {
+    own: f64,
+    machine: f64,
+    amount: f64,
+}
+
+type CpuLedger = BTreeMap<&'static str, Spent>;
+
+/// Runs `work` on `p` and charges to `ledger`, for `amount`, the CPU time the machine spent
+/// meanwhile and, when `p` is a proxy, its own.
 async fn metered<T>(ledger: &mut CpuLedger, p: &Path_, amount: f64, work: impl std::future::Future<Output = T>) -> T {
-    let before = p.pid.map(cpu_seconds);
+    let (own, machine) = (p.pid.map(cpu_seconds), machine_busy_seconds());
     let out = work.await;
-    if let (Some(pid), Some(before)) = (p.pid, before) {
-        let e = ledger.entry(p.name).or_default();
-        e.0 += cpu_seconds(pid) - before;
-        e.1 += amount;
+    let e = ledger.entry(p.name).or_default();
+    e.machine += machine_busy_seconds() - machine;
+    e.amount += amount;
+    if let (Some(pid), Some(own)) = (p.pid, own) {
+        e.own += cpu_seconds(pid) - own;
     }
     out
 }
@@ -1000,8 +1027,12 @@ async fn bench(args: Vec<String>) {
         println!("added p50 at c=1, {label}, µs: {}", cells.join(", "));
         added.insert(label.into(), row.into());
     }
-    let per_gib: BTreeMap<&str, f64> = cpu_bulk.iter().map(|(k, (s, g))| (*k, s / g.max(1e-9))).collect();
-    let per_req: BTreeMap<&str, f64> = cpu_c64.iter().map(|(k, (s, n))| (*k, s / n.max(1.0) * 1e6)).collect();
+    let per = |ledger: &CpuLedger, scale: f64, of: fn(&Spent) -> f64| -> BTreeMap<&str, f64> {
+        ledger.iter().map(|(k, s)| (*k, of(s) / s.amount.max(1e-9) * scale)).collect()
+    };
+    let per_gib = per(&cpu_bulk, 1.0, |s| s.own);
+    let per_req = per(&cpu_c64, 1e6, |s| s.own);
+    let machine_per_gib = per(&cpu_bulk, 1.0, |s| s.machine);
     for name in &proxies {
         let (gib, req) = (per_gib.get(name), per_req.get(name));
         if gib.is_some() || req.is_some() {
@@ -1011,6 +1042,13 @@ async fn bench(args: Vec<String>) {
                 req.map_or("-".into(), |v| format!("{v:.1}"))
             );
         }
+    }
+    if !machine_per_gib.is_empty() {
+        let cells: Vec<String> = std::iter::once(&"direct")
+            .chain(&proxies)
+            .filter_map(|name| machine_per_gib.get(name).map(|v| format!("{name} {v:.2}")))
+            .collect();
+        println!("whole machine CPU-s/GiB (bulk; load generator, upstream and kernel included): {}", cells.join(", "));
     }
     let final_rss = gateways[0].status_kib("VmRSS:");
     println!(
@@ -1025,6 +1063,7 @@ async fn bench(args: Vec<String>) {
         "rounds": settings.rounds,
         "metrics": json_rows,
         "cpu_s_per_gib": per_gib,
+        "machine_cpu_s_per_gib": machine_per_gib,
         "cpu_us_per_4k_get_c64": per_req,
         "added_p50_c1_us": added,
         "gateway_rss_kib": { "idle": idle_rss, "peak": peak_rss, "after_all": final_rss, "transfer_bytes": settings.rss_transfer },

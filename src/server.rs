@@ -195,15 +195,10 @@ pub struct Counted {
 }
 
 impl Counted {
-    /// The socket, for reads and writes that bypass tokio's I/O traits (`splice(2)`); each
-    /// that moved something is told with [`wrote`](Self::wrote) or [`got`](Self::got).
+    /// The socket, for reads that bypass tokio's I/O traits (`splice(2)`); each that got
+    /// something is told with [`got`](Self::got).
     pub(crate) fn socket(&self) -> &tokio::net::TcpStream {
         &self.io
-    }
-
-    /// Counts a write made on [`socket`](Self::socket) that sent something.
-    pub(crate) fn wrote(&self) {
-        self.peer.written.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a read made on [`socket`](Self::socket) that got something.

@@ -9,6 +9,12 @@
 //! reads. No header map, no request or response object, no second task: the whole exchange
 //! runs in the client connection's task, on one upstream connection it keeps.
 //!
+//! A download's body is copied, never spliced: with upstream and client on the same machine
+//! (the bench, or a Swift proxy on the gateway's host), spliced pages reach the client still
+//! the upstream's, and both ends then copy them more slowly than the gateway's two copies
+//! cost. The machine spent more CPU per GiB and a 1 GiB `GET` came at two thirds of the
+//! copying rate (`benches/e2e.rs`, its whole-machine CPU line). Uploads show no such loss.
+//!
 //! A `PUT` with a `Content-Length` is taken too, under the proxy's replay policy:
 //! - a body of at most the replay buffer goes upstream as it comes and is kept in the client's
 //!   read buffer meanwhile, so that a `401` or any answer the fast path does not relay hands
@@ -76,10 +82,6 @@ const CLIENT_READ: usize = 8 * 1024;
 /// What an upstream connection's read buffer starts at; it doubles, up to
 /// [`crate::body::MAX_READ`], while a body fills it, and goes back to this after a large body.
 const UPSTREAM_READ: usize = 16 * 1024;
-
-/// The least body the fast path relays with `splice(2)` (see [`super::splice`]) rather than
-/// through its buffer: below it, the pipe's making costs more than the copies it saves.
-const SPLICE_MIN: u64 = 64 * 1024;
 
 /// A request the fast path takes.
 struct Taken {
@@ -457,22 +459,6 @@ impl Proxy {
         }
         left -= first as u64;
         let mut clean = up.buf.len() == first;
-        if left >= SPLICE_MIN {
-            if let Some(((from, to), pipe)) = up.plain().zip(client.plain()).zip(Pipe::new()) {
-                match pipe.relay(from, to.socket(), left, self.settings.idle_timeout, || to.wrote()).await {
-                    Ok(()) => {
-                        self.count_spliced();
-                        left = 0;
-                    }
-                    Err((broke, _)) => {
-                        if broke == Broke::Source {
-                            tracing::warn!("upstream broke off an answer's body");
-                        }
-                        return Exchange::Cut;
-                    }
-                }
-            }
-        }
         let mut room = UPSTREAM_READ;
         while left > 0 {
             up.buf.clear();

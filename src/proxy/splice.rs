@@ -1,11 +1,11 @@
 //! A body relayed between two plain TCP sockets without passing through user space: Linux's
-//! `splice(2)` moves the bytes from the upstream socket into a pipe and from the pipe into the
-//! client's socket as references to the kernel's own pages, so the gateway copies none of them
-//! (the copying relay reads each byte into its buffer and writes it out again).
+//! `splice(2)` moves the bytes from one socket into a pipe and from the pipe into the other
+//! socket as references to the kernel's own pages, so the gateway copies none of them (the
+//! copying relay reads each byte into its buffer and writes it out again).
 //!
-//! Used by the fast path for large bodies, downloads and uploads, when neither side is TLS.
-//! Elsewhere (another OS, or no pipe to be had) [`Pipe::new`] gives `None`: a download is then
-//! copied, an upload left to the proxy.
+//! Used by the fast path for an upload larger than the replay buffer, when neither side is
+//! TLS; downloads are copied (the fast path's module says why). Elsewhere (another OS, or no
+//! pipe to be had) [`Pipe::new`] gives `None`, and the upload is left to the proxy.
 
 use std::io;
 use std::time::Duration;
