@@ -116,9 +116,10 @@ async fn a_large_download_over_tls_arrives_whole_and_at_once() {
     let got = tokio::time::timeout(std::time::Duration::from_secs(20), download).await.expect("the whole body in time");
     assert_eq!(got, (len, common::pattern::expected_md5(len, &parts)));
     assert_eq!(stack.gw.fast_answers() - before, 1, "the download took the fast path");
-    // On the same connection, an upload of at most the replay buffer takes the fast path too
-    // (its body is kept, not spliced); a larger one goes to the proxy.
-    for (name, size, fast) in [("small", 1 << 20, 2), ("large", 5 << 20, 2)] {
+    // On the same connection, uploads take the fast path too, neither spliced: one of at most
+    // the replay buffer is kept while it goes, a larger one is copied once upstream asks for
+    // it. The pattern upstream's ETag is the MD5 of what it stored.
+    for (name, size, fast) in [("small", 1 << 20, 2), ("large", 5 << 20, 3)] {
         let body = "k".repeat(size);
         let md5 = hex::encode(md5::Md5::digest(body.as_bytes()));
         let put = http::Request::put(format!("{path}/c/{name}"))
@@ -132,6 +133,38 @@ async fn a_large_download_over_tls_arrives_whole_and_at_once() {
         assert_eq!(stack.gw.fast_answers() - before, fast, "{name}");
     }
     assert_eq!(stack.gw.spliced_answers(), spliced, "no splice under TLS");
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
+/// A TLS client's upload larger than the replay buffer is copied, not spliced; an upstream that
+/// breaks off its body gets the client a 502 (it reads it after sending the whole body), and
+/// the connection is closed.
+#[tokio::test]
+async fn an_upstream_that_breaks_off_a_copied_upload_gets_the_tls_client_a_502() {
+    let faulty = common::faulty::start().await;
+    let stack = common::Stack::in_front_of_with(&faulty.origin, |c| c.proxy.expect_timeout = 1).await;
+    let (url, token) = stack.storage_login().await;
+    let (addr, tx, task) = serve_tls(stack.gw.gateway.clone()).await;
+    let path = url.strip_prefix(&stack.gw.url).unwrap();
+    let before = stack.gw.fast_answers();
+    let mut tls = connect(addr, vec![b"http/1.1".to_vec()]).await;
+    let len = 8u64 << 20;
+    let head =
+        format!("PUT {path}/c/o HTTP/1.1\r\nHost: localhost\r\nX-Auth-Token: {token}\r\nContent-Length: {len}\r\n\r\n");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // The gateway may stop reading once it has answered; what it read and discarded is enough
+    // for the answer to be waiting.
+    let _ = tls.write_all(&vec![2u8; len as usize]).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "the connection ends: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert_eq!(stack.gw.fast_answers() - before, 1, "answered by the fast path, not the proxy");
+    assert_eq!(stack.gw.spliced_answers(), 0);
     let _ = tx.send(());
     task.await.unwrap();
 }

@@ -19,11 +19,12 @@
 //! - a body of at most the replay buffer goes upstream as it comes and is kept in the client's
 //!   read buffer meanwhile, so that a `401` or any answer the fast path does not relay hands
 //!   the whole request to the proxy;
-//! - a larger one, when neither side is TLS, waits behind `Expect: 100-continue`, as the proxy
-//!   sends it, and only once upstream answers `100` (or the expect timeout passes) goes from
-//!   the client's socket to upstream's through a pipe ([`super::splice`]), never entering
-//!   user space. An answer before `100` (a `401`, a `413`) leaves the body unread, and the
-//!   request goes to the proxy, which renews and retries or relays the answer.
+//! - a larger one waits behind `Expect: 100-continue`, as the proxy sends it, and only once
+//!   upstream answers `100` (or the expect timeout passes) goes upstream: from the client's
+//!   socket to upstream's through a pipe ([`super::splice`]), never entering user space, when
+//!   neither side is TLS, else copied through a buffer. An answer before `100` (a `401`, a
+//!   `413`) leaves the body unread, and the request goes to the proxy, which renews and
+//!   retries or relays the answer.
 //!
 //! Anything else hands the connection to hyper, with the request still unanswered, before a
 //! byte of answer has been written: another method or HTTP version, a chunked body, `Expect`,
@@ -48,7 +49,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::pool::Raw;
 use super::splice::{Broke, Pipe};
 use super::{dropped_from_requests, dropped_from_responses, hop_by_hop, Failure, Proxy, TOKEN_MARGIN};
-use crate::server::{Connection, Counted, InProgress, Peer, Prefixed, Served, Signals};
+use crate::server::{Connection, InProgress, Peer, Prefixed, Served, Signals};
 use crate::tokens::{Cached, TokenManager};
 
 /// What the fast path needs from the gateway: which paths are storage paths, and whose a
@@ -83,6 +84,10 @@ const CLIENT_READ: usize = 8 * 1024;
 /// [`crate::body::MAX_READ`], while a body fills it, and goes back to this after a large body.
 const UPSTREAM_READ: usize = 16 * 1024;
 
+/// The buffer an upload's body is copied through when it cannot be spliced (see
+/// [`copy_body`]): the floor relay's size.
+const COPY_CHUNK: usize = 256 * 1024;
+
 /// A request the fast path takes.
 struct Taken {
     /// The request head's length in the client's buffer.
@@ -116,7 +121,7 @@ struct Upload {
     len: u64,
     /// At most the replay buffer: read into the client's buffer and kept there while it goes
     /// upstream, so that whatever upstream answers, the whole request can still go to the
-    /// proxy. Larger, it goes from socket to socket once upstream asks for it.
+    /// proxy. Larger, it goes once upstream asks for it, and is not kept.
     kept: bool,
 }
 
@@ -206,7 +211,7 @@ impl Proxy {
             if answered && signals.fired().now_or_never().is_some() {
                 break false;
             }
-            let taken = match self.look(auth, &buf, peer, io.plain().is_some(), &mut out) {
+            let taken = match self.look(auth, &buf, peer, &mut out) {
                 Look::Take(taken) => taken,
                 Look::Own(own) => match answer_own(auth, &mut io, &own, peer.begin()).await {
                     Exchange::Done { close } => {
@@ -282,9 +287,8 @@ impl Proxy {
     }
 
     /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
-    /// the head upstream gets into `out` (which holds anything on a decline). Uploads larger
-    /// than the replay buffer are taken only from a `plain_client` (see [`super::splice`]).
-    fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, plain_client: bool, out: &mut Vec<u8>) -> Look {
+    /// the head upstream gets into `out` (which holds anything on a decline).
+    fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Look {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
@@ -365,11 +369,8 @@ impl Proxy {
         if !target_of.covers(path) {
             return Look::Decline;
         }
-        // A larger body than the proxy would keep for a replay goes by `splice(2)`, which
-        // takes plain sockets only.
         let upload = match length {
-            Some(len) if len <= self.settings.replay_buffer => Some(Upload { len, kept: true }),
-            Some(len) if plain_client && target_of.plain() => Some(Upload { len, kept: false }),
+            Some(len) => Some(Upload { len, kept: len <= self.settings.replay_buffer }),
             _ if put => return Look::Decline,
             _ => None,
         };
@@ -406,7 +407,7 @@ impl Proxy {
                 Box::pin(self.upload_kept(client, buf, taken, upload.len, out)).await
             } else {
                 let body_start = &buf[taken.head_len..taken.in_buffer(buf)];
-                Box::pin(self.upload(client.plain(), taken, upload.len, body_start, out)).await
+                Box::pin(self.upload(client, taken, upload.len, body_start, out)).await
             }
         } else {
             // Connecting, sending and the answer's head, within the header timeout, as in
@@ -432,8 +433,8 @@ impl Proxy {
                 // discarded, so that one sending its whole body before reading gets the
                 // answer, not a reset.
                 let answered = answer_failure(client, taken.head_request, true, request, Failure::Broken).await;
-                if let (Exchange::Done { .. }, Some(from)) = (&answered, client.plain()) {
-                    discard(from.socket(), unread).await;
+                if let Exchange::Done { .. } = answered {
+                    discard(client, unread).await;
                 }
                 return answered;
             }
@@ -496,19 +497,18 @@ impl Proxy {
         Exchange::Done { close }
     }
 
-    /// An upload: its head (in `out`) upstream, then, once upstream asks for it, its body from
-    /// the client's socket (`client`, `None` under TLS), then the answer's head (see the
-    /// module's description): the connection and the head's length in its buffer.
-    async fn upload(
+    /// An upload larger than the replay buffer: its head (in `out`) upstream, then, once
+    /// upstream asks for it, its body from the client (spliced or copied), then the answer's
+    /// head (see the module's description): the connection and the head's length in its buffer.
+    async fn upload<S: Connection>(
         &self,
-        client: Option<&Counted>,
+        client: &mut S,
         taken: &Taken,
         len: u64,
         body_start: &[u8],
         out: &[u8],
     ) -> Result<(Raw, usize), Unreached> {
         let target = &taken.cached.target;
-        let (Some(from), Some(pipe)) = (client, Pipe::new()) else { return Err(Unreached::Decline) };
         // Before the body, every failure leaves the request whole for the proxy.
         let reach = self.reach(target, out, Some(self.settings.expect_timeout));
         let mut up = match tokio::time::timeout(self.settings.header_timeout, reach).await {
@@ -519,20 +519,21 @@ impl Proxy {
             }
             _ => return Err(Unreached::Decline),
         };
-        if up.plain().is_none() {
-            return Err(Unreached::Decline);
-        }
         // From here the client's body is being read: a failure cuts the connection.
-        let left = len - body_start.len() as u64;
-        let broke = match (up.io.write_all(body_start).await, up.plain()) {
-            (Ok(()), Some(to)) if left > 0 => {
-                pipe.relay(from.socket(), to, left, self.settings.idle_timeout, || from.got()).await.err()
+        let (left, idle) = (len - body_start.len() as u64, self.settings.idle_timeout);
+        let broke = if !matches!(tokio::time::timeout(idle, up.io.write_all(body_start)).await, Ok(Ok(()))) {
+            Some((Broke::Sink, 0))
+        } else if let (Some(from), Some(to), Some(pipe)) = (client.plain(), up.plain(), Pipe::new()) {
+            let spliced = pipe.relay(from.socket(), to, left, idle, || from.got()).await;
+            if spliced.is_ok() {
+                self.count_spliced();
             }
-            (Ok(()), _) => None,
-            (Err(_), _) => Some((Broke::Sink, 0)),
+            spliced.err()
+        } else {
+            copy_body(client, &mut up.io, left, idle).await.err()
         };
         match broke {
-            None => self.count_spliced(),
+            None => {}
             Some((Broke::Source, _)) => {
                 tracing::info!("a client broke off an upload's body");
                 return Err(Unreached::Cut);
@@ -1017,25 +1018,50 @@ async fn answer_failure<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Reads and discards the `unread` bytes of a body the client still sends on `from`, within
-/// the proxy's bounds for a rejected upload ([`super::DRAIN_LIMIT`], [`super::DRAIN_TIME`]).
-async fn discard(from: &tokio::net::TcpStream, unread: u64) {
+/// Reads and discards the `unread` bytes of a body the client still sends, within the
+/// proxy's bounds for a rejected upload ([`super::DRAIN_LIMIT`], [`super::DRAIN_TIME`]).
+async fn discard<S: Connection>(client: &mut S, unread: u64) {
     let read = async {
         let (mut left, mut sink) = (unread.min(super::DRAIN_LIMIT), vec![0u8; 64 * 1024]);
         while left > 0 {
-            if from.readable().await.is_err() {
-                return;
-            }
             let room = usize::try_from(left).unwrap_or(usize::MAX).min(sink.len());
-            match from.try_read(&mut sink[..room]) {
-                Ok(0) => return,
+            match client.read(&mut sink[..room]).await {
+                Ok(0) | Err(_) => return,
                 Ok(n) => left -= n as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
             }
         }
     };
     let _ = tokio::time::timeout(super::DRAIN_TIME, read).await;
+}
+
+/// Copies the `left` bytes of an upload's body from the client to upstream through a buffer
+/// (a TLS client or upstream, or no pipe to be had), reading no further than the body's end:
+/// what follows belongs to the next request. A wait on either side longer than `idle` breaks
+/// the copy, which then tells how many bytes it had taken from the client.
+async fn copy_body<S: Connection, W: AsyncWrite + Unpin>(
+    client: &mut S,
+    to: &mut W,
+    left: u64,
+    idle: std::time::Duration,
+) -> Result<(), (Broke, u64)> {
+    let mut chunk = vec![0u8; usize::try_from(left).unwrap_or(usize::MAX).min(COPY_CHUNK)];
+    let mut taken = 0u64;
+    while taken < left {
+        let room = usize::try_from(left - taken).unwrap_or(usize::MAX).min(chunk.len());
+        let n = match tokio::time::timeout(idle, client.read(&mut chunk[..room])).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Err((Broke::Source, taken)),
+        };
+        taken += n as u64;
+        if !matches!(tokio::time::timeout(idle, to.write_all(&chunk[..n])).await, Ok(Ok(()))) {
+            return Err((Broke::Sink, taken));
+        }
+    }
+    // A TLS upstream may hold the tail until flushed.
+    match tokio::time::timeout(idle, to.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err((Broke::Sink, taken)),
+    }
 }
 
 #[cfg(test)]

@@ -114,11 +114,6 @@ impl Target {
         Some(Target { path, origin: origin.into(), connect_to, host, token })
     }
 
-    /// True when upstream is reached over plain HTTP (no TLS).
-    fn plain(&self) -> bool {
-        self.origin.starts_with("http:")
-    }
-
     /// True when `path` is the storage path or below it.
     pub fn covers(&self, path: &str) -> bool {
         path.strip_prefix(self.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

@@ -5,7 +5,7 @@
 //!
 //! Used by the fast path for an upload larger than the replay buffer, when neither side is
 //! TLS; downloads are copied (the fast path's module says why). Elsewhere (another OS, or no
-//! pipe to be had) [`Pipe::new`] gives `None`, and the upload is left to the proxy.
+//! pipe to be had) [`Pipe::new`] gives `None`, and the upload is copied too.
 
 use std::io;
 use std::time::Duration;
