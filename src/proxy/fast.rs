@@ -521,15 +521,19 @@ impl Proxy {
         };
         // From here the client's body is being read: a failure cuts the connection.
         let (left, idle) = (len - body_start.len() as u64, self.settings.idle_timeout);
+        // A pipe only where it can serve: both sides plain and something left to move.
+        let splicing = left > 0 && client.plain().is_some() && up.plain().is_some();
+        let pipe = if splicing { Pipe::new() } else { None };
         let broke = if !matches!(tokio::time::timeout(idle, up.io.write_all(body_start)).await, Ok(Ok(()))) {
             Some((Broke::Sink, 0))
-        } else if let (Some(from), Some(to), Some(pipe)) = (client.plain(), up.plain(), Pipe::new()) {
+        } else if let (Some(pipe), Some(from), Some(to)) = (pipe, client.plain(), up.plain()) {
             let spliced = pipe.relay(from.socket(), to, left, idle, || from.got()).await;
             if spliced.is_ok() {
                 self.count_spliced();
             }
             spliced.err()
         } else {
+            // Also with nothing left: a TLS upstream may hold the body's start until flushed.
             copy_body(client, &mut up.io, left, idle).await.err()
         };
         match broke {
