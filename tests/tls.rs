@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use md5::Digest;
 use swiftgate::server::{self, ServeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn certs() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
@@ -149,14 +150,11 @@ async fn an_upstream_that_breaks_off_a_copied_upload_gets_the_tls_client_a_502()
     let path = url.strip_prefix(&stack.gw.url).unwrap();
     let before = stack.gw.fast_answers();
     let mut tls = connect(addr, vec![b"http/1.1".to_vec()]).await;
-    let len = 8u64 << 20;
-    let head =
-        format!("PUT {path}/c/o HTTP/1.1\r\nHost: localhost\r\nX-Auth-Token: {token}\r\nContent-Length: {len}\r\n\r\n");
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(head.as_bytes()).await.unwrap();
-    // The gateway may stop reading once it has answered; what it read and discarded is enough
-    // for the answer to be waiting.
-    let _ = tls.write_all(&vec![2u8; len as usize]).await;
+    // More than the sockets' buffers hold: unless the gateway reads and discards the rest, the
+    // client's send fails.
+    let len = 64u64 << 20;
+    tls.write_all(common::put_head(&format!("{path}/c/o"), &token, len).as_bytes()).await.unwrap();
+    tls.write_all(&vec![2u8; len as usize]).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(20), tls.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);

@@ -108,8 +108,8 @@ impl Taken {
         self.head_len + (buf.len() - self.head_len).min(body)
     }
 
-    /// True while the proxy could still send the whole request: anything but an upload whose
-    /// body went from socket to socket.
+    /// True while the proxy could still send the whole request: anything but an upload larger
+    /// than the replay buffer, whose body is not kept.
     fn replayable(&self) -> bool {
         self.upload.as_ref().is_none_or(|u| u.kept)
     }
@@ -432,9 +432,12 @@ impl Proxy {
                 // As the proxy does (`drain_then`): what the client still sends is read and
                 // discarded, so that one sending its whole body before reading gets the
                 // answer, not a reset.
+                // Within the proxy's bounds for a rejected upload.
                 let answered = answer_failure(client, taken.head_request, true, request, Failure::Broken).await;
                 if let Exchange::Done { .. } = answered {
-                    discard(client, unread).await;
+                    let (drain, mut sink) = (unread.min(super::DRAIN_LIMIT), tokio::io::sink());
+                    let discard = copy_body(client, &mut sink, drain, super::DRAIN_TIME);
+                    let _ = tokio::time::timeout(super::DRAIN_TIME, discard).await;
                 }
                 return answered;
             }
@@ -609,7 +612,7 @@ impl Proxy {
             }
             sent = to;
         }
-        if up.io.flush().await.is_err() {
+        if !matches!(tokio::time::timeout(idle, up.io.flush()).await, Ok(Ok(()))) {
             return Err(Unreached::Decline);
         }
         match tokio::time::timeout(self.settings.header_timeout, answer_head(&mut up)).await {
@@ -1022,25 +1025,10 @@ async fn answer_failure<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Reads and discards the `unread` bytes of a body the client still sends, within the
-/// proxy's bounds for a rejected upload ([`super::DRAIN_LIMIT`], [`super::DRAIN_TIME`]).
-async fn discard<S: Connection>(client: &mut S, unread: u64) {
-    let read = async {
-        let (mut left, mut sink) = (unread.min(super::DRAIN_LIMIT), vec![0u8; 64 * 1024]);
-        while left > 0 {
-            let room = usize::try_from(left).unwrap_or(usize::MAX).min(sink.len());
-            match client.read(&mut sink[..room]).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left -= n as u64,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(super::DRAIN_TIME, read).await;
-}
-
-/// Copies the `left` bytes of an upload's body from the client to upstream through a buffer
-/// (a TLS client or upstream, or no pipe to be had), reading no further than the body's end:
-/// what follows belongs to the next request. A wait on either side longer than `idle` breaks
+/// Copies the `left` bytes of an upload's body from the client to `to` through a buffer:
+/// upstream (a TLS client or upstream, or no pipe to be had), or a sink for a body upstream
+/// stopped taking. It reads no further than the body's end: what follows belongs to the next
+/// request. A wait on either side longer than `idle` breaks
 /// the copy, which then tells how many bytes it had taken from the client.
 async fn copy_body<S: Connection, W: AsyncWrite + Unpin>(
     client: &mut S,

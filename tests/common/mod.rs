@@ -230,6 +230,11 @@ async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
     }
 }
 
+/// The head of an HTTP/1.1 upload to `path` of `len` bytes, with the gateway token `token`.
+pub fn put_head(path: &str, token: &str, len: u64) -> String {
+    format!("PUT {path} HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nContent-Length: {len}\r\n\r\n")
+}
+
 pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
     resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
