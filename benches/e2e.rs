@@ -176,13 +176,30 @@ fn machine_busy_seconds() -> f64 {
     busy / 100.0
 }
 
+/// CPUs the machine has (`/proc/stat`'s `cpuN` lines), whatever this process's affinity.
+fn machine_cpus() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let n = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
+    n.max(1) as f64
+}
+
 /// CPU seconds spent, per path, and what was done for them (GiB moved, requests served): the
-/// proxy's own (none for the direct path), and the whole machine's.
+/// proxy's own (none for the direct path), and the whole machine's, over `wall` seconds.
 #[derive(Default)]
 struct Spent {
     own: f64,
     machine: f64,
     amount: f64,
+    wall: f64,
+}
+
+impl Spent {
+    fn add(&mut self, other: &Spent) {
+        self.own += other.own;
+        self.machine += other.machine;
+        self.amount += other.amount;
+        self.wall += other.wall;
+    }
 }
 
 type CpuLedger = BTreeMap<&'static str, Spent>;
@@ -190,10 +207,11 @@ type CpuLedger = BTreeMap<&'static str, Spent>;
 /// Runs `work` on `p` and charges to `ledger`, for `amount`, the CPU time the machine spent
 /// meanwhile and, when `p` is a proxy, its own.
 async fn metered<T>(ledger: &mut CpuLedger, p: &Path_, amount: f64, work: impl std::future::Future<Output = T>) -> T {
-    let (own, machine) = (p.pid.map(cpu_seconds), machine_busy_seconds());
+    let (own, machine, t) = (p.pid.map(cpu_seconds), machine_busy_seconds(), Instant::now());
     let out = work.await;
     let e = ledger.entry(p.name).or_default();
     e.machine += machine_busy_seconds() - machine;
+    e.wall += t.elapsed().as_secs_f64();
     e.amount += amount;
     if let (Some(pid), Some(own)) = (p.pid, own) {
         e.own += cpu_seconds(pid) - own;
@@ -908,7 +926,8 @@ async fn bench(args: Vec<String>) {
     let mut results: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let mut record =
         |key: String, path: &'static str, v: f64| results.entry(key).or_default().entry(path).or_default().push(v);
-    let (mut cpu_bulk, mut cpu_c64) = (CpuLedger::new(), CpuLedger::new());
+    // Bulk CPU is kept per operation (GET, PUT), and summed for the figures of both.
+    let (mut cpu_ops, mut cpu_c64) = (BTreeMap::<&str, CpuLedger>::new(), CpuLedger::new());
     for round in (0..settings.rounds).filter(|_| wanted("bulk")) {
         for &size in &settings.sizes {
             for op in ["GET", "PUT"] {
@@ -917,7 +936,8 @@ async fn bench(args: Vec<String>) {
                     let p = &paths[(i + round) % paths.len()];
                     let count = batch(size, settings.cell_bytes);
                     let gib = (size * count) as f64 / GIB as f64;
-                    let mbps = metered(&mut cpu_bulk, p, gib, throughput(p, op, size, count, &buf)).await;
+                    let ledger = cpu_ops.entry(op).or_default();
+                    let mbps = metered(ledger, p, gib, throughput(p, op, size, count, &buf)).await;
                     record(format!("{op} {} MB/s", human(size)), p.name, mbps);
                 }
             }
@@ -1030,9 +1050,26 @@ async fn bench(args: Vec<String>) {
     let per = |ledger: &CpuLedger, scale: f64, of: fn(&Spent) -> f64| -> BTreeMap<&str, f64> {
         ledger.iter().map(|(k, s)| (*k, of(s) / s.amount.max(1e-9) * scale)).collect()
     };
+    let mut cpu_bulk = CpuLedger::new();
+    for (name, spent) in cpu_ops.values().flatten() {
+        cpu_bulk.entry(name).or_default().add(spent);
+    }
     let per_gib = per(&cpu_bulk, 1.0, |s| s.own);
     let per_req = per(&cpu_c64, 1e6, |s| s.own);
-    let machine_per_gib = per(&cpu_bulk, 1.0, |s| s.machine);
+    // `/proc/stat` counts 10 ms ticks: over less than a fifth of a second of transfers (the
+    // `cargo test` run), the machine's figures would be noise, so they are left out.
+    let machine = |ledger: &CpuLedger, of: &dyn Fn(&Spent) -> f64| -> BTreeMap<&str, f64> {
+        ledger.iter().filter(|(_, s)| s.wall >= 0.2).map(|(k, s)| (*k, of(s))).collect()
+    };
+    let per_gib_of_machine = |s: &Spent| s.machine / s.amount.max(1e-9);
+    let machine_per_gib = machine(&cpu_bulk, &per_gib_of_machine);
+    let machine_per_gib_op: BTreeMap<&str, BTreeMap<&str, f64>> =
+        cpu_ops.iter().map(|(op, ledger)| (*op, machine(ledger, &per_gib_of_machine))).collect();
+    // The share of the machine's CPU time that was busy while each path moved its bulk: near
+    // 100 %, throughput is bound by the machine's CPU, and a path's ratio to direct follows
+    // the ratio of their whole-machine CPU per GiB.
+    let cpus = machine_cpus();
+    let busy_share = machine(&cpu_bulk, &|s| 100.0 * s.machine / (s.wall * cpus));
     for name in &proxies {
         let (gib, req) = (per_gib.get(name), per_req.get(name));
         if gib.is_some() || req.is_some() {
@@ -1044,11 +1081,22 @@ async fn bench(args: Vec<String>) {
         }
     }
     if !machine_per_gib.is_empty() {
-        let cells: Vec<String> = std::iter::once(&"direct")
-            .chain(&proxies)
-            .filter_map(|name| machine_per_gib.get(name).map(|v| format!("{name} {v:.2}")))
-            .collect();
-        println!("whole machine CPU-s/GiB (bulk; load generator, upstream and kernel included): {}", cells.join(", "));
+        let cells = |of: &BTreeMap<&str, f64>, show: fn(f64) -> String| -> String {
+            let cells: Vec<String> = std::iter::once(&"direct")
+                .chain(&proxies)
+                .filter_map(|name| of.get(name).map(|v| format!("{name} {}", show(*v))))
+                .collect();
+            cells.join(", ")
+        };
+        println!(
+            "whole machine CPU-s/GiB (bulk; load generator, upstream and kernel included): {}",
+            cells(&machine_per_gib, |v| format!("{v:.2}"))
+        );
+        for (op, of) in &machine_per_gib_op {
+            println!("  {op} only: {}", cells(of, |v| format!("{v:.2}")));
+        }
+        let share = cells(&busy_share, |v| format!("{v:.0}%"));
+        println!("whole machine busy during the bulk transfers ({cpus} CPUs): {share}");
     }
     let final_rss = gateways[0].status_kib("VmRSS:");
     println!(
@@ -1064,6 +1112,8 @@ async fn bench(args: Vec<String>) {
         "metrics": json_rows,
         "cpu_s_per_gib": per_gib,
         "machine_cpu_s_per_gib": machine_per_gib,
+        "machine_cpu_s_per_gib_by_op": machine_per_gib_op,
+        "machine_busy_percent": busy_share,
         "cpu_us_per_4k_get_c64": per_req,
         "added_p50_c1_us": added,
         "gateway_rss_kib": { "idle": idle_rss, "peak": peak_rss, "after_all": final_rss, "transfer_bytes": settings.rss_transfer },
