@@ -200,6 +200,11 @@ impl Spent {
         self.amount += other.amount;
         self.wall += other.wall;
     }
+
+    /// `seconds` per unit of what was done.
+    fn per_amount(&self, seconds: f64) -> f64 {
+        seconds / self.amount.max(1e-9)
+    }
 }
 
 type CpuLedger = BTreeMap<&'static str, Spent>;
@@ -1047,29 +1052,28 @@ async fn bench(args: Vec<String>) {
         println!("added p50 at c=1, {label}, µs: {}", cells.join(", "));
         added.insert(label.into(), row.into());
     }
-    let per = |ledger: &CpuLedger, scale: f64, of: fn(&Spent) -> f64| -> BTreeMap<&str, f64> {
-        ledger.iter().map(|(k, s)| (*k, of(s) / s.amount.max(1e-9) * scale)).collect()
+    // A figure per path, from the paths whose work took at least `min_wall` seconds.
+    let figures = |ledger: &CpuLedger, min_wall: f64, of: &dyn Fn(&Spent) -> f64| -> BTreeMap<&str, f64> {
+        ledger.iter().filter(|(_, s)| s.wall >= min_wall).map(|(k, s)| (*k, of(s))).collect()
     };
     let mut cpu_bulk = CpuLedger::new();
     for (name, spent) in cpu_ops.values().flatten() {
         cpu_bulk.entry(name).or_default().add(spent);
     }
-    let per_gib = per(&cpu_bulk, 1.0, |s| s.own);
-    let per_req = per(&cpu_c64, 1e6, |s| s.own);
+    let per_gib = figures(&cpu_bulk, 0.0, &|s| s.per_amount(s.own));
+    let per_req = figures(&cpu_c64, 0.0, &|s| s.per_amount(s.own) * 1e6);
     // `/proc/stat` counts 10 ms ticks: over less than a fifth of a second of transfers (the
     // `cargo test` run), the machine's figures would be noise, so they are left out.
-    let machine = |ledger: &CpuLedger, of: &dyn Fn(&Spent) -> f64| -> BTreeMap<&str, f64> {
-        ledger.iter().filter(|(_, s)| s.wall >= 0.2).map(|(k, s)| (*k, of(s))).collect()
-    };
-    let per_gib_of_machine = |s: &Spent| s.machine / s.amount.max(1e-9);
-    let machine_per_gib = machine(&cpu_bulk, &per_gib_of_machine);
+    const MACHINE_MIN_WALL: f64 = 0.2;
+    let machine_per_gib_of = |ledger: &CpuLedger| figures(ledger, MACHINE_MIN_WALL, &|s| s.per_amount(s.machine));
+    let machine_per_gib = machine_per_gib_of(&cpu_bulk);
     let machine_per_gib_op: BTreeMap<&str, BTreeMap<&str, f64>> =
-        cpu_ops.iter().map(|(op, ledger)| (*op, machine(ledger, &per_gib_of_machine))).collect();
+        cpu_ops.iter().map(|(op, ledger)| (*op, machine_per_gib_of(ledger))).collect();
     // The share of the machine's CPU time that was busy while each path moved its bulk: near
     // 100 %, throughput is bound by the machine's CPU, and a path's ratio to direct follows
     // the ratio of their whole-machine CPU per GiB.
     let cpus = machine_cpus();
-    let busy_share = machine(&cpu_bulk, &|s| 100.0 * s.machine / (s.wall * cpus));
+    let busy_share = figures(&cpu_bulk, MACHINE_MIN_WALL, &|s| 100.0 * s.machine / (s.wall * cpus));
     for name in &proxies {
         let (gib, req) = (per_gib.get(name), per_req.get(name));
         if gib.is_some() || req.is_some() {
