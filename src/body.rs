@@ -20,6 +20,13 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 /// on a request head; the server sets its own, `server::MAX_HEAD`.
 pub const MAX_READ: usize = 1 << 20;
 
+/// The most header fields a head may carry, in either direction and on either engine. Swift
+/// reads up to 1.6 × `MAX_HEADER_COUNT` (126) fields, about 201, and answers up to 90 metadata
+/// items plus a dozen of its own fields; hyper's default of 100 turned such answers into 502s.
+/// A field costs a 32-byte slot in a parse, and a head's bytes stay bounded by
+/// `server::MAX_HEAD`.
+pub const MAX_FIELDS: usize = 256;
+
 /// Error type carried by streaming bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -541,7 +541,11 @@ pub async fn run<H: Handler>(
 ) {
     // hyper's own header-read timer costs a timer per request; `Peer::quiet` does its work.
     let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(crate::body::MAX_READ).max_header_size(MAX_HEAD);
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(crate::body::MAX_READ)
+        .max_header_size(MAX_HEAD)
+        .max_headers(crate::body::MAX_FIELDS);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
     let builders = Arc::new((h1, h2));

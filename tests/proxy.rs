@@ -447,3 +447,51 @@ async fn anonymous_requests_go_upstream_without_credentials() {
     tokens.invalidate("alice", &held.creds.token);
     assert_eq!(raw::send("GET", &url, &[], full("")).await.status, 200, "the target is kept");
 }
+
+/// Swift allows 90 metadata items on an account, a container or an object, and answers them
+/// with a dozen fields of its own: more than hyper's default 100 fields, in both directions.
+/// Each head is asked of both engines: the fast path (a plain `GET`/`HEAD`) and hyper's (the
+/// same with `Content-Length: 0`, which the fast path hands over, as Python's http.client sends).
+#[tokio::test]
+async fn ninety_metadata_items_pass_both_engines_both_ways() {
+    let stack = proxy_stack().await;
+    let (url, token) = stack.storage_login().await;
+    let meta = |kind: &str| -> Vec<(String, String)> {
+        (0..90).map(|i| (format!("x-{kind}-meta-item{i:02}"), format!("value {i}"))).collect()
+    };
+    // Over 100 request fields: the 90 items and twenty more the upstream ignores.
+    let padding: Vec<(String, String)> = (0..20).map(|i| (format!("x-padding-{i:02}"), "p".to_owned())).collect();
+    let send = |method: &'static str, target: String, kind: &'static str, extra: Vec<(String, String)>| {
+        let token = token.clone();
+        async move {
+            let mut h: Vec<(String, String)> = vec![("x-auth-token".into(), token)];
+            h.extend(extra);
+            let refs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let answer = raw::send(method, &target, &refs, full("")).await;
+            (kind, answer)
+        }
+    };
+    let zero = ("content-length".to_owned(), "0".to_owned());
+    let with_meta = |kind| meta(kind).into_iter().chain(padding.clone()).chain([zero.clone()]).collect::<Vec<_>>();
+    assert_eq!(send("POST", url.clone(), "account", with_meta("account")).await.1.status, 204);
+    assert_eq!(send("PUT", format!("{url}/many"), "container", with_meta("container")).await.1.status, 201);
+    assert_eq!(send("PUT", format!("{url}/many/obj"), "object", with_meta("object")).await.1.status, 201);
+    for (target, kind) in
+        [(url.clone(), "account"), (format!("{url}/many"), "container"), (format!("{url}/many/obj"), "object")]
+    {
+        for method in ["HEAD", "GET"] {
+            for hyper_engine in [false, true] {
+                let before = stack.gw.fast_answers();
+                let extra = if hyper_engine { vec![zero.clone()] } else { Vec::new() };
+                let (_, answer) = send(method, target.clone(), kind, extra).await;
+                let engine = if hyper_engine { "hyper" } else { "fast" };
+                assert!(answer.status / 100 == 2, "{method} {kind} on {engine}: {}", answer.status);
+                let items =
+                    answer.headers.keys().filter(|k| k.as_str().starts_with(&format!("x-{kind}-meta-"))).count();
+                assert_eq!(items, 90, "{method} {kind} on {engine}");
+                assert!(answer.headers.len() > 90, "{method} {kind} on {engine}");
+                assert_eq!(stack.gw.fast_answers() - before, u64::from(!hyper_engine), "{method} {kind} on {engine}");
+            }
+        }
+    }
+}

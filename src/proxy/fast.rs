@@ -75,9 +75,8 @@ pub trait Authority: Sync {
 /// Header fields a request head may have for the fast path to take it (hyper's limit is 100;
 /// a head with more goes to hyper).
 const MAX_REQUEST_FIELDS: usize = 64;
-/// Header fields an answer's head may have (Swift sends up to 90 metadata fields and a few
-/// of its own; more goes to hyper).
-const MAX_RESPONSE_FIELDS: usize = 128;
+/// Header fields an answer's head may have: as many as the hyper engine takes.
+const MAX_RESPONSE_FIELDS: usize = crate::body::MAX_FIELDS;
 /// What the client's read buffer grows by.
 const CLIENT_READ: usize = 8 * 1024;
 /// What an upstream connection's read buffer starts at; it doubles, up to

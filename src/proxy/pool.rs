@@ -234,6 +234,7 @@ impl Pools {
         let io = self.open(uri).await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(crate::body::MAX_READ)
+            .max_headers(crate::body::MAX_FIELDS)
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;

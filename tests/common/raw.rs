@@ -44,7 +44,9 @@ pub async fn try_send(
     headers: &[(&str, &str)],
     body: Boxed,
 ) -> Result<Answer, hyper_util::client::legacy::Error> {
-    let client: Client<_, Boxed> = Client::builder(TokioExecutor::new()).build_http();
+    // As many answer fields as Swift can send (hyper's default is 100).
+    let client: Client<_, Boxed> =
+        Client::builder(TokioExecutor::new()).http1_max_headers(swiftgate::body::MAX_FIELDS).build_http();
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
