@@ -28,10 +28,9 @@ impl CredentialSource for Fixed {
             expires: SystemTime::now() + Duration::from_secs(86400),
         })
     }
-    async fn usage(&self) -> Result<Usage, ProviderError> {
+    async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
         Ok(Usage { used: 0, quota: 0 })
     }
-    fn reset(&self) {}
 }
 
 fn hot(c: &mut Criterion) {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretSource};
 
 /// How v1.0 auth answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -92,8 +92,12 @@ pub struct Config {
     /// TLS certificate and key; plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// The HubiC application.
-    pub hubic: HubicConfig,
+    /// The HubiC application; needed only when a HubiC account exists.
+    #[serde(default)]
+    pub hubic: Option<HubicConfig>,
+    /// Declared upstream accounts. Without any, every user's account is a HubiC one.
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<AccountConfig>,
     /// Gateway users.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
@@ -129,6 +133,210 @@ pub struct HubicConfig {
     pub scope: String,
 }
 
+impl HubicConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_url("hubic.api_base", &self.api_base)?;
+        if !self.api_base.starts_with("https://") && !is_loopback_url(&self.api_base) {
+            return Err(invalid(
+                "hubic.api_base",
+                "must be https:// (http:// only for a loopback host): the client secret and refresh tokens go there",
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(invalid("hubic.client_id", "must not be empty"));
+        }
+        one_of("hubic.client_secret", &self.client_secret, &self.client_secret_file)?;
+        if self.scope.split(',').all(|s| s.trim() != "credentials.r") {
+            return Err(invalid("hubic.scope", "must include credentials.r (needed to obtain Swift credentials)"));
+        }
+        Ok(())
+    }
+}
+
+impl KeystoneConfig {
+    fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        check_url(&key("auth_url"), &self.auth_url)?;
+        if !matches!(self.interface.as_str(), "public" | "internal" | "admin") {
+            return Err(invalid(key("interface"), "must be public, internal or admin"));
+        }
+        if self.region.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(key("region"), "must not be empty (leave it out instead)"));
+        }
+        if let Some(id) = &self.application_credential_id {
+            if id.is_empty() {
+                return Err(invalid(key("application_credential_id"), "must not be empty"));
+            }
+            // The credential carries its own user and scope.
+            let password_keys = [
+                ("username", self.username.is_some()),
+                ("password", self.password.is_some() || self.password_file.is_some()),
+                ("project", self.project.is_some() || self.project_id.is_some()),
+                ("user_domain", self.user_domain.is_some()),
+                ("project_domain", self.project_domain.is_some()),
+            ];
+            if let Some((k, _)) = password_keys.iter().find(|(_, set)| *set) {
+                return Err(invalid(key(k), "not used with an application credential: leave it out"));
+            }
+            return one_of(
+                &key("application_credential_secret"),
+                &self.application_credential_secret,
+                &self.application_credential_secret_file,
+            );
+        }
+        if self.application_credential_secret.is_some() || self.application_credential_secret_file.is_some() {
+            return Err(invalid(key("application_credential_id"), "missing (the secret is set)"));
+        }
+        if self.username.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                key("username"),
+                "missing: set username, password and project, or application_credential_id and its secret",
+            ));
+        }
+        one_of(&key("password"), &self.password, &self.password_file)?;
+        match (&self.project, &self.project_id) {
+            (Some(_), Some(_)) => Err(invalid(key("project"), "set either project or project_id, not both")),
+            (None, None) => Err(invalid(key("project"), "missing (or set project_id)")),
+            (Some(p), None) | (None, Some(p)) if p.is_empty() => Err(invalid(key("project"), "must not be empty")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One declared upstream account: its name and how its Swift credentials are obtained.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AccountConfig {
+    /// Keystone v3 (OpenStack: OVHcloud, Infomaniak, Catalyst, Cleura, private clouds).
+    Keystone(Box<KeystoneConfig>),
+    /// Swift v1 auth (`X-Auth-User`/`X-Auth-Key`: Ceph RGW, StorageGRID, tempauth).
+    SwiftV1(SwiftV1Config),
+    /// A fixed storage URL and token.
+    Static(StaticConfig),
+    /// A HubiC account, registered through the gateway (needs `[hubic]`).
+    Hubic(HubicAccountConfig),
+}
+
+impl AccountConfig {
+    /// The account's name, which users' `account` refers to.
+    pub fn name(&self) -> &str {
+        match self {
+            AccountConfig::Keystone(a) => &a.name,
+            AccountConfig::SwiftV1(a) => &a.name,
+            AccountConfig::Static(a) => &a.name,
+            AccountConfig::Hubic(a) => &a.name,
+        }
+    }
+
+    /// The provider's name as written in the file.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            AccountConfig::Keystone(_) => "keystone",
+            AccountConfig::SwiftV1(_) => "swift-v1",
+            AccountConfig::Static(_) => "static",
+            AccountConfig::Hubic(_) => "hubic",
+        }
+    }
+}
+
+/// A Keystone v3 account: password auth scoped to a project, or an application credential.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoneConfig {
+    /// The account's name.
+    pub name: String,
+    /// Keystone's URL, normally ending in `/v3` (added when missing).
+    pub auth_url: String,
+    /// Password auth: the user's name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The user's domain name (default `Default`).
+    #[serde(default)]
+    pub user_domain: Option<String>,
+    /// The user's password (or use `password_file`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password, read at each token request.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The project to scope to, by name (with `project_domain`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// The project to scope to, by id.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// The project's domain name (default: `user_domain`).
+    #[serde(default)]
+    pub project_domain: Option<String>,
+    /// An application credential's id (then no username, password or project).
+    #[serde(default)]
+    pub application_credential_id: Option<String>,
+    /// The application credential's secret (or use `application_credential_secret_file`).
+    #[serde(default)]
+    pub application_credential_secret: Option<Secret>,
+    /// A file holding the application credential's secret.
+    #[serde(default)]
+    pub application_credential_secret_file: Option<PathBuf>,
+    /// The catalog region; needed when the catalog has object-store endpoints in several.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The catalog interface: `public` (default), `internal` or `admin`.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+}
+
+/// A Swift v1 account (`GET auth_url` with `X-Auth-User` and `X-Auth-Key`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwiftV1Config {
+    /// The account's name.
+    pub name: String,
+    /// The v1.0 auth URL, e.g. `http://rgw.example:8080/auth/v1.0`.
+    pub auth_url: String,
+    /// `X-Auth-User`, e.g. `test:tester`.
+    pub user: String,
+    /// `X-Auth-Key` (or use `key_file`).
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// A file holding the key, read at each token request.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The token's assumed life in seconds when upstream sends no `X-Auth-Token-Expires`.
+    #[serde(default = "default_token_life")]
+    pub token_life: u64,
+}
+
+/// A fixed storage URL and token: passed through, never renewed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// The account's name.
+    pub name: String,
+    /// The storage URL, e.g. `https://swift.example/v1/AUTH_x`.
+    pub storage_url: String,
+    /// The token (or use `token_file`).
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the token, read again when it changes.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A HubiC account declared among others; its grant comes from registration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubicAccountConfig {
+    /// The account's name (its grant's file name in the state directory).
+    pub name: String,
+}
+
+fn default_interface() -> String {
+    "public".to_owned()
+}
+
+fn default_token_life() -> u64 {
+    3600
+}
+
 /// One gateway user: the v1.0 credentials a Swift client presents, bound to one account.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,8 +349,8 @@ pub struct UserConfig {
     /// A file holding the hash.
     #[serde(default)]
     pub key_hash_file: Option<PathBuf>,
-    /// The HubiC account this user reaches; defaults to the user name with unsafe characters
-    /// replaced by `_`.
+    /// The account this user reaches: a declared `[[account]]`'s name or, with none declared,
+    /// a HubiC account's; defaults to the user name with unsafe characters replaced by `_`.
     #[serde(default)]
     pub account: Option<String>,
 }
@@ -257,19 +465,31 @@ impl Config {
         if let Some(v) = env("SWIFTGATE_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
         }
+        let hubic_env = [
+            "SWIFTGATE_HUBIC_API_BASE",
+            "SWIFTGATE_HUBIC_CLIENT_ID",
+            "SWIFTGATE_HUBIC_CLIENT_SECRET",
+            "SWIFTGATE_HUBIC_CLIENT_SECRET_FILE",
+        ];
+        let Some(hubic) = &mut self.hubic else {
+            return match hubic_env.into_iter().find(|k| env(k).is_some()) {
+                Some(k) => Err(invalid(k, "the file has no [hubic] table to override")),
+                None => Ok(()),
+            };
+        };
         if let Some(v) = env("SWIFTGATE_HUBIC_API_BASE") {
-            self.hubic.api_base = v;
+            hubic.api_base = v;
         }
         if let Some(v) = env("SWIFTGATE_HUBIC_CLIENT_ID") {
-            self.hubic.client_id = v;
+            hubic.client_id = v;
         }
         if let Some(v) = env("SWIFTGATE_HUBIC_CLIENT_SECRET") {
-            self.hubic.client_secret = Some(Secret::new(v));
-            self.hubic.client_secret_file = None;
+            hubic.client_secret = Some(Secret::new(v));
+            hubic.client_secret_file = None;
         }
         if let Some(v) = env("SWIFTGATE_HUBIC_CLIENT_SECRET_FILE") {
-            self.hubic.client_secret_file = Some(PathBuf::from(v));
-            self.hubic.client_secret = None;
+            hubic.client_secret_file = Some(PathBuf::from(v));
+            hubic.client_secret = None;
         }
         Ok(())
     }
@@ -285,8 +505,17 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
-        if let Some(f) = &mut self.hubic.client_secret_file {
+        if let Some(f) = self.hubic.as_mut().and_then(|h| h.client_secret_file.as_mut()) {
             fix(f);
+        }
+        for account in &mut self.accounts {
+            let files = match account {
+                AccountConfig::Keystone(k) => [k.password_file.as_mut(), k.application_credential_secret_file.as_mut()],
+                AccountConfig::SwiftV1(a) => [a.key_file.as_mut(), None],
+                AccountConfig::Static(a) => [a.token_file.as_mut(), None],
+                AccountConfig::Hubic(_) => [None, None],
+            };
+            files.into_iter().flatten().for_each(fix);
         }
         if let Some(f) = &mut self.proxy.upstream_ca_file {
             fix(f);
@@ -331,27 +560,10 @@ impl Config {
                 "timeouts must be positive, and idle_timeout at least 15 s (Swift heartbeats every 10 s)",
             ));
         }
-        check_url("hubic.api_base", &self.hubic.api_base)?;
-        if !self.hubic.api_base.starts_with("https://") && !is_loopback_url(&self.hubic.api_base) {
-            return Err(invalid(
-                "hubic.api_base",
-                "must be https:// (http:// only for a loopback host): the client secret and refresh tokens go there",
-            ));
+        if let Some(hubic) = &self.hubic {
+            hubic.validate()?;
         }
-        if self.hubic.client_id.trim().is_empty() {
-            return Err(invalid("hubic.client_id", "must not be empty"));
-        }
-        match (&self.hubic.client_secret, &self.hubic.client_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid("hubic.client_secret", "set either client_secret or client_secret_file, not both"))
-            }
-            (None, None) => return Err(invalid("hubic.client_secret", "missing (or set hubic.client_secret_file)")),
-            (Some(s), None) if s.is_empty() => return Err(invalid("hubic.client_secret", "must not be empty")),
-            _ => {}
-        }
-        if self.hubic.scope.split(',').all(|s| s.trim() != "credentials.r") {
-            return Err(invalid("hubic.scope", "must include credentials.r (needed to obtain Swift credentials)"));
-        }
+        self.validate_accounts()?;
         let mut seen = std::collections::HashSet::new();
         // Account → the user that reaches it; written ones first, so a derived name that lands
         // on any other user's account is refused, wherever that user stands.
@@ -395,7 +607,77 @@ impl Config {
                 }
             }
         }
+        self.validate_bindings()
+    }
+
+    /// Each declared account's own keys, and their names unique.
+    fn validate_accounts(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = |field: &str| format!("account[{i}].{field}");
+            check_account(&key("name"), account.name())?;
+            if !names.insert(account.name()) {
+                return Err(invalid(key("name"), format!("duplicate account {:?}", account.name())));
+            }
+            match account {
+                AccountConfig::Keystone(k) => k.validate(&key)?,
+                AccountConfig::SwiftV1(a) => {
+                    check_url(&key("auth_url"), &a.auth_url)?;
+                    if a.user.is_empty() {
+                        return Err(invalid(key("user"), "must not be empty"));
+                    }
+                    one_of(&key("key"), &a.key, &a.key_file)?;
+                    if !(60..=MAX_TOKEN_TTL).contains(&a.token_life) {
+                        return Err(invalid(key("token_life"), "must be between 60 seconds and 366 days"));
+                    }
+                }
+                AccountConfig::Static(a) => {
+                    check_url(&key("storage_url"), &a.storage_url)?;
+                    one_of(&key("token"), &a.token, &a.token_file)?;
+                }
+                AccountConfig::Hubic(_) => {}
+            }
+        }
         Ok(())
+    }
+
+    /// Every user reaches an account that exists, and `[hubic]` is there when a HubiC account is.
+    fn validate_bindings(&self) -> Result<(), ConfigError> {
+        if !self.accounts.is_empty() {
+            for (i, user) in self.users.iter().enumerate() {
+                let account = user.account.clone().unwrap_or_else(|| account_from_name(&user.name));
+                if !self.accounts.iter().any(|a| a.name() == account) {
+                    return Err(invalid(
+                        format!("user[{i}].account"),
+                        format!(
+                            "no [[account]] is named {account:?} (declare HubiC accounts with provider = \"hubic\")"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.hubic.is_none() {
+            if let Some(account) = self.resolved_accounts().iter().find(|a| matches!(a, AccountConfig::Hubic(_))) {
+                return Err(invalid(
+                    "hubic",
+                    format!("account {:?} is a HubiC account: the [hubic] table is needed", account.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every account the gateway keeps credentials for: the declared ones or, with none
+    /// declared, one HubiC account per account the users name.
+    pub fn resolved_accounts(&self) -> Vec<AccountConfig> {
+        if !self.accounts.is_empty() {
+            return self.accounts.clone();
+        }
+        let mut names: Vec<String> =
+            self.users.iter().map(|u| u.account.clone().unwrap_or_else(|| account_from_name(&u.name))).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(|name| AccountConfig::Hubic(HubicAccountConfig { name })).collect()
     }
 
     /// The public base URL without a trailing slash.
@@ -409,19 +691,13 @@ impl Config {
         }
     }
 
-    /// The client secret, read from its file if configured that way.
+    /// The HubiC client secret, read from its file if configured that way.
     pub fn client_secret(&self) -> Result<Secret, ConfigError> {
-        if let Some(secret) = &self.hubic.client_secret {
-            return Ok(secret.clone());
-        }
-        let path = self.hubic.client_secret_file.as_deref().unwrap_or(Path::new(""));
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let secret = text.trim();
-        if secret.is_empty() {
-            return Err(invalid("hubic.client_secret_file", "file is empty"));
-        }
-        Ok(Secret::new(secret))
+        let hubic = self.hubic.as_ref().ok_or_else(|| invalid("hubic", "missing"))?;
+        SecretSource::of(&hubic.client_secret, &hubic.client_secret_file)
+            .ok_or_else(|| invalid("hubic.client_secret", "missing"))?
+            .read()
+            .map_err(|e| invalid("hubic.client_secret_file", e))
     }
 
     /// Users with hashes read from files and account names resolved.
@@ -479,10 +755,12 @@ fn is_loopback_url(url: &str) -> bool {
 /// A TOML error as position and message, without the source line `toml` would quote: that line
 /// may hold a secret (a misspelt `client_secret`), and so may a value the message quotes (an
 /// unquoted number where a string was expected). Quoted values are left out, except the field
-/// names an unknown-field error lists.
+/// names an unknown-field or unknown-variant error lists.
 fn parse_message(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim();
-    let message = if message.starts_with("unknown field") { message.to_owned() } else { without_quoted(message) };
+    // The names an unknown-field or unknown-variant error lists are keys and providers.
+    let names_only = message.starts_with("unknown field") || message.starts_with("unknown variant");
+    let message = if names_only { message.to_owned() } else { without_quoted(message) };
     match e.span() {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or(text);
@@ -510,6 +788,16 @@ fn without_quoted(message: &str) -> String {
         }
     }
     out
+}
+
+/// A secret set either in the file or in a file of its own, exactly one of the two.
+fn one_of(key: &str, inline: &Option<Secret>, file: &Option<PathBuf>) -> Result<(), ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(key, format!("set either {key} or its _file, not both"))),
+        (None, None) => Err(invalid(key, "missing (or set its _file)")),
+        (Some(s), None) if s.is_empty() => Err(invalid(key, "must not be empty")),
+        _ => Ok(()),
+    }
 }
 
 fn check_hash(key: &str, hash: &str) -> Result<(), ConfigError> {
@@ -615,6 +903,88 @@ mod tests {
         ] {
             Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_or_else(|e| panic!("{e}\n{text}"));
         }
+    }
+
+    /// A file with one user bound to the account `ks`, declared by `account`, and no `[hubic]`.
+    fn declared(account: &str) -> String {
+        format!(
+            "state_dir = \"/tmp/x\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{HASH}\"\naccount = \"ks\"\n[[account]]\nname = \"ks\"\n{account}"
+        )
+    }
+
+    const KEYSTONE: &str = "provider = \"keystone\"\nauth_url = \"https://auth.example/v3\"\nusername = \"u\"\npassword = \"p\"\nproject = \"pr\"\n";
+    const APP_CREDENTIAL: &str = "provider = \"keystone\"\nauth_url = \"https://auth.example/v3\"\napplication_credential_id = \"i\"\napplication_credential_secret = \"s\"\n";
+
+    #[test]
+    fn declared_accounts_need_no_hubic_table() {
+        for account in [
+            KEYSTONE.to_owned(),
+            KEYSTONE.replace("project = \"pr\"", "project_id = \"0123\"") + "region = \"GRA\"\ninterface = \"internal\"\n",
+            APP_CREDENTIAL.to_owned(),
+            "provider = \"swift-v1\"\nauth_url = \"http://rgw.example:8080/auth/v1.0\"\nuser = \"t:u\"\nkey_file = \"k\"\n".to_owned(),
+            "provider = \"static\"\nstorage_url = \"https://s.example/v1/AUTH_x\"\ntoken_file = \"t\"\n".to_owned(),
+        ] {
+            let config = Config::parse(&declared(&account), "t").unwrap();
+            config.validate().unwrap_or_else(|e| panic!("{e}\n{account}"));
+            assert!(config.hubic.is_none());
+            assert_eq!(config.resolved_accounts().len(), 1);
+        }
+        // A HubiC account among them needs [hubic]; without [[account]], every account is HubiC.
+        let hubic = declared("provider = \"hubic\"\n");
+        let err = Config::parse(&hubic, "t").unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("`hubic`") && err.contains("\"ks\""), "{err}");
+        let with_table = hubic + "[hubic]\nclient_id = \"api_hubic_x\"\nclient_secret = \"s\"\n";
+        Config::parse(&with_table, "t").unwrap().validate().unwrap();
+        let implicit = Config::parse(&base(), "t").unwrap();
+        assert!(matches!(&implicit.resolved_accounts()[..], [AccountConfig::Hubic(a)] if a.name == "alice"));
+    }
+
+    #[test]
+    fn account_errors_name_the_key() {
+        let cases = [
+            (declared(&KEYSTONE.replace("password = \"p\"\n", "")), "account[0].password"),
+            (declared(&(KEYSTONE.to_owned() + "password_file = \"f\"\n")), "account[0].password"),
+            (declared(&KEYSTONE.replace("project = \"pr\"\n", "")), "account[0].project"),
+            (declared(&(KEYSTONE.to_owned() + "project_id = \"x\"\n")), "account[0].project"),
+            (declared(&KEYSTONE.replace("username = \"u\"\n", "")), "account[0].username"),
+            (declared(&(KEYSTONE.to_owned() + "interface = \"private\"\n")), "account[0].interface"),
+            (declared(&KEYSTONE.replace("https://auth.example/v3", "auth.example")), "account[0].auth_url"),
+            (declared(&(APP_CREDENTIAL.to_owned() + "username = \"u\"\n")), "account[0].username"),
+            (declared(&(APP_CREDENTIAL.to_owned() + "project = \"p\"\n")), "account[0].project"),
+            (declared(&APP_CREDENTIAL.replace("application_credential_secret = \"s\"\n", "")), "application_credential_secret"),
+            (declared(&KEYSTONE.replace("keystone", "openstack")), "openstack"),
+            (declared(&(KEYSTONE.to_owned() + "colour = \"blue\"\n")), "colour"),
+            (declared("provider = \"swift-v1\"\nauth_url = \"http://r/auth/v1.0\"\nuser = \"u\"\n"), "account[0].key"),
+            (
+                declared("provider = \"swift-v1\"\nauth_url = \"http://r/auth/v1.0\"\nuser = \"u\"\nkey = \"k\"\ntoken_life = 1\n"),
+                "account[0].token_life",
+            ),
+            (declared("provider = \"static\"\nstorage_url = \"https://s/v1/AUTH_x\"\n"), "account[0].token"),
+            (declared(KEYSTONE).replace("account = \"ks\"", "account = \"kz\""), "user[0].account"),
+            (declared(KEYSTONE) + "[[account]]\nname = \"ks\"\n" + APP_CREDENTIAL, "account[1].name"),
+            (declared(KEYSTONE).replace("name = \"ks\"\n", "name = \"../ks\"\n"), "account[0].name"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}\n{text}");
+            assert!(!err.contains("\"p\"") && !err.contains("\"s\""), "a secret in the error: {err}");
+        }
+    }
+
+    #[test]
+    fn account_secret_files_are_relative_to_the_file_and_kept_out_of_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "keystone-secret\n").unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, declared(&KEYSTONE.replace("password = \"p\"", "password_file = \"pw\""))).unwrap();
+        let config = Config::load(&path, |_| None).unwrap();
+        let AccountConfig::Keystone(ks) = &config.accounts[0] else { panic!("{config:?}") };
+        let source = SecretSource::of(&ks.password, &ks.password_file).unwrap();
+        assert_eq!(source.read().unwrap().expose(), "keystone-secret");
+        let inline = Config::parse(&declared(&KEYSTONE.replace("\"p\"", "\"hunter2\"")), "t").unwrap();
+        assert!(!format!("{inline:?}").contains("hunter2"));
+        let err = Config::load(&path, |k| (k == "SWIFTGATE_HUBIC_CLIENT_ID").then(|| "x".to_owned())).unwrap_err();
+        assert!(err.to_string().contains("SWIFTGATE_HUBIC_CLIENT_ID"), "{err}");
     }
 
     #[test]

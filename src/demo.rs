@@ -1,5 +1,6 @@
 //! `swiftgate demo`: the emulator with built-in storage and the gateway in one process, with a
-//! demo user registered through the real browser flow, ready for `swift` and rclone.
+//! demo user ready for `swift` and rclone: registered through the real browser flow (HubiC), or
+//! bound to the emulator's Keystone or Swift v1 auth.
 //!
 //! Also holds the scripted "browser" that walks the registration flow over HTTP, which the
 //! tests share.
@@ -35,6 +36,9 @@ pub struct DemoOptions {
     pub storage: StorageConfig,
     /// How the gateway answers v1.0 auth.
     pub mode: Mode,
+    /// How the gateway obtains the account's credentials from the emulator: `hubic` (the
+    /// browser registration first), `keystone` (a password scoped to a project) or `swift-v1`.
+    pub provider: String,
 }
 
 /// Walks the browser registration flow the way a person's browser would: posts the gateway's
@@ -132,13 +136,14 @@ pub fn single_user_config(
         workers: Some(1),
         proxy: crate::config::ProxyConfig::default(),
         tls: None,
-        hubic: HubicConfig {
+        hubic: Some(HubicConfig {
             api_base: api_base.to_owned(),
             client_id: app.client_id.clone(),
             client_secret: Some(app.client_secret.clone()),
             client_secret_file: None,
             scope: crate::config::default_scope(),
-        },
+        }),
+        accounts: Vec::new(),
         users: vec![UserConfig {
             name: user.to_owned(),
             key_hash: Some(key_hash.to_owned()),
@@ -155,6 +160,9 @@ pub async fn run(
     out: &mut (dyn Write + Send),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if options.provider != "hubic" && matches!(options.storage, StorageConfig::External { .. }) {
+        bail!("the emulated {} stands in front of the built-in storage only: leave out --swift-auth", options.provider);
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
@@ -179,23 +187,43 @@ pub async fn run(
     let state = crate::scratch::ScratchDir::new("swiftgate-demo")?;
     let key = random_alnum(24);
     let key_hash = hash_key(&key).map_err(|e| anyhow!("hashing the demo key: {e}"))?;
-    let config =
+    let mut config =
         single_user_config(state.path(), gateway_addr, emulator.base_url(), &app, "demo", &key_hash, options.mode);
+    let base = emulator.base_url();
+    let account = match options.provider.as_str() {
+        "hubic" => None,
+        "keystone" => Some(format!(
+            "provider = \"keystone\"\nauth_url = \"{base}/v3\"\nusername = \"{login}\"\npassword = \"{password}\"\nproject = \"{login}\"\n"
+        )),
+        "swift-v1" => Some(format!(
+            "provider = \"swift-v1\"\nauth_url = \"{base}/auth/v1.0\"\nuser = \"{login}\"\nkey = \"{password}\"\n"
+        )),
+        other => bail!("unknown provider {other:?}: hubic, keystone or swift-v1"),
+    };
+    if let Some(account) = &account {
+        let declared: crate::config::AccountConfig = toml::from_str(&format!("name = \"demo\"\n{account}"))?;
+        config.hubic = None;
+        config.accounts = vec![declared];
+        config.validate()?;
+    }
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(listener, gateway, ServeOptions::default(), async {
         let _ = stop_rx.await;
     }));
-    let (status, page) = browser_register(&gateway_url, "demo", &key, login, &password).await?;
-    if status != 200 {
-        bail!("demo registration failed ({status}): {page}");
+    if account.is_none() {
+        let (status, page) = browser_register(&gateway_url, "demo", &key, login, &password).await?;
+        if status != 200 {
+            bail!("demo registration failed ({status}): {page}");
+        }
     }
     server::announce(
         out,
         &format!(
             "export ST_AUTH={gateway_url}/auth/v1.0\nexport ST_USER=demo\nexport ST_KEY={key}\n\
              # then, for example:  swift upload default README.md && swift list default\n\
-             # HubiC emulator at {} (user {login}); Ctrl-C stops the demo\n",
+             # emulator ({} upstream) at {} (user {login}); Ctrl-C stops the demo\n",
+            options.provider,
             emulator.base_url()
         ),
     );

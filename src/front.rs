@@ -261,9 +261,16 @@ pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body
             StatusCode::BAD_GATEWAY,
             "HubiC refused the gateway's application credentials; the operator must check client_id/client_secret\n",
         ),
-        ProviderError::Transient(_) => {
-            let mut resp = body::text(StatusCode::SERVICE_UNAVAILABLE, "HubiC is temporarily unavailable; retry shortly\n");
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        ProviderError::AuthFailed(cause) => {
+            body::text(StatusCode::BAD_GATEWAY, format!("the storage's auth service refused this account: {cause}\n"))
+        }
+        ProviderError::Transient(_) | ProviderError::Busy { .. } => {
+            let wait = provider.retry_after().map_or(2, |d| d.as_secs().max(1));
+            let mut resp = body::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the storage's auth service is temporarily unavailable; retry shortly\n",
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
             resp
         }
         ProviderError::Protocol(_) | ProviderError::Store(_) => {

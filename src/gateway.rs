@@ -11,11 +11,15 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::clock::Clock;
+use crate::config::AccountConfig;
 use crate::config::{Config, ConfigError, Mode};
 use crate::front::{self, Issue, TokenIssuer, UpstreamCheck, Users};
 use crate::ops;
+use crate::provider::fixed::FixedAccount;
 use crate::provider::hubic::{HubicAccount, HubicClient};
-use crate::provider::{CredentialSource, ProviderError};
+use crate::provider::keystone::KeystoneAccount;
+use crate::provider::swift_v1::SwiftV1Account;
+use crate::provider::{self, CredentialSource, ProviderError};
 use crate::proxy::Proxy;
 use crate::register::{outcome_page, Registrar};
 use crate::secret::Secret;
@@ -65,7 +69,8 @@ pub enum BuildError {
 pub struct Gateway {
     users: Users,
     tokens: Arc<TokenManager>,
-    registrar: Registrar,
+    /// Present when there are HubiC accounts to register.
+    registrar: Option<Registrar>,
     public_url: String,
     /// Present in proxy mode.
     proxy: Option<Proxy>,
@@ -75,27 +80,48 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway: users, store, HubiC sources, token manager, registrar.
+    /// Builds the gateway: users, store, a credential source per account, token manager, and
+    /// the registrar when there are HubiC accounts.
     pub fn new(config: &Config, clock: Arc<dyn Clock>, policy: RenewPolicy) -> Result<Arc<Gateway>, BuildError> {
         let users = config.resolved_users()?;
         let store: Arc<dyn GrantStore> = Arc::new(FileStore::open(&config.state_dir)?);
-        let client = Arc::new(HubicClient::new(
-            &config.hubic.api_base,
-            &config.hubic.client_id,
-            config.client_secret()?,
-            clock.clone(),
-        )?);
-        let mut accounts: Vec<&str> = users.iter().map(|u| u.account.as_str()).collect();
-        accounts.sort_unstable();
-        accounts.dedup();
-        let sources = accounts.into_iter().map(|account| {
-            let source: Arc<dyn CredentialSource> = Arc::new(HubicAccount::new(client.clone(), store.clone(), account));
-            (account.to_owned(), source)
-        });
+        let http = provider::auth_client(config.proxy.upstream_ca_file.as_deref())?;
+        let accounts = config.resolved_accounts();
+        let hubic_accounts: Vec<String> =
+            accounts.iter().filter(|a| matches!(a, AccountConfig::Hubic(_))).map(|a| a.name().to_owned()).collect();
+        let hubic = match (&config.hubic, hubic_accounts.is_empty()) {
+            (Some(hubic), false) => Some(Arc::new(HubicClient::new(
+                &hubic.api_base,
+                &hubic.client_id,
+                config.client_secret()?,
+                clock.clone(),
+            )?)),
+            _ => None,
+        };
+        let mut sources = Vec::with_capacity(accounts.len());
+        for account in &accounts {
+            let source: Arc<dyn CredentialSource> = match (account, &hubic) {
+                (AccountConfig::Keystone(k), _) => Arc::new(KeystoneAccount::new(k, http.clone(), clock.clone())),
+                (AccountConfig::SwiftV1(a), _) => Arc::new(SwiftV1Account::new(a, http.clone(), clock.clone())),
+                (AccountConfig::Static(a), _) => Arc::new(FixedAccount::new(a, http.clone(), clock.clone())),
+                (AccountConfig::Hubic(a), Some(client)) => {
+                    Arc::new(HubicAccount::new(client.clone(), store.clone(), &a.name))
+                }
+                (AccountConfig::Hubic(_), None) => {
+                    return Err(ConfigError::Invalid { key: "hubic".into(), message: "missing".into() }.into())
+                }
+            };
+            sources.push((account.name().to_owned(), source));
+        }
         let tokens = Arc::new(TokenManager::new(sources, clock, policy));
         let public_url = config.public_url();
-        let check = UpstreamCheck::new(client.http().clone());
-        let registrar = Registrar::new(client, store, tokens.clone(), &public_url, &config.hubic.scope);
+        let check = UpstreamCheck::new(http);
+        let registrar = match (hubic, &config.hubic) {
+            (Some(client), Some(settings)) => {
+                Some(Registrar::new(client, store, tokens.clone(), &public_url, &settings.scope, hubic_accounts))
+            }
+            _ => None,
+        };
         let proxy = match config.mode {
             Mode::Proxy => Some(Proxy::new(config.proxy.settings(), &public_url, config.worker_count())?),
             Mode::Redirect => None,
@@ -109,9 +135,9 @@ impl Gateway {
         &self.tokens
     }
 
-    /// The registrar.
-    pub fn registrar(&self) -> &Registrar {
-        &self.registrar
+    /// The registrar, when there are HubiC accounts.
+    pub fn registrar(&self) -> Option<&Registrar> {
+        self.registrar.as_ref()
     }
 
     /// The streaming proxy, in proxy mode.
@@ -126,7 +152,11 @@ impl Gateway {
 
     /// Reads a registration form and checks its `user` and `key`: the form and the user's
     /// account, or the page to answer with.
-    async fn verified_form(&self, req: Request<Incoming>) -> Result<(Vec<(String, String)>, String), Response<Body>> {
+    async fn verified_form(
+        &self,
+        registrar: &Registrar,
+        req: Request<Incoming>,
+    ) -> Result<(Vec<(String, String)>, String), Response<Body>> {
         if cross_site(&req, &self.public_url) {
             // Another site's page posting a user's key to bind the visitor's HubiC account to
             // that user: the browser's consent would then land in someone else's storage.
@@ -141,21 +171,25 @@ impl Gateway {
         };
         let field = |k| body::form_get(&form, k).unwrap_or("");
         match self.users.verify(field("user"), field("key")).await {
-            Some(account) => Ok((form, account)),
+            Some(account) if registrar.registers(&account) => Ok((form, account)),
+            Some(account) => Err(body::text(
+                StatusCode::BAD_REQUEST,
+                format!("account {account} is not a HubiC account: it needs no registration\n"),
+            )),
             None => {
-                let mut resp = self.registrar.form_page(Some("Unknown user or wrong key."));
+                let mut resp = registrar.form_page(Some("Unknown user or wrong key."));
                 *resp.status_mut() = StatusCode::UNAUTHORIZED;
                 Err(resp)
             }
         }
     }
 
-    async fn register_post(&self, req: Request<Incoming>) -> Response<Body> {
-        let account = match self.verified_form(req).await {
+    async fn register_post(&self, registrar: &Registrar, req: Request<Incoming>) -> Response<Body> {
+        let account = match self.verified_form(registrar, req).await {
             Ok((_, account)) => account,
             Err(resp) => return resp,
         };
-        let (_, url, cookie) = self.registrar.begin_in_browser(&account);
+        let (_, url, cookie) = registrar.begin_in_browser(&account);
         let mut resp = body::redirect(&url);
         let secure = if self.public_url.starts_with("https://") { "; Secure" } else { "" };
         // The path the browser comes back to: under public_url's own path, if it has one.
@@ -172,18 +206,36 @@ impl Gateway {
         resp
     }
 
-    async fn autoregister_post(&self, req: Request<Incoming>) -> Response<Body> {
-        let (form, account) = match self.verified_form(req).await {
+    async fn autoregister_post(&self, registrar: &Registrar, req: Request<Incoming>) -> Response<Body> {
+        let (form, account) = match self.verified_form(registrar, req).await {
             Ok(v) => v,
             Err(resp) => return resp,
         };
         let field = |k| body::form_get(&form, k).unwrap_or("");
-        let result = self
-            .registrar
-            .autoregister(&account, field("login"), &Secret::new(field("password")))
-            .await
-            .map(|()| account);
+        let result =
+            registrar.autoregister(&account, field("login"), &Secret::new(field("password"))).await.map(|()| account);
         outcome_page(&result)
+    }
+
+    /// The registration endpoints, when there are HubiC accounts to register.
+    async fn registration(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(registrar) = &self.registrar else {
+            return crate::proxy::drain_then(
+                Some(req.into_body()),
+                body::text(StatusCode::NOT_FOUND, "no HubiC account here: nothing to register\n"),
+            );
+        };
+        match (req.method(), req.uri().path().trim_end_matches('/')) {
+            (&Method::GET, "/register" | "") => registrar.form_page(None),
+            (&Method::POST, "/register") => self.register_post(registrar, req).await,
+            (&Method::POST, "/autoregister") => self.autoregister_post(registrar, req).await,
+            (&Method::GET, "/callback") => {
+                let query = req.uri().query().unwrap_or("").to_owned();
+                let cookie = registration_cookie(req.headers());
+                outcome_page(&registrar.complete(&query, cookie.as_deref()).await)
+            }
+            _ => body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        }
     }
 
     /// The router: path and method to handler, nothing else decides.
@@ -197,13 +249,8 @@ impl Gateway {
             (&Method::GET, "/usage" | "/usage/") => {
                 ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url).await
             }
-            (&Method::GET, "/register" | "/register/" | "/") => self.registrar.form_page(None),
-            (&Method::POST, "/register" | "/register/") => self.register_post(req).await,
-            (&Method::POST, "/autoregister" | "/autoregister/") => self.autoregister_post(req).await,
-            (&Method::GET, "/callback" | "/callback/") => {
-                let query = req.uri().query().unwrap_or("").to_owned();
-                let cookie = registration_cookie(req.headers());
-                outcome_page(&self.registrar.complete(&query, cookie.as_deref()).await)
+            (_, "/register" | "/register/" | "/" | "/autoregister" | "/autoregister/" | "/callback" | "/callback/") => {
+                self.registration(req).await
             }
             _ if OWN_PATHS.contains(&path) => body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => match &self.proxy {

@@ -44,6 +44,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Also authenticate each account once and print its storage URL and token life.
+        #[arg(long)]
+        online: bool,
     },
     /// Print an argon2 hash of a key (read from stdin) for the `key_hash` of a user.
     HashKey,
@@ -93,6 +96,10 @@ enum Command {
         /// `proxy` (storage through the gateway) or `redirect` (upstream URL and token).
         #[arg(long, default_value = "proxy", value_parser = ["proxy", "redirect"])]
         mode: String,
+        /// The upstream auth the gateway uses: `hubic` (registered through the browser flow),
+        /// `keystone` or `swift-v1`, all emulated in front of the built-in storage.
+        #[arg(long, default_value = "hubic", value_parser = ["hubic", "keystone", "swift-v1"])]
+        provider: String,
         #[command(flatten)]
         emulator: EmulatorFlags,
     },
@@ -175,16 +182,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             serve(config).await
         }
-        Command::CheckConfig { config } => {
-            let config = load(&config)?;
-            config.client_secret()?;
-            let users = config.resolved_users()?;
-            if let Some(tls) = &config.tls {
-                server::tls_acceptor(&tls.cert, &tls.key)?;
-            }
-            println!("configuration OK: {} user(s), public URL {}", users.len(), config.public_url());
-            Ok(())
-        }
+        Command::CheckConfig { config, online } => check_config(load(&config)?, online).await,
         Command::HashKey => {
             let key = read_secret("Key to hash: ")?;
             if key.is_empty() {
@@ -234,7 +232,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             handle.stop().await;
             Ok(())
         }
-        Command::Demo { listen, mode, emulator } => {
+        Command::Demo { listen, mode, provider, emulator } => {
             let options = swiftgate::demo::DemoOptions {
                 listen,
                 swift_token_ttl: Duration::from_secs(emulator.swift_token_ttl),
@@ -245,12 +243,59 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 } else {
                     swiftgate::config::Mode::Proxy
                 },
+                provider,
             };
             let stop = server::shutdown_signal()?;
             let mut stdout = std::io::stdout();
             swiftgate::demo::run(options, &mut stdout, stop).await
         }
     }
+}
+
+/// `check-config`: the file's keys, secrets and certificates; with `online`, one token per
+/// account, its storage URL and life printed (the token never is).
+async fn check_config(config: Config, online: bool) -> anyhow::Result<()> {
+    if config.hubic.is_some() {
+        config.client_secret()?;
+    }
+    let users = config.resolved_users()?;
+    if let Some(tls) = &config.tls {
+        server::tls_acceptor(&tls.cert, &tls.key)?;
+    }
+    let accounts = config.resolved_accounts();
+    println!(
+        "configuration OK: {} user(s), {} account(s), public URL {}",
+        users.len(),
+        accounts.len(),
+        config.public_url()
+    );
+    if !online {
+        return Ok(());
+    }
+    let policy = RenewPolicy { attempts: 1, ..RenewPolicy::default() };
+    let gateway = Gateway::new(&config, Arc::new(SystemClock), policy)?;
+    let mut failed = 0;
+    for account in &accounts {
+        let (name, provider) = (account.name(), account.provider());
+        match gateway.tokens().credentials(name).await {
+            Ok(cached) => {
+                let left = cached.creds.expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                println!(
+                    "account {name} ({provider}): OK, storage URL {}, token valid for {} s",
+                    cached.creds.endpoint,
+                    left.as_secs()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("account {name} ({provider}): FAILED: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} account(s) could not authenticate", accounts.len());
+    }
+    Ok(())
 }
 
 /// How the configured gateway serves: TLS if `[tls]` is set, and the proxy's stall cut.
@@ -268,8 +313,15 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     config.listen = listener.local_addr()?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
     tokio::spawn(gateway.tokens().clone().warm_up());
-    let watched = gateway.clone();
-    tokio::spawn(async move { watched.registrar().watch_store(STORE_WATCH).await });
+    if gateway.registrar().is_some() {
+        let watched = gateway.clone();
+        tokio::spawn(async move {
+            if let Some(registrar) = watched.registrar() {
+                registrar.watch_store(STORE_WATCH).await;
+            }
+        });
+    }
+    tokio::spawn(gateway.tokens().clone().watch_sources(STORE_WATCH));
     let stop = server::shutdown_signal()?;
     server::announce(&mut std::io::stdout(), &format!("{}\n", config.public_url()));
     let workers = config.worker_count();
@@ -298,14 +350,18 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
         .map(|u| u.account.clone())
         .ok_or_else(|| anyhow!("no user {user:?} in the configuration"))?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
+    let registrar = match gateway.registrar() {
+        Some(r) if r.registers(&account) => r,
+        _ => bail!("account {account:?} is not a HubiC account: it needs no registration"),
+    };
     if let Some(login) = login {
         let password = Secret::new(read_secret(&format!("HubiC password for {login}: "))?);
-        gateway.registrar().autoregister(&account, &login, &password).await?;
+        registrar.autoregister(&account, &login, &password).await?;
         println!("registered account {account}");
         return Ok(());
     }
-    let mut done = gateway.registrar().subscribe();
-    let (_, url) = gateway.registrar().begin(&account);
+    let mut done = registrar.subscribe();
+    let (_, url) = registrar.begin(&account);
     println!("Open this URL in a browser and authorise the application:\n\n  {url}\n");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = if no_listen {
@@ -354,7 +410,7 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
                         println!("That is not the redirect URL (it has no query string); paste the whole URL:");
                         continue;
                     };
-                    match gateway.registrar().complete(query, None).await {
+                    match registrar.complete(query, None).await {
                         Ok(_) => break Ok(()),
                         Err(e) => break Err(e.into()),
                     }

@@ -42,7 +42,12 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// `GET /usage`, authenticated with the gateway user's key (v1.0 headers or HTTP Basic).
-pub async fn usage(headers: &HeaderMap, users: &Users, tokens: &TokenManager, public_url: &str) -> Response<Body> {
+pub async fn usage(
+    headers: &HeaderMap,
+    users: &Users,
+    tokens: &std::sync::Arc<TokenManager>,
+    public_url: &str,
+) -> Response<Body> {
     let creds = front::v1_credentials(headers)
         .map(|(u, k)| (u.to_owned(), k.to_owned()))
         .or_else(|| body::basic_credentials(headers));

@@ -103,6 +103,8 @@ pub struct Registrar {
     /// a pass of the watch cannot interleave (a pass that read the old grant would reset the
     /// new one's tokens).
     seen: Arc<tokio::sync::Mutex<HashMap<String, Option<Secret>>>>,
+    /// The HubiC accounts, the only ones registered here.
+    accounts: Vec<String>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -112,13 +114,14 @@ impl std::fmt::Debug for Registrar {
 }
 
 impl Registrar {
-    /// A registrar whose callback is `<public_url>/callback`.
+    /// A registrar of `accounts` whose callback is `<public_url>/callback`.
     pub fn new(
         client: Arc<HubicClient>,
         store: Arc<dyn GrantStore>,
         tokens: Arc<TokenManager>,
         public_url: &str,
         scope: &str,
+        accounts: Vec<String>,
     ) -> Self {
         let clock = tokens.clock().clone();
         Registrar {
@@ -132,7 +135,13 @@ impl Registrar {
             started: std::sync::atomic::AtomicU64::new(0),
             done: tokio::sync::broadcast::channel(16).0,
             seen: Arc::default(),
+            accounts,
         }
+    }
+
+    /// True for an account registered here (a HubiC one).
+    pub fn registers(&self, account: &str) -> bool {
+        self.accounts.iter().any(|a| a == account)
     }
 
     /// Checks the store every `every` for grants another process wrote (`swiftgate register`
@@ -147,12 +156,12 @@ impl Registrar {
 
     /// One pass of [`watch_store`](Self::watch_store); the first only records what is there.
     pub async fn check_store(&self) {
-        for account in self.tokens.accounts() {
+        for account in &self.accounts {
             let mut seen = self.seen.lock().await;
             // An unreadable file is reported where it is used; here it changes nothing.
             let Ok(grant) = self.store.load(account).await else { continue };
             let token = grant.map(|g| g.refresh_token);
-            let before = seen.insert(account.to_owned(), token.clone());
+            let before = seen.insert(account.clone(), token.clone());
             if before.is_some_and(|before| before != token) {
                 tracing::info!(account = %account, "the account's grant changed on disk; renewing with it");
                 self.tokens.reset(account);

@@ -49,6 +49,42 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Where a configured secret comes from: written in the configuration, or a file read each
+/// time the secret is needed, so that a rotated file is picked up without a restart.
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    /// The value itself.
+    Inline(Secret),
+    /// A file holding the value (surrounding whitespace ignored).
+    File(std::path::PathBuf),
+}
+
+impl SecretSource {
+    /// The source set by an inline value or a file, the inline one first.
+    pub fn of(inline: &Option<Secret>, file: &Option<std::path::PathBuf>) -> Option<SecretSource> {
+        match (inline, file) {
+            (Some(s), _) => Some(SecretSource::Inline(s.clone())),
+            (None, Some(f)) => Some(SecretSource::File(f.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The value now; the error names the file, never the value.
+    pub fn read(&self) -> Result<Secret, String> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+}
+
 /// Random alphanumeric string of `len` characters from the OS-seeded thread RNG.
 pub fn random_alnum(len: usize) -> String {
     use rand::{distributions::Alphanumeric, Rng};

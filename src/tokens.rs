@@ -20,6 +20,10 @@ const REFETCH_PACE: Duration = Duration::from_millis(200);
 /// How long past a token's last moments `credentials_lasting` keeps asking for a fresher one.
 const LASTING_PATIENCE: Duration = Duration::from_secs(3);
 
+/// The longest `Retry-After` a renewal waits out before its next attempt; a provider that asks
+/// for longer gets its wish as a held failure (the credentials still valid serve meanwhile).
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// When to renew and how hard to retry.
 #[derive(Clone, Debug)]
 pub struct RenewPolicy {
@@ -72,6 +76,9 @@ pub struct Cached {
     fetched: tokio::time::Instant,
     /// How long they had to live when they were handed out.
     life: Duration,
+    /// False when the source can only hand out the same token again (see
+    /// [`CredentialSource::renews`]).
+    pub renews: bool,
 }
 
 impl Cached {
@@ -98,6 +105,8 @@ enum Entry {
 }
 
 struct Slot {
+    /// The account's name, for the log.
+    name: String,
     source: Arc<dyn CredentialSource>,
     /// Held only to read or swap the entry, never across an await.
     entry: Mutex<Entry>,
@@ -157,6 +166,7 @@ impl TokenManager {
             .into_iter()
             .map(|(name, source)| {
                 let slot = Slot {
+                    name: name.clone(),
                     source,
                     entry: Mutex::new(Entry::Empty),
                     renewal: Arc::new(tokio::sync::Mutex::new(())),
@@ -335,9 +345,13 @@ impl TokenManager {
                     Some(target) => break Ok((creds, target)),
                     None => break Err(ProviderError::Protocol("the storage endpoint is not an http(s) URL".into())),
                 },
-                Err(e) if e.is_transient() && attempt < self.policy.attempts => {
-                    tracing::warn!(attempt, cause = %e, "credential renewal failed, retrying");
-                    tokio::time::sleep(delay).await;
+                Err(e)
+                    if e.is_transient()
+                        && attempt < self.policy.attempts
+                        && e.retry_after().is_none_or(|wait| wait <= BUSY_WAIT_MAX) =>
+                {
+                    tracing::warn!(account = %slot.name, attempt, cause = %e, "credential renewal failed, retrying");
+                    tokio::time::sleep(delay.max(e.retry_after().unwrap_or_default())).await;
                     delay *= 2;
                     attempt += 1;
                 }
@@ -366,8 +380,9 @@ impl TokenManager {
                         creds.expires - self.policy.expiry_margin.min(life / 10),
                     )
                 };
-                let cached =
-                    Arc::new(Cached { target, renew_at, stale_at, creds, fetched: tokio::time::Instant::now(), life });
+                let renews = slot.source.renews();
+                let fetched = tokio::time::Instant::now();
+                let cached = Arc::new(Cached { target, renew_at, stale_at, creds, fetched, life, renews });
                 if current {
                     *entry = Entry::Fresh(cached.clone());
                     *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
@@ -375,8 +390,9 @@ impl TokenManager {
                 Ok(cached)
             }
             Err(e) => {
-                tracing::warn!(cause = %e, "credential renewal failed");
+                tracing::warn!(account = %slot.name, cause = %e, "credential renewal failed");
                 let error = Arc::new(e);
+                let asked = error.retry_after().unwrap_or_default();
                 if !current {
                     return Err(TokenError::Provider(error));
                 }
@@ -385,13 +401,14 @@ impl TokenManager {
                 if let Entry::Fresh(c) = &*entry {
                     if now < c.stale_at {
                         *slot.early_not_before.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(now + self.policy.failure_hold * 5);
+                            Some(now + (self.policy.failure_hold * 5).max(asked));
                         return Ok(c.clone());
                     }
                 }
                 // Held briefly, never for good: a grant restored on disk or registered by another
                 // process (`swiftgate register`) is picked up without a restart.
                 let hold = if error.is_transient() { self.policy.failure_hold } else { self.policy.failure_hold * 5 };
+                let hold = hold.max(asked);
                 *entry = Entry::Failed { error: error.clone(), until: now + hold };
                 Err(TokenError::Provider(error))
             }
@@ -428,10 +445,28 @@ impl TokenManager {
         }
     }
 
-    /// The account's storage usage, asked of the source directly.
-    pub async fn usage(&self, account: &str) -> Result<Usage, TokenError> {
+    /// The account's storage usage, asked of the source with the account's credentials.
+    pub async fn usage(self: &Arc<Self>, account: &str) -> Result<Usage, TokenError> {
+        let cached = self.credentials(account).await?;
         let slot = self.slot(account)?;
-        slot.source.usage().await.map_err(|e| TokenError::Provider(Arc::new(e)))
+        slot.source.usage(&cached.creds).await.map_err(|e| TokenError::Provider(Arc::new(e)))
+    }
+
+    /// Every `period`, drops the cached credentials of each account whose source says what it
+    /// reads has changed (a fixed token's file rewritten). Runs until the manager is dropped.
+    pub async fn watch_sources(self: Arc<Self>, period: Duration) {
+        let manager = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(manager) = manager.upgrade() else { return };
+            for (name, slot) in &manager.slots {
+                if slot.source.changed() {
+                    tracing::info!(account = %name, "the account's token changed on disk; using the new one");
+                    manager.reset(name);
+                }
+            }
+        }
     }
 
     /// The accounts this manager keeps credentials for.
@@ -520,7 +555,7 @@ mod tests {
                 expires: self.clock.now() + self.life,
             })
         }
-        async fn usage(&self) -> Result<Usage, ProviderError> {
+        async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
             Ok(Usage { used: 1, quota: 2 })
         }
         fn reset(&self) {}
@@ -699,7 +734,7 @@ mod tests {
             *current = Some((token.clone(), expires));
             Ok(SwiftCredentials { token: Secret::new(token), endpoint: "http://up/v1/AUTH_x".into(), expires })
         }
-        async fn usage(&self) -> Result<Usage, ProviderError> {
+        async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
             Ok(Usage { used: 0, quota: 0 })
         }
         fn reset(&self) {}

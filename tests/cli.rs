@@ -146,11 +146,25 @@ fn swift_cli_against_demo_in_proxy_mode() {
     swift_cli_against_demo("proxy");
 }
 
+#[test]
+fn swift_cli_against_demo_with_keystone_in_redirect_mode() {
+    swift_cli_against_demo_of("redirect", "keystone");
+}
+
+#[test]
+fn swift_cli_against_demo_with_swift_v1_in_proxy_mode() {
+    swift_cli_against_demo_of("proxy", "swift-v1");
+}
+
 fn swift_cli_against_demo(mode: &str) {
+    swift_cli_against_demo_of(mode, "hubic");
+}
+
+fn swift_cli_against_demo_of(mode: &str, provider: &str) {
     if !swift_cli_available() {
         return;
     }
-    let (_demo, env) = start_demo(&["--mode", mode]);
+    let (_demo, env) = start_demo(&["--mode", mode, "--provider", provider]);
     assert!(env[0].1.starts_with("http://127.0.0.1:") && env[0].1.ends_with("/auth/v1.0"));
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -233,6 +247,42 @@ fn check_config_accepts_good_files_and_names_bad_keys() {
     assert!(!wait_exit(&mut serve.0, Duration::from_secs(30)).success());
     let said: Vec<String> = stderr.iter().collect();
     assert!(said.iter().any(|l| l.contains("public_url")), "{said:?}");
+}
+
+#[test]
+fn check_config_online_authenticates_each_account_and_never_prints_a_token() {
+    let (_emu, lines) = start(&["emulate", "--listen", "127.0.0.1:0", "--user", "u@example.com:pw-123456"], 1);
+    let base = &lines[0];
+    let dir = tempfile::tempdir().unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$mJ0qvFOCgnHq4SYxJ0e8Ig";
+    let config = |password: &str| {
+        format!(
+            "state_dir = \"state\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{hash}\"\naccount = \"ks\"\n\
+             [[account]]\nname = \"ks\"\nprovider = \"keystone\"\nauth_url = \"{base}/v3\"\nusername = \"u@example.com\"\npassword = \"{password}\"\nproject = \"u@example.com\"\n\
+             [[account]]\nname = \"rgw\"\nprovider = \"swift-v1\"\nauth_url = \"{base}/auth/v1.0\"\nuser = \"u@example.com\"\nkey = \"pw-123456\"\n"
+        )
+    };
+    let run = |text: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Command::new(BIN).args(["check-config", "--online", "--config"]).arg(&path).output().unwrap()
+    };
+    let out = run(&config("pw-123456"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["account ks (keystone): OK, storage URL ", "account rgw (swift-v1): OK, storage URL "] {
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {stdout}"));
+        assert!(line.contains(&format!("{base}/v1/AUTH_")) && line.contains("token valid for 86"), "{line}");
+    }
+    assert!(!stdout.contains("gAAAAA") && !stdout.contains("pw-123456"), "a secret printed: {stdout}");
+    let out = run(&config("wrong"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("account ks (keystone): FAILED: account ks: Keystone answered 401 Unauthorized"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("account rgw (swift-v1): OK"), "{stdout}");
 }
 
 #[test]

@@ -49,7 +49,7 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     let (status, page) = get("code=123&state=nope").await;
     assert_eq!(status, 400);
     assert!(page.contains("unknown, already used or expired"), "{page}");
-    let (state, _) = stack.gw.gateway.registrar().begin("alice");
+    let (state, _) = stack.gw.gateway.registrar().unwrap().begin("alice");
     let (status, page) =
         get(&format!("state={state}&error=access_denied&error_description=%3Cb%3Euser+refused%3C%2Fb%3E")).await;
     assert_eq!(status, 400);
@@ -68,7 +68,7 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     assert!(!page.contains("script") && page.contains("please retry"), "{page}");
     // One account's pending registrations are capped: one more forgets the oldest.
     let cap = swiftgate::register::PENDING_PER_ACCOUNT;
-    let states: Vec<String> = (0..=cap).map(|_| stack.gw.gateway.registrar().begin("alice").0).collect();
+    let states: Vec<String> = (0..=cap).map(|_| stack.gw.gateway.registrar().unwrap().begin("alice").0).collect();
     let (_, page) = get(&format!("state={}&code=1", states[0])).await;
     assert!(page.contains("unknown, already used or expired"), "the oldest is forgotten: {page}");
     for state in &states[1..] {
@@ -127,6 +127,7 @@ async fn autoregister_reports_a_page_it_does_not_recognise() {
         stack.gw.gateway.tokens().clone(),
         &stack.gw.url,
         "credentials.r",
+        vec!["alice".to_owned()],
     );
     let err = registrar.autoregister("alice", LOGIN, &swiftgate::secret::Secret::new(PASSWORD)).await.unwrap_err();
     assert!(err.to_string().contains("has no hidden `oauth` input"), "{err}");
@@ -498,7 +499,7 @@ async fn a_grant_written_by_another_process_replaces_the_cached_tokens() {
     let stack = Stack::start().await;
     stack.register().await;
     assert_eq!(stack.auth(USER, KEY).await.status(), 200);
-    let registrar = stack.gw.gateway.registrar();
+    let registrar = stack.gw.gateway.registrar().unwrap();
     registrar.check_store().await; // records what is there
     registrar.check_store().await;
     let calls = stack.emu().count("credentials");

@@ -1,5 +1,5 @@
 //! The emulator's test knobs over HTTP, under `/_admin/`: counters, token lifetimes,
-//! revocation, fault injection, apps and users. The same knobs exist as methods on
+//! revocation, fault injection, apps, users and Keystone application credentials. The same knobs exist as methods on
 //! [`Emulator`] for in-process tests.
 
 use std::time::Duration;
@@ -56,6 +56,12 @@ struct NewApp {
 struct NewUser {
     login: String,
     password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAppCred {
+    login: String,
 }
 
 async fn parse<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
@@ -117,6 +123,14 @@ pub(super) async fn handle(emu: &Emulator, req: Request<Incoming>, rest: &str) -
                 let account = emu.add_user(UserSpec { login: u.login, password: Secret::new(u.password) });
                 body::json(StatusCode::OK, serde_json::json!({ "swift_account": account }).to_string())
             }
+            Err(resp) => resp,
+        },
+        (Method::POST, "keystone/application_credentials") => match parse::<NewAppCred>(req).await {
+            Ok(c) if emu.swift_account(&c.login).is_some() => {
+                let (id, secret) = emu.add_application_credential(&c.login);
+                body::json(StatusCode::OK, serde_json::json!({ "id": id, "secret": secret }).to_string())
+            }
+            Ok(_) => body::text(StatusCode::NOT_FOUND, "no such user\n"),
             Err(resp) => resp,
         },
         _ => body::text(StatusCode::NOT_FOUND, "unknown admin endpoint\n"),

@@ -86,7 +86,7 @@ pub(super) async fn credentials<B>(emu: &Emulator, req: &Request<B>) -> Response
 }
 
 /// The user's current Swift token, minted anew once the previous one expired or was revoked.
-fn builtin_token(emu: &Emulator, login: &str) -> (String, String, SystemTime) {
+pub(super) fn builtin_token(emu: &Emulator, login: &str) -> (String, String, SystemTime) {
     let now = emu.now();
     let mut inner = emu.lock();
     let account = inner.users.get(login).map(|u| u.swift_account.clone()).unwrap_or_default();

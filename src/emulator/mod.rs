@@ -7,6 +7,7 @@
 
 mod admin;
 mod api;
+mod keystone;
 mod oauth;
 pub mod storage;
 
@@ -89,6 +90,9 @@ pub struct EmulatorConfig {
     pub users: Vec<UserSpec>,
     /// The clock tokens expire by.
     pub clock: Arc<dyn Clock>,
+    /// The regions Keystone's catalog lists the built-in storage in (at least one): the first
+    /// at `/v1/`, each other under `/<region>/v1/`.
+    pub keystone_regions: Vec<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -103,6 +107,7 @@ impl Default for EmulatorConfig {
             apps: Vec::new(),
             users: Vec::new(),
             clock: Arc::new(SystemClock),
+            keystone_regions: vec!["RegionOne".to_owned()],
         }
     }
 }
@@ -184,6 +189,8 @@ struct Inner {
     external: Option<ExternalToken>,
     faults: Vec<Fault>,
     counters: BTreeMap<String, u64>,
+    /// Application credential id → its user's login and its secret.
+    app_creds: HashMap<String, (String, Secret)>,
     access_ttl: Duration,
     swift_ttl: Duration,
     min_post_delay: Option<Duration>,
@@ -401,8 +408,9 @@ impl Emulator {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path.as_str() };
-        if let Some(rest) = path.strip_prefix("/v1/") {
-            return self.storage(req, rest).await;
+        if let Some(rest) = path.strip_prefix("/v1/").or_else(|| self.region_path(&path)?.strip_prefix("/v1/")) {
+            let rest = rest.to_owned();
+            return self.storage(req, &rest).await;
         }
         if let Some(rest) = path.strip_prefix("/_admin/") {
             return admin::handle(self, req, rest.trim_end_matches('/')).await;
@@ -421,6 +429,8 @@ impl Emulator {
             (&Method::GET, "/1.0/account/credentials") => api::credentials(self, &req).await,
             (&Method::GET, "/1.0/account/usage") => api::usage(self, &req),
             (&Method::GET, "/1.0/account") => api::account(self, &req),
+            (&Method::POST, "/v3/auth/tokens") => keystone::tokens(self, req).await,
+            (&Method::GET, "/auth/v1.0") => keystone::v1_auth(self, &req),
             (&Method::GET, "/info") => match &self.store {
                 Some(store) => body::json(StatusCode::OK, store.info_json()),
                 None => body::text(StatusCode::NOT_FOUND, "no built-in storage\n"),
@@ -475,6 +485,16 @@ fn fault_response(status: u16, class: &str) -> Response<Body> {
         (509, _) => body::html(code, "<html><body><h1>509 Bandwidth Limit Exceeded</h1></body></html>"),
         (_, "token") if code.is_server_error() => {
             body::json(code, r#"{"error_description":"please retry","error":"server_error"}"#)
+        }
+        (_, "keystone") => {
+            let doc = serde_json::json!({ "error": { "code": status, "message": "injected failure",
+                "title": code.canonical_reason().unwrap_or("Error") } });
+            let mut resp = body::json(code, doc.to_string());
+            if status == 429 {
+                // OVH's limiter asks for a pause; one second keeps the tests short.
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            resp
         }
         _ => body::html(code, format!("<html><body><h1>{code}</h1></body></html>")),
     }

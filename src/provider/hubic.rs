@@ -17,9 +17,7 @@ use crate::clock::{parse_rfc3339, Clock};
 use crate::secret::Secret;
 use crate::store::{Grant, GrantStore};
 
-/// Upper bound on any single HubiC API call, so a hung provider cannot hold an account's
-/// renewal lock forever.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+use super::CALL_TIMEOUT;
 
 /// An OAuth2 access token and when it stops working, on the local clock.
 #[derive(Clone, Debug)]
@@ -420,7 +418,8 @@ impl CredentialSource for HubicAccount {
         self.with_access(|access| async move { client.credentials(&access).await }).await
     }
 
-    async fn usage(&self) -> Result<Usage, ProviderError> {
+    /// HubiC's own usage call; the credentials are not needed.
+    async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
         let client = &self.client;
         self.with_access(|access| async move { client.usage_with(&access).await }).await
     }
@@ -517,7 +516,7 @@ mod tests {
         let account = Arc::new(HubicAccount::new(client, store, "a"));
         let call = |account: &Arc<HubicAccount>| {
             let account = account.clone();
-            tokio::spawn(async move { account.usage().await.map(|_| ()) })
+            tokio::spawn(async move { account.fetch().await.map(|_| ()) })
         };
         let first = call(&account);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

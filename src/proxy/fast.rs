@@ -694,7 +694,7 @@ impl Proxy {
         let code = resp.code?;
         // A 401 before an upload's body is declined earlier (see `Proxy::upload`); after it,
         // the proxy could not send the body again either, so it goes to the client.
-        if !(200..=599).contains(&code) || (code == 401 && taken.replayable()) {
+        if !(200..=599).contains(&code) || (code == 401 && taken.replayable() && taken.cached.renews) {
             return None;
         }
         // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.

@@ -430,7 +430,8 @@ impl Proxy {
             };
             // Without a body there is nothing to keep; with one, all of it must have been kept.
             let replayable = !has_body || returned.as_ref().is_some_and(|r| r.sent.is_some());
-            if resp.status() == StatusCode::UNAUTHORIZED && account.is_some() && !retried && replayable {
+            let renewable = account.is_some() && cached.renews;
+            if resp.status() == StatusCode::UNAUTHORIZED && renewable && !retried && replayable {
                 // The upstream token was refused: renew (shared with every other waiter) and
                 // retry once, sending what was kept and then the rest of the client's body.
                 tracing::info!(status = 401, "upstream refused its token; renewed, retrying");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use swiftgate::clock::{Clock, ManualClock};
-use swiftgate::config::{Config, Mode};
+use swiftgate::config::{AccountConfig, Config, Mode};
 use swiftgate::demo::{browser_register, single_user_config};
 use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, EmulatorHandle, UserSpec};
 use swiftgate::gateway::Gateway;
@@ -175,6 +175,34 @@ impl Stack {
         Stack { emulator, gw, clock, shared_clock, config, app, http, state }
     }
 
+    /// A stack whose one user reaches the account `account` builds from the running emulator
+    /// (a Keystone, Swift v1 or static one): no `[hubic]` table, nothing to register.
+    pub async fn with_account(
+        mode: Mode,
+        tweak: impl FnOnce(&mut EmulatorConfig),
+        account: impl FnOnce(&Emulator) -> AccountConfig,
+    ) -> Stack {
+        let mut account = Some(account);
+        Self::start_custom(mode, tweak, |_| {})
+            .await
+            .rebuilt(|config, emulator| {
+                let account = (account.take().expect("built once"))(emulator);
+                config.hubic = None;
+                config.users[0].account = Some(account.name().to_owned());
+                config.accounts = vec![account];
+            })
+            .await
+    }
+
+    /// This stack with its gateway's configuration changed by `change` and the gateway started
+    /// again on the same address.
+    pub async fn rebuilt(mut self, change: impl FnOnce(&mut Config, &Emulator)) -> Stack {
+        change(&mut self.config, &self.emulator.emulator);
+        self.config.validate().expect("the changed configuration is valid");
+        self.restart_gateway().await;
+        self
+    }
+
     pub fn emu(&self) -> &Emulator {
         &self.emulator.emulator
     }
@@ -212,6 +240,16 @@ impl Stack {
         old.stop().await;
         let fresh = start_gateway(&self.config, self.shared_clock.clone(), rebind(addr).await).await;
         std::mem::replace(&mut self.gw, fresh).stop().await;
+    }
+}
+
+/// Waits, with a deadline, until no renewal of any account is under way.
+pub async fn until_idle(stack: &Stack) {
+    let tokens = stack.gw.gateway.tokens();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokens.accounts().any(|a| tokens.is_renewing(a)) {
+        assert!(tokio::time::Instant::now() < deadline, "a renewal did not end within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

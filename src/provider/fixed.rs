@@ -1,0 +1,76 @@
+//! A fixed storage URL and token (`provider = "static"`): handed out as configured, never
+//! renewed. A token kept in a file is read again once the file changes, so whatever rotates it
+//! (a cron job, a secret manager) needs no restart; an upstream `401` reaches the client as it
+//! is, since there is nothing to renew.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::{swift_usage, CredentialSource, ProviderError, SwiftCredentials, Usage};
+use crate::clock::Clock;
+use crate::config::StaticConfig;
+use crate::secret::{Secret, SecretSource};
+
+/// The life reported for a fixed token, whose real one is unknown: long enough that the token
+/// manager does not ask again for it, short enough for a client's own `X-Auth-Token-Expires`.
+const FIXED_LIFE: Duration = Duration::from_secs(86400);
+
+/// What identifies a file's version without reading it.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// One account with a fixed token.
+#[derive(Debug)]
+pub struct FixedAccount {
+    account: String,
+    http: reqwest::Client,
+    storage_url: String,
+    token: SecretSource,
+    /// The token file's stamp when it was last read; held only to read or swap it.
+    read: Mutex<Stamp>,
+    clock: Arc<dyn Clock>,
+}
+
+fn stamp(source: &SecretSource) -> Stamp {
+    let SecretSource::File(path) = source else { return None };
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl FixedAccount {
+    /// The source for a validated `[[account]]` table.
+    pub fn new(config: &StaticConfig, http: reqwest::Client, clock: Arc<dyn Clock>) -> FixedAccount {
+        FixedAccount {
+            account: config.name.clone(),
+            http,
+            storage_url: config.storage_url.clone(),
+            token: SecretSource::of(&config.token, &config.token_file)
+                .unwrap_or(SecretSource::Inline(Secret::default())),
+            read: Mutex::new(None),
+            clock,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialSource for FixedAccount {
+    async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
+        let before = stamp(&self.token);
+        let token =
+            self.token.read().map_err(|e| ProviderError::AuthFailed(format!("account {}: {e}", self.account)))?;
+        *self.read.lock().unwrap_or_else(|p| p.into_inner()) = before;
+        Ok(SwiftCredentials { token, endpoint: self.storage_url.clone(), expires: self.clock.now() + FIXED_LIFE })
+    }
+
+    async fn usage(&self, creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+        swift_usage(&self.http, creds).await
+    }
+
+    fn renews(&self) -> bool {
+        false
+    }
+
+    fn changed(&self) -> bool {
+        matches!(self.token, SecretSource::File(_))
+            && stamp(&self.token) != *self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
