@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -19,6 +20,42 @@ pub enum Mode {
     Proxy,
     /// Hand out the upstream storage URL and upstream token (hubic2swiftgate's behaviour).
     Redirect,
+}
+
+/// Tunables of the streaming path.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Largest body kept while streaming so it can be re-sent after a 401.
+    pub replay_buffer: u64,
+    /// How long to wait for upstream's `100 Continue` before sending the body anyway.
+    pub expect_timeout: Duration,
+    /// How long to wait for upstream's response headers.
+    pub header_timeout: Duration,
+    /// How long a body may go without a chunk, in either direction.
+    pub idle_timeout: Duration,
+    /// Extra PEM CA certificates trusted for HTTPS upstreams, beside the system roots.
+    pub extra_ca: Option<std::path::PathBuf>,
+}
+
+impl ProxySettings {
+    /// How long a connection sending a response may stay without a byte read or written
+    /// before the server cuts it (`ServeOptions::stall_cut`): 30 s longer than the idle
+    /// timeout, so that a body upstream stops sending is ended by that timeout first.
+    pub fn stall_cut(&self) -> Duration {
+        self.idle_timeout + Duration::from_secs(30)
+    }
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            replay_buffer: 4 * 1024 * 1024,
+            expect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(300),
+            extra_ca: None,
+        }
+    }
 }
 
 /// Proxy-mode settings.
@@ -41,7 +78,7 @@ pub struct ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        let d = crate::proxy::ProxySettings::default();
+        let d = ProxySettings::default();
         ProxyConfig {
             token_ttl: 86400,
             replay_buffer: d.replay_buffer,
@@ -55,8 +92,8 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     /// The streaming path's settings.
-    pub fn settings(&self) -> crate::proxy::ProxySettings {
-        crate::proxy::ProxySettings {
+    pub fn settings(&self) -> ProxySettings {
+        ProxySettings {
             replay_buffer: self.replay_buffer,
             expect_timeout: std::time::Duration::from_secs(self.expect_timeout),
             header_timeout: std::time::Duration::from_secs(self.header_timeout),

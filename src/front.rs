@@ -373,7 +373,7 @@ pub async fn v1_auth(
         Issue::Upstream(check) => match tokens.credentials_lasting(account, Duration::from_secs(2)).await {
             Ok(cached) if check.refused(account, &cached, tokens.clock().now()).await => {
                 tracing::info!(account = %account, "upstream refuses the Swift token before its expiry; renewing");
-                tokens.credentials_except(account, &cached.creds.token, crate::proxy::REFUSAL_PATIENCE).await
+                tokens.credentials_except(account, &cached.creds.token, crate::tokens::REFUSAL_PATIENCE).await
             }
             other => other,
         },

@@ -23,4 +23,5 @@ pub mod scratch;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod target;
 pub mod tokens;

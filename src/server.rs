@@ -474,7 +474,7 @@ pub struct ServeOptions {
     /// reading its download. hyper stops polling a body it cannot write, so the streaming
     /// path's own idle timeout never sees such a stall. Longer than that idle timeout, which
     /// answers first where the wait is upstream's:
-    /// [`ProxySettings::stall_cut`](crate::proxy::ProxySettings::stall_cut), 330 s by default.
+    /// [`ProxySettings::stall_cut`](crate::config::ProxySettings::stall_cut), 330 s by default.
     /// A request whose handler has not answered yet is left to the handler's own timeouts.
     pub stall_cut: Duration,
 }
@@ -485,7 +485,7 @@ impl Default for ServeOptions {
             tls: None,
             http1_only: false,
             idle_close: IDLE_CLOSE,
-            stall_cut: crate::proxy::ProxySettings::default().stall_cut(),
+            stall_cut: crate::config::ProxySettings::default().stall_cut(),
         }
     }
 }

@@ -12,13 +12,17 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
-use crate::proxy::Target;
+use crate::target::Target;
 
 /// Least time between two provider calls for an account whose token upstream keeps refusing.
 const REFETCH_PACE: Duration = Duration::from_millis(200);
 
 /// How long past a token's last moments `credentials_lasting` keeps asking for a fresher one.
 const LASTING_PATIENCE: Duration = Duration::from_secs(3);
+
+/// How long a 401 retry waits for the provider to hand out a token other than the one
+/// upstream just refused (tokens near their end can be refused before the provider lets go).
+pub const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
 
 /// The longest `Retry-After` a renewal waits out before its next attempt; a provider that asks
 /// for longer gets its wish as a held failure (the credentials still valid serve meanwhile).

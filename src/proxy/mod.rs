@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName};
-use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
@@ -29,106 +28,11 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::body::{self, Body};
+pub use crate::config::ProxySettings;
 use crate::front;
-use crate::provider::SwiftCredentials;
+pub use crate::target::Target;
 use crate::tokens::{Cached, TokenManager};
 use stream::{Gate, IdleTimeout, Returned, UpstreamBody};
-
-/// Tunables of the streaming path.
-#[derive(Clone, Debug)]
-pub struct ProxySettings {
-    /// Largest body kept while streaming so it can be re-sent after a 401.
-    pub replay_buffer: u64,
-    /// How long to wait for upstream's `100 Continue` before sending the body anyway.
-    pub expect_timeout: Duration,
-    /// How long to wait for upstream's response headers.
-    pub header_timeout: Duration,
-    /// How long a body may go without a chunk, in either direction.
-    pub idle_timeout: Duration,
-    /// Extra PEM CA certificates trusted for HTTPS upstreams, beside the system roots.
-    pub extra_ca: Option<std::path::PathBuf>,
-}
-
-impl ProxySettings {
-    /// How long a connection sending a response may stay without a byte read or written
-    /// before the server cuts it (`ServeOptions::stall_cut`): 30 s longer than the idle
-    /// timeout, so that a body upstream stops sending is ended by that timeout first.
-    pub fn stall_cut(&self) -> Duration {
-        self.idle_timeout + Duration::from_secs(30)
-    }
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            replay_buffer: 4 * 1024 * 1024,
-            expect_timeout: Duration::from_secs(5),
-            header_timeout: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(300),
-            extra_ca: None,
-        }
-    }
-}
-
-/// Where an account's storage lives, parsed once per credential renewal.
-pub struct Target {
-    /// The storage path, e.g. `/v1/AUTH_…` (kept unchanged in the gateway's storage URL).
-    pub path: String,
-    /// `scheme://authority` as upstream writes it in absolute `Location`s; also the key of its
-    /// upstream connections.
-    origin: Arc<str>,
-    /// `scheme://authority/`, what the connector opens a connection to.
-    connect_to: Uri,
-    /// The `Host` header upstream gets: the host, and the port unless it is the scheme's default.
-    host: HeaderValue,
-    /// The upstream token as a header value.
-    token: HeaderValue,
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target").field("origin", &self.origin).field("path", &self.path).finish_non_exhaustive()
-    }
-}
-
-impl Target {
-    /// Parses the credentials' endpoint; `None` if it is not an absolute http(s) URL.
-    pub fn parse(creds: &SwiftCredentials) -> Option<Target> {
-        let uri: Uri = creds.endpoint.parse().ok()?;
-        let scheme = uri.scheme()?.clone();
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return None;
-        }
-        let authority = uri.authority()?.clone();
-        let path = uri.path().trim_end_matches('/').to_owned();
-        let origin = format!("{scheme}://{authority}");
-        let connect_to = format!("{origin}/").parse().ok()?;
-        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-        let host = match authority.port_u16() {
-            Some(port) if port != default_port => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-            _ => HeaderValue::from_str(authority.host()),
-        }
-        .ok()?;
-        let mut token = HeaderValue::from_str(creds.token.expose()).ok()?;
-        token.set_sensitive(true);
-        Some(Target { path, origin: origin.into(), connect_to, host, token })
-    }
-
-    /// True when `path` is the storage path or below it.
-    pub fn covers(&self, path: &str) -> bool {
-        path.strip_prefix(self.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    }
-
-    /// The path of upstream's `/info` (origin form, for this target's origin): the storage
-    /// path's `/v<N>…` replaced by `/info`, as python-swiftclient derives it.
-    pub fn info_path(&self) -> Option<PathAndQuery> {
-        let prefix = match self.path.find("/v1") {
-            Some(i) => &self.path[..i],
-            None => "",
-        };
-        format!("{prefix}/info").parse().ok()
-    }
-}
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +259,7 @@ impl Proxy {
             let cached = match (account, &anonymous, &refused) {
                 (Some(account), _, None) => tokens.credentials_lasting(account, TOKEN_MARGIN).await,
                 (Some(account), _, Some(token)) => {
-                    Box::pin(tokens.credentials_except(account, token, REFUSAL_PATIENCE)).await
+                    Box::pin(tokens.credentials_except(account, token, crate::tokens::REFUSAL_PATIENCE)).await
                 }
                 (None, Some(c), _) => Ok(c.clone()),
                 (None, None, _) => return drain_then(rest, front::unauthorized()),
@@ -618,10 +522,6 @@ pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body
 /// once upstream has accepted it, and some (bulk delete, SLO) use the token for seconds.
 const TOKEN_MARGIN: Duration = Duration::from_secs(2);
 
-/// How long a 401 retry waits for the provider to hand out a token other than the one
-/// upstream just refused (tokens near their end can be refused before the provider lets go).
-pub(crate) const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
-
 /// Longest time spent reading and discarding a rejected upload.
 const DRAIN_TIME: Duration = Duration::from_secs(60);
 
@@ -631,39 +531,6 @@ const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
-
-    fn target(endpoint: &str) -> Target {
-        let creds = SwiftCredentials {
-            token: Secret::new("tok"),
-            endpoint: endpoint.into(),
-            expires: std::time::SystemTime::now(),
-        };
-        Target::parse(&creds).unwrap()
-    }
-
-    #[test]
-    fn targets_cover_their_storage_path_only() {
-        let t = target("https://lb1040.hubic.ovh.net/v1/AUTH_abc");
-        for (path, want) in [
-            ("/v1/AUTH_abc", true),
-            ("/v1/AUTH_abc/", true),
-            ("/v1/AUTH_abc/c/o", true),
-            ("/v1/AUTH_abcd", false),
-            ("/v1/AUTH_ab", false),
-            ("/v1/AUTH_other/c", false),
-            ("/info", false),
-        ] {
-            assert_eq!(t.covers(path), want, "{path}");
-        }
-        assert_eq!(&*t.origin, "https://lb1040.hubic.ovh.net");
-        assert_eq!(t.host, "lb1040.hubic.ovh.net");
-        assert_eq!(target("http://h:8080/v1/AUTH_t").host, "h:8080");
-        assert_eq!(target("https://h:443/v1/AUTH_t").host, "h");
-        assert_eq!(t.info_path().unwrap(), "/info");
-        let prefixed = target("http://h:8080/swift/v1/AUTH_t");
-        assert_eq!((&*prefixed.origin, prefixed.info_path().unwrap().as_str()), ("http://h:8080", "/swift/info"));
-    }
 
     #[test]
     fn stripping_removes_exactly_what_must_not_be_forwarded() {
