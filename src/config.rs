@@ -208,8 +208,8 @@ impl KeystoneConfig {
                 ("username", self.username.is_some()),
                 ("password", self.password.is_some() || self.password_file.is_some()),
                 ("project", self.project.is_some() || self.project_id.is_some()),
-                ("user_domain", self.user_domain.is_some()),
-                ("project_domain", self.project_domain.is_some()),
+                ("user_domain", self.user_domain.is_some() || self.user_domain_id.is_some()),
+                ("project_domain", self.project_domain.is_some() || self.project_domain_id.is_some()),
             ];
             if let Some((k, _)) = password_keys.iter().find(|(_, set)| *set) {
                 return Err(invalid(key(k), "not used with an application credential: leave it out"));
@@ -230,6 +230,12 @@ impl KeystoneConfig {
             ));
         }
         one_of(&key("password"), &self.password, &self.password_file)?;
+        if self.user_domain.is_some() && self.user_domain_id.is_some() {
+            return Err(invalid(key("user_domain"), "set either user_domain or user_domain_id, not both"));
+        }
+        if self.project_domain.is_some() && self.project_domain_id.is_some() {
+            return Err(invalid(key("project_domain"), "set either project_domain or project_domain_id, not both"));
+        }
         match (&self.project, &self.project_id) {
             (Some(_), Some(_)) => Err(invalid(key("project"), "set either project or project_id, not both")),
             (None, None) => Err(invalid(key("project"), "missing (or set project_id)")),
@@ -264,6 +270,33 @@ impl AccountConfig {
         }
     }
 
+    /// The account's secrets and the key each is set by, to read them all once at start.
+    pub fn secrets(&self) -> Vec<(&'static str, SecretSource)> {
+        let pairs = match self {
+            AccountConfig::Keystone(k) => vec![
+                ("password", SecretSource::of(&k.password, &k.password_file)),
+                (
+                    "application_credential_secret",
+                    SecretSource::of(&k.application_credential_secret, &k.application_credential_secret_file),
+                ),
+            ],
+            AccountConfig::SwiftV1(a) => vec![("key", SecretSource::of(&a.key, &a.key_file))],
+            AccountConfig::Static(a) => vec![("token", SecretSource::of(&a.token, &a.token_file))],
+            AccountConfig::Hubic(_) => Vec::new(),
+        };
+        pairs.into_iter().filter_map(|(key, source)| Some((key, source?))).collect()
+    }
+
+    /// The auth URL a secret goes to in clear: `http://` to a host other than a loopback one.
+    pub fn plain_http_auth(&self) -> Option<&str> {
+        let url = match self {
+            AccountConfig::Keystone(k) => &k.auth_url,
+            AccountConfig::SwiftV1(a) => &a.auth_url,
+            AccountConfig::Static(_) | AccountConfig::Hubic(_) => return None,
+        };
+        (url.starts_with("http://") && !is_loopback_url(url)).then_some(url.as_str())
+    }
+
     /// The provider's name as written in the file.
     pub fn provider(&self) -> &'static str {
         match self {
@@ -286,7 +319,7 @@ pub struct KeystoneConfig {
     /// Password auth: the user's name.
     #[serde(default)]
     pub username: Option<String>,
-    /// The user's domain name (default `Default`).
+    /// The user's domain name (default `Default`, unless `user_domain_id` is set).
     #[serde(default)]
     pub user_domain: Option<String>,
     /// The user's password (or use `password_file`).
@@ -301,9 +334,15 @@ pub struct KeystoneConfig {
     /// The project to scope to, by id.
     #[serde(default)]
     pub project_id: Option<String>,
-    /// The project's domain name (default: `user_domain`).
+    /// The project's domain name (default: the user's domain).
     #[serde(default)]
     pub project_domain: Option<String>,
+    /// The user's domain by id instead of by name (`OS_USER_DOMAIN_ID`).
+    #[serde(default)]
+    pub user_domain_id: Option<String>,
+    /// The project's domain by id instead of by name (`OS_PROJECT_DOMAIN_ID`).
+    #[serde(default)]
+    pub project_domain_id: Option<String>,
     /// An application credential's id (then no username, password or project).
     #[serde(default)]
     pub application_credential_id: Option<String>,
@@ -985,6 +1024,8 @@ mod tests {
             (declared(&(KEYSTONE.to_owned() + "project_id = \"x\"\n")), "account[0].project"),
             (declared(&KEYSTONE.replace("username = \"u\"\n", "")), "account[0].username"),
             (declared(&(KEYSTONE.to_owned() + "interface = \"private\"\n")), "account[0].interface"),
+            (declared(&(KEYSTONE.to_owned() + "user_domain = \"D\"\nuser_domain_id = \"d\"\n")), "account[0].user_domain"),
+            (declared(&(APP_CREDENTIAL.to_owned() + "project_domain_id = \"d\"\n")), "account[0].project_domain"),
             (declared(&KEYSTONE.replace("https://auth.example/v3", "auth.example")), "account[0].auth_url"),
             (declared(&(APP_CREDENTIAL.to_owned() + "username = \"u\"\n")), "account[0].username"),
             (declared(&(APP_CREDENTIAL.to_owned() + "project = \"p\"\n")), "account[0].project"),

@@ -268,13 +268,16 @@ pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body
             let wait = provider.retry_after().map_or(2, |d| d.as_secs().max(1));
             let mut resp = body::text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the storage's auth service is temporarily unavailable; retry shortly\n",
+                format!("the storage's auth service is temporarily unavailable ({provider}); retry shortly\n"),
             );
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
             resp
         }
-        ProviderError::Protocol(_) | ProviderError::Store(_) => {
-            body::text(StatusCode::BAD_GATEWAY, "the gateway could not obtain storage credentials; see its log\n")
+        ProviderError::Protocol(cause) => {
+            body::text(StatusCode::BAD_GATEWAY, format!("the gateway could not obtain storage credentials: {cause}\n"))
+        }
+        ProviderError::Store(_) => {
+            body::text(StatusCode::BAD_GATEWAY, "the gateway could not read its state; see its log\n")
         }
     }
 }
@@ -371,7 +374,8 @@ pub async fn v1_auth(
         // The client will use the upstream token itself: give it one that outlives the skew
         // between the gateway's idea of its expiry and upstream's.
         Issue::Upstream(check) => match tokens.credentials_lasting(account, Duration::from_secs(2)).await {
-            Ok(cached) if check.refused(account, &cached, tokens.clock().now()).await => {
+            // A fixed token has no successor to wait for: it goes out as it is.
+            Ok(cached) if cached.renews && check.refused(account, &cached, tokens.clock().now()).await => {
                 tracing::info!(account = %account, "upstream refuses the Swift token before its expiry; renewing");
                 tokens.credentials_except(account, &cached.creds.token, crate::tokens::REFUSAL_PATIENCE).await
             }

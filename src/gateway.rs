@@ -100,6 +100,9 @@ impl Gateway {
         };
         let mut sources = Vec::with_capacity(accounts.len());
         for account in &accounts {
+            if let Some(url) = account.plain_http_auth() {
+                tracing::warn!(account = %account.name(), auth_url = %url, "the account's secret goes to its auth service unencrypted (http://)");
+            }
             let source: Arc<dyn CredentialSource> = match (account, &hubic) {
                 (AccountConfig::Keystone(k), _) => Arc::new(KeystoneAccount::new(k, http.clone(), clock.clone())),
                 (AccountConfig::SwiftV1(a), _) => Arc::new(SwiftV1Account::new(a, http.clone(), clock.clone())),

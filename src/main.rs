@@ -263,6 +263,11 @@ async fn check_config(config: Config, online: bool) -> anyhow::Result<()> {
         server::tls_acceptor(&tls.cert, &tls.key)?;
     }
     let accounts = config.resolved_accounts();
+    for (i, account) in config.accounts.iter().enumerate() {
+        for (key, source) in account.secrets() {
+            source.read().map_err(|e| anyhow!("account[{i}].{key}: {e}"))?;
+        }
+    }
     println!(
         "configuration OK: {} user(s), {} account(s), public URL {}",
         users.len(),
@@ -277,13 +282,20 @@ async fn check_config(config: Config, online: bool) -> anyhow::Result<()> {
     let mut failed = 0;
     for account in &accounts {
         let (name, provider) = (account.name(), account.provider());
-        match gateway.tokens().credentials(name).await {
-            Ok(cached) => {
+        // The usage call reaches the storage (or HubiC's API) with the token: a token the
+        // storage refuses is found here, not by the first client.
+        let checked = match gateway.tokens().credentials(name).await {
+            Ok(cached) => gateway.tokens().usage(name).await.map(|usage| (cached, usage)),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok((cached, usage)) => {
                 let left = cached.creds.expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
                 println!(
-                    "account {name} ({provider}): OK, storage URL {}, token valid for {} s",
+                    "account {name} ({provider}): OK, storage URL {}, token valid for {} s, {} bytes used",
                     cached.creds.endpoint,
-                    left.as_secs()
+                    left.as_secs(),
+                    usage.used
                 );
             }
             Err(e) => {

@@ -347,7 +347,12 @@ impl TokenManager {
             match slot.source.fetch().await {
                 Ok(creds) => match Target::parse(&creds) {
                     Some(target) => break Ok((creds, target)),
-                    None => break Err(ProviderError::Protocol("the storage endpoint is not an http(s) URL".into())),
+                    None if http::HeaderValue::from_str(creds.token.expose()).is_err() => {
+                        break Err(ProviderError::Protocol(
+                            "the token cannot be sent (a line break or control character in it)".into(),
+                        ))
+                    }
+                    None => break Err(ProviderError::Protocol("the storage URL is not an http(s) URL".into())),
                 },
                 Err(e)
                     if e.is_transient()
@@ -384,6 +389,7 @@ impl TokenManager {
                         creds.expires - self.policy.expiry_margin.min(life / 10),
                     )
                 };
+                tracing::info!(account = %slot.name, token = creds.token.prefix(), life_s = life.as_secs(), "upstream credentials obtained");
                 let renews = slot.source.renews();
                 let fetched = tokio::time::Instant::now();
                 let cached = Arc::new(Cached { target, renew_at, stale_at, creds, fetched, life, renews });
@@ -436,15 +442,24 @@ impl TokenManager {
         }
     }
 
-    /// Forgets everything cached for `account`, e.g. after it was registered again.
+    /// Forgets everything cached for `account`, e.g. after it was registered again (which may
+    /// lead to another storage URL).
     pub fn reset(&self, account: &str) {
+        self.forget(account, true);
+    }
+
+    /// Drops the credentials cached for `account`, so the next request renews, and with
+    /// `target_too` the last known target that anonymous requests use.
+    fn forget(&self, account: &str, target_too: bool) {
         if let Ok(slot) = self.slot(account) {
             let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
             slot.generation.fetch_add(1, Ordering::AcqRel);
             slot.source.reset();
             slot.sticky.store(false, Ordering::Relaxed);
             *slot.early_not_before.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if target_too {
+                *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             *entry = Entry::Empty;
         }
     }
@@ -467,7 +482,8 @@ impl TokenManager {
             for (name, slot) in &manager.slots {
                 if slot.source.changed() {
                     tracing::info!(account = %name, "the account's token changed on disk; using the new one");
-                    manager.reset(name);
+                    // The storage URL is the configuration's: anonymous requests keep it.
+                    manager.forget(name, false);
                 }
             }
         }

@@ -482,3 +482,56 @@ async fn access_token_ttl_knob_applies() {
     let (_, _, text) = token_call(&stack, Some(&basic(&stack)), &body).await;
     assert!(text.contains("\"expires_in\":5,"), "{text}");
 }
+
+/// Keystone v3 as the emulator answers it: a scoped token with its catalog, an unscoped one
+/// without, and Keystone's 400 and 401.
+#[tokio::test]
+async fn keystone_tokens_are_scoped_unscoped_or_refused_as_keystone_does() {
+    let stack = Stack::start().await;
+    let base = stack.emu().base_url().to_owned();
+    let (project, project_id) = stack.emu().keystone_project(LOGIN).unwrap();
+    let ask = |doc: serde_json::Value| {
+        let http = stack.http.clone();
+        let url = format!("{base}/v3/auth/tokens");
+        async move {
+            let resp = http.post(url).json(&doc).send().await.unwrap();
+            let token = resp.headers().get("x-subject-token").map(|v| v.to_str().unwrap().to_owned());
+            (resp.status().as_u16(), token, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let user = |domain: serde_json::Value, password: &str| serde_json::json!({ "methods": ["password"], "password": { "user": { "name": LOGIN, "domain": domain, "password": password } } });
+    let scoped =
+        ask(serde_json::json!({ "auth": { "identity": user(serde_json::json!({ "name": "Default" }), PASSWORD),
+        "scope": { "project": { "name": project, "domain": { "id": "default" } } } } }))
+        .await;
+    assert_eq!(scoped.0, 201);
+    assert!(scoped.1.is_some());
+    assert_eq!(scoped.2["token"]["project"]["id"], project_id.as_str());
+    let stores: Vec<&serde_json::Value> =
+        scoped.2["token"]["catalog"].as_array().unwrap().iter().filter(|s| s["type"] == "object-store").collect();
+    assert_eq!(stores.len(), 1);
+    assert!(scoped.2["token"]["expires_at"].as_str().unwrap().ends_with(".000000Z"), "{}", scoped.2);
+    let unscoped =
+        ask(serde_json::json!({ "auth": { "identity": user(serde_json::json!({ "id": "default" }), PASSWORD) } }))
+            .await;
+    assert_eq!(unscoped.0, 201);
+    assert!(
+        unscoped.2["token"].get("catalog").is_none() && unscoped.2["token"].get("project").is_none(),
+        "{}",
+        unscoped.2
+    );
+    let wrong =
+        ask(serde_json::json!({ "auth": { "identity": user(serde_json::json!({ "name": "Default" }), "nope") } }))
+            .await;
+    assert_eq!((wrong.0, wrong.2["error"]["code"].as_u64()), (401, Some(401)));
+    let other_project =
+        ask(serde_json::json!({ "auth": { "identity": user(serde_json::json!({ "name": "Default" }), PASSWORD),
+        "scope": { "project": { "id": "0000" } } } }))
+        .await;
+    assert_eq!(other_project.0, 401);
+    let no_domain = ask(serde_json::json!({ "auth": { "identity": { "methods": ["password"],
+        "password": { "user": { "name": LOGIN, "password": PASSWORD } } } } }))
+    .await;
+    assert_eq!(no_domain.0, 400);
+    assert_eq!(stack.emu().count("keystone_password"), 5);
+}

@@ -51,9 +51,10 @@ async fn round_trip(stack: &Stack, object: &str) -> String {
 
 #[tokio::test]
 async fn keystone_password_and_application_credential_serve_in_proxy_mode() {
-    for by in ["name", "id", "credential"] {
+    for by in ["name", "id", "domain ids", "credential"] {
         let stack = Stack::with_account(Mode::Proxy, |_| {}, |emu| match by {
             "name" => keystone_password(emu, ""),
+            "domain ids" => keystone_password(emu, "user_domain_id = \"default\"\nproject_domain_id = \"default\"\n"),
             "id" => {
                 let (_, id) = emu.keystone_project(LOGIN).unwrap();
                 account(&format!(
@@ -69,6 +70,10 @@ async fn keystone_password_and_application_credential_serve_in_proxy_mode() {
         assert_eq!(url, format!("{}/v1/{swift_account}", stack.gw.url), "{by}");
         let resp = stack.auth(USER, KEY).await;
         assert!(header(&resp, "x-auth-token-expires").parse::<u64>().unwrap() > 80000, "{by}");
+        // Keystone's own token: its life is expires_at - issued_at (the emulator's default 24 h).
+        let cached = stack.gw.gateway.tokens().credentials(stack.config.accounts[0].name()).await.unwrap();
+        let life = cached.creds.expires.duration_since(stack.shared_clock.now()).unwrap();
+        assert!(life > Duration::from_secs(86390) && life <= Duration::from_secs(86400), "{by}: {life:?}");
         assert_eq!(keystone_calls(&stack), 1, "{by}: one token for the whole run");
         // Registration is HubiC's alone.
         let page = stack.http.get(format!("{}/register", stack.gw.url)).send().await.unwrap();
@@ -117,12 +122,17 @@ async fn tokens_are_renewed_ahead_of_expiry_about_once_per_life() {
             .await;
     let url = round_trip(&stack, "o").await;
     let (_, token) = stack.storage_login().await;
-    // Five token lives of requests every two minutes, on the shared manual clock.
+    // Five token lives of requests every two minutes, on the shared manual clock. Renewed
+    // ahead (five minutes before expiry), a token never has less than that left once a
+    // request has passed: renewed at the end, or only after a 401, it would.
     for _ in 0..(5 * 30) {
         stack.clock.advance(Duration::from_secs(120));
         let get = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
         assert_eq!(get.status, 200);
         common::until_idle(&stack).await;
+        let held = stack.gw.gateway.tokens().credentials("ksapp").await.unwrap();
+        let left = held.creds.expires.duration_since(stack.shared_clock.now()).unwrap_or_default();
+        assert!(left > Duration::from_secs(300), "renewed late: {left:?} left");
     }
     let calls = keystone_calls(&stack);
     assert!((5..=7).contains(&calls), "{calls} token requests over five lives");
@@ -146,11 +156,14 @@ async fn a_rate_limit_is_waited_out_and_the_held_token_serves_meanwhile() {
     let (_, token) = stack.storage_login().await;
     stack.emu().fail_next(429, 1000, Some("keystone"));
     stack.clock.advance(Duration::from_secs(3600 - 200));
+    let before = keystone_calls(&stack);
     for _ in 0..5 {
         let get = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
         assert_eq!(get.status, 200);
         common::until_idle(&stack).await;
     }
+    let attempts = u64::from(swiftgate::tokens::RenewPolicy::default().attempts);
+    assert_eq!(keystone_calls(&stack) - before, attempts, "one early renewal's attempts, then a pause");
     // Once it is gone, the client is told to come back, with the delay Keystone asked for.
     stack.clock.advance(Duration::from_secs(200));
     let get = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
@@ -292,13 +305,40 @@ async fn a_static_token_passes_upstreams_401_as_it_is_and_follows_its_file() {
         assert!(tokio::time::Instant::now() < deadline, "the new token was never used");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A file gone missing names the cause once the cache is dropped, and anonymous requests
+    // still find their upstream meanwhile.
+    std::fs::remove_file(&file).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let get = raw::send("GET", &format!("{url}/c/o"), &[("x-auth-token", &token)], full("")).await;
+        if get.status == 502 {
+            assert!(String::from_utf8_lossy(&get.body).contains("cannot read"), "{:?}", get.body);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the missing file was never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = url.trim_start_matches(&stack.gw.url).to_owned();
+    assert!(stack.gw.gateway.tokens().cached_for_path(&format!("{path}/c/o")).is_some(), "the target is kept");
     watcher.abort();
 }
 
-/// The gateway keeps no secret of an account in its `Debug` output.
+/// The configuration's `Debug` output, an account's failure and the client's answer to it hold
+/// no secret of the account's.
 #[tokio::test]
-async fn account_secrets_stay_out_of_debug_output() {
-    let stack = Stack::with_account(Mode::Proxy, |_| {}, |emu| keystone_password(emu, "")).await;
-    let printed = format!("{:?} {:?}", stack.config, stack.gw.gateway);
-    assert!(!printed.contains(PASSWORD), "{printed}");
+async fn account_secrets_stay_out_of_debug_output_and_answers() {
+    let stack = Stack::with_account(Mode::Proxy, |_| {}, |emu| {
+        let (id, _) = emu.add_application_credential(LOGIN);
+        account(&format!(
+            "name = \"ksapp\"\nprovider = \"keystone\"\nauth_url = \"{}/v3\"\napplication_credential_id = \"{id}\"\napplication_credential_secret = \"secret-not-this-one\"\n",
+            emu.base_url()
+        ))
+    })
+    .await;
+    let resp = stack.auth(USER, KEY).await;
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    let err = stack.gw.gateway.tokens().credentials("ksapp").await.unwrap_err();
+    let printed = format!("{:?} {text} {err} {err:?}", stack.config);
+    assert!(printed.contains("Keystone answered 401") && !printed.contains("secret-not-this-one"), "{printed}");
 }

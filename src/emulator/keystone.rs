@@ -121,8 +121,9 @@ enum Refusal {
     BadRequest(&'static str),
 }
 
-/// The login and the method a request authenticates with, or why it is refused.
-fn identify(emu: &Emulator, auth: &Auth) -> Result<(String, &'static str), Refusal> {
+/// The login and the method a request authenticates with, and whether the token is scoped to
+/// the login's project; or why it is refused.
+fn identify(emu: &Emulator, auth: &Auth) -> Result<(String, &'static str, bool), Refusal> {
     let identity = &auth.identity;
     if identity.methods.iter().any(|m| m == "application_credential") {
         let Some(cred) = &identity.application_credential else {
@@ -134,7 +135,9 @@ fn identify(emu: &Emulator, auth: &Auth) -> Result<(String, &'static str), Refus
         }
         let inner = emu.lock();
         return match inner.app_creds.get(&cred.id) {
-            Some((login, secret)) if secret.expose() == cred.secret => Ok((login.clone(), "application_credential")),
+            Some((login, secret)) if secret.expose() == cred.secret => {
+                Ok((login.clone(), "application_credential", true))
+            }
             _ => Err(Refusal::Unauthorized),
         };
     }
@@ -145,14 +148,17 @@ fn identify(emu: &Emulator, auth: &Auth) -> Result<(String, &'static str), Refus
         return Err(Refusal::BadRequest("password is missing"));
     };
     let user = &password.user;
+    let Some(domain) = &user.domain else {
+        return Err(Refusal::BadRequest("Expecting to find domain in user"));
+    };
     let inner = emu.lock();
     let known = inner.users.get(&user.name).is_some_and(|u| u.password.expose() == user.password);
-    if !known || !user.domain.as_ref().is_some_and(NameOrId::is_default_domain) {
+    if !known || !domain.is_default_domain() {
         return Err(Refusal::Unauthorized);
     }
-    // A password token here is always scoped to the user's own project.
+    // Without a scope, Keystone hands out an unscoped token: no project, no catalog.
     let Some(scope) = &auth.scope else {
-        return Err(Refusal::BadRequest("the emulator issues project-scoped tokens only"));
+        return Ok((user.name.clone(), "password", false));
     };
     let own_id = inner.users.get(&user.name).map(|u| project_id(&u.swift_account)).unwrap_or_default();
     let project = &scope.project;
@@ -163,7 +169,7 @@ fn identify(emu: &Emulator, auth: &Auth) -> Result<(String, &'static str), Refus
         // Keystone answers an unknown project or one without a role the same way.
         return Err(Refusal::Unauthorized);
     }
-    Ok((user.name.clone(), "password"))
+    Ok((user.name.clone(), "password", true))
 }
 
 /// A project id from a Swift account name (`AUTH_<hex>`).
@@ -192,7 +198,7 @@ pub(super) async fn tokens(emu: &Emulator, req: Request<Incoming>) -> Response<B
     if !matches!(emu.config.storage, StorageConfig::BuiltIn { .. }) {
         return error(StatusCode::NOT_IMPLEMENTED, "Keystone is emulated in front of the built-in storage only");
     }
-    let (login, method) = match identify(emu, &doc.auth) {
+    let (login, method, scoped) = match identify(emu, &doc.auth) {
         Ok(who) => who,
         Err(Refusal::Unauthorized) => return unauthorized(emu),
         Err(Refusal::BadRequest(why)) => return error(StatusCode::BAD_REQUEST, why),
@@ -219,7 +225,7 @@ pub(super) async fn tokens(emu: &Emulator, req: Request<Incoming>) -> Response<B
         })
         .collect();
     let project = project_id(&account);
-    let doc = serde_json::json!({ "token": {
+    let mut doc = serde_json::json!({ "token": {
         "methods": [method],
         "user": { "domain": { "id": DOMAIN.1, "name": DOMAIN.0 }, "id": random_hex(16), "name": login,
             "password_expires_at": null },
@@ -236,6 +242,13 @@ pub(super) async fn tokens(emu: &Emulator, req: Request<Incoming>) -> Response<B
             { "endpoints": endpoints, "id": random_hex(16), "type": "object-store", "name": "swift" },
         ],
     } });
+    if !scoped {
+        if let Some(token) = doc.get_mut("token").and_then(|t| t.as_object_mut()) {
+            for key in ["project", "is_domain", "roles", "catalog"] {
+                token.remove(key);
+            }
+        }
+    }
     let mut resp = body::json(StatusCode::CREATED, doc.to_string());
     if let Ok(v) = HeaderValue::from_str(&token) {
         resp.headers_mut().insert("x-subject-token", v);

@@ -4,7 +4,7 @@
 //! is, since there is nothing to renew.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::{swift_usage, CredentialSource, ProviderError, SwiftCredentials, Usage};
 use crate::clock::Clock;
@@ -15,9 +15,6 @@ use crate::secret::{Secret, SecretSource};
 /// manager does not ask again for it, short enough for a client's own `X-Auth-Token-Expires`.
 const FIXED_LIFE: Duration = Duration::from_secs(86400);
 
-/// What identifies a file's version without reading it.
-type Stamp = Option<(SystemTime, u64)>;
-
 /// One account with a fixed token.
 #[derive(Debug)]
 pub struct FixedAccount {
@@ -25,15 +22,10 @@ pub struct FixedAccount {
     http: reqwest::Client,
     storage_url: String,
     token: SecretSource,
-    /// The token file's stamp when it was last read; held only to read or swap it.
-    read: Mutex<Stamp>,
+    /// The token last handed out, to tell a rewritten file from an untouched one; held only to
+    /// read or swap it.
+    last: Mutex<Option<Secret>>,
     clock: Arc<dyn Clock>,
-}
-
-fn stamp(source: &SecretSource) -> Stamp {
-    let SecretSource::File(path) = source else { return None };
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 impl FixedAccount {
@@ -45,7 +37,7 @@ impl FixedAccount {
             storage_url: config.storage_url.clone(),
             token: SecretSource::of(&config.token, &config.token_file)
                 .unwrap_or(SecretSource::Inline(Secret::default())),
-            read: Mutex::new(None),
+            last: Mutex::new(None),
             clock,
         }
     }
@@ -54,10 +46,9 @@ impl FixedAccount {
 #[async_trait::async_trait]
 impl CredentialSource for FixedAccount {
     async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
-        let before = stamp(&self.token);
-        let token =
-            self.token.read().map_err(|e| ProviderError::AuthFailed(format!("account {}: {e}", self.account)))?;
-        *self.read.lock().unwrap_or_else(|p| p.into_inner()) = before;
+        let read = self.token.read();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = read.as_ref().ok().cloned();
+        let token = read.map_err(|e| ProviderError::AuthFailed(format!("account {}: {e}", self.account)))?;
         Ok(SwiftCredentials { token, endpoint: self.storage_url.clone(), expires: self.clock.now() + FIXED_LIFE })
     }
 
@@ -69,8 +60,19 @@ impl CredentialSource for FixedAccount {
         false
     }
 
+    /// Reads the file again (a few bytes, every few seconds): a rewrite that keeps the length
+    /// and the modification time's tick is still seen, and a file that went missing counts as
+    /// changed once, not at every look.
     fn changed(&self) -> bool {
-        matches!(self.token, SecretSource::File(_))
-            && stamp(&self.token) != *self.read.lock().unwrap_or_else(|p| p.into_inner())
+        if !matches!(self.token, SecretSource::File(_)) {
+            return false;
+        }
+        let now = self.token.read().ok();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == now {
+            return false;
+        }
+        *last = now;
+        true
     }
 }

@@ -21,7 +21,7 @@ use crate::secret::{Secret, SecretSource};
 #[derive(Debug)]
 enum Identity {
     /// A user's password, scoped to a project.
-    Password { username: String, user_domain: String, password: SecretSource, project: Project },
+    Password { username: String, user_domain: Domain, password: SecretSource, project: Project },
     /// An application credential, which carries its own user and project.
     ApplicationCredential { id: String, secret: SecretSource },
 }
@@ -29,8 +29,24 @@ enum Identity {
 /// The project a password token is scoped to.
 #[derive(Debug)]
 enum Project {
-    Named { name: String, domain: String },
+    Named { name: String, domain: Domain },
     Id(String),
+}
+
+/// A domain, as Keystone takes one: by name or by id.
+#[derive(Clone, Debug)]
+enum Domain {
+    Name(String),
+    Id(String),
+}
+
+impl Domain {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Domain::Name(name) => serde_json::json!({ "name": name }),
+            Domain::Id(id) => serde_json::json!({ "id": id }),
+        }
+    }
 }
 
 /// One Keystone v3 account.
@@ -111,13 +127,18 @@ impl KeystoneAccount {
                 .unwrap_or(SecretSource::Inline(Secret::default())),
             },
             None => {
-                let user_domain = config.user_domain.clone().unwrap_or_else(|| "Default".to_owned());
+                let user_domain = match (&config.user_domain_id, &config.user_domain) {
+                    (Some(id), _) => Domain::Id(id.clone()),
+                    (None, name) => Domain::Name(name.clone().unwrap_or_else(|| "Default".to_owned())),
+                };
+                let project_domain = match (&config.project_domain_id, &config.project_domain) {
+                    (Some(id), _) => Domain::Id(id.clone()),
+                    (None, Some(name)) => Domain::Name(name.clone()),
+                    (None, None) => user_domain.clone(),
+                };
                 let project = match (&config.project_id, &config.project) {
                     (Some(id), _) => Project::Id(id.clone()),
-                    (None, name) => Project::Named {
-                        name: name.clone().unwrap_or_default(),
-                        domain: config.project_domain.clone().unwrap_or_else(|| user_domain.clone()),
-                    },
+                    (None, name) => Project::Named { name: name.clone().unwrap_or_default(), domain: project_domain },
                 };
                 Identity::Password {
                     username: config.username.clone().unwrap_or_default(),
@@ -148,13 +169,13 @@ impl KeystoneAccount {
             Identity::Password { username, user_domain, password, project } => {
                 let scope = match project {
                     Project::Named { name, domain } => {
-                        serde_json::json!({ "project": { "name": name, "domain": { "name": domain } } })
+                        serde_json::json!({ "project": { "name": name, "domain": domain.json() } })
                     }
                     Project::Id(id) => serde_json::json!({ "project": { "id": id } }),
                 };
                 serde_json::json!({ "auth": {
                     "identity": { "methods": ["password"], "password": { "user": {
-                        "name": username, "domain": { "name": user_domain }, "password": read(password)?.expose(),
+                        "name": username, "domain": user_domain.json(), "password": read(password)?.expose(),
                     } } },
                     "scope": scope,
                 } })
@@ -317,6 +338,15 @@ mod tests {
             assert!(matches!(err, ProviderError::AuthFailed(_)), "{err:?}");
             assert!(err.to_string().contains(want) && err.to_string().contains("account ks"), "{err}");
         }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let printed = format!("{:?}", account(None));
+        assert!(
+            printed.contains("[redacted]") && !printed.contains("secret = \"s\"") && !printed.contains("\"s\""),
+            "{printed}"
+        );
     }
 
     #[test]
