@@ -277,7 +277,10 @@ pub fn token_error_response(err: &TokenError, public_url: &str) -> Response<Body
             body::text(StatusCode::BAD_GATEWAY, format!("the gateway could not obtain storage credentials: {cause}\n"))
         }
         ProviderError::Store(_) => {
-            body::text(StatusCode::BAD_GATEWAY, "the gateway could not read its state; see its log\n")
+            body::text(
+                StatusCode::BAD_GATEWAY,
+                "the gateway could not obtain storage credentials: its state for this account is unreadable; see its log\n",
+            )
         }
     }
 }

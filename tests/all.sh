@@ -45,5 +45,8 @@ fi
 
 export SWIFTGATE_REQUIRE_CLIENTS=1
 cargo test --all-targets
+# The suites that hold for either proxy engine, again with hyper's alone (`[proxy] fast_path`);
+# tests/fast.rs and tests/tls.rs test the fast engine itself.
+SWIFTGATE_FAST_PATH=false cargo test --test proxy --test faults --test expiry --test upstreams --test gateway --test large
 cargo build --quiet
 SWIFTGATE_BIN="$PWD/target/debug/swiftgate" /usr/bin/python3 tests/compat/compat.py

@@ -20,6 +20,12 @@ pub const KEY: &str = "alice-key";
 pub const LOGIN: &str = "alice@example.com";
 pub const PASSWORD: &str = "hubic-password";
 
+/// The engine the tests run the gateway with: the fast one unless `SWIFTGATE_FAST_PATH=false`
+/// (`tests/all.sh` runs the proxy suites once more that way, so that each holds for both).
+pub fn fast_engine() -> bool {
+    std::env::var("SWIFTGATE_FAST_PATH").map_or(true, |v| v != "false" && v != "0")
+}
+
 /// An argon2 hash of KEY, computed once per test binary.
 pub fn key_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -169,6 +175,7 @@ impl Stack {
         let emulator = Emulator::start(config, emu_listener).await.unwrap();
         let state = tempfile::tempdir().unwrap();
         let mut config = single_user_config(state.path(), gw_addr, emulator.base_url(), &app, USER, key_hash(), mode);
+        config.proxy.fast_path = fast_engine();
         tweak_config(&mut config);
         let gw = start_gateway(&config, shared_clock.clone(), gw_listener).await;
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();

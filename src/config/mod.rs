@@ -11,6 +11,10 @@ use serde::Deserialize;
 
 use crate::secret::{Secret, SecretSource};
 
+mod accounts;
+
+pub use accounts::{AccountConfig, HubicAccountConfig, KeystoneConfig, StaticConfig, SwiftV1Config};
+
 /// How v1.0 auth answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +39,8 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// Extra PEM CA certificates trusted for HTTPS upstreams, beside the system roots.
     pub extra_ca: Option<std::path::PathBuf>,
+    /// Whether the fast engine takes the storage requests it can (else hyper serves all).
+    pub fast_path: bool,
 }
 
 impl ProxySettings {
@@ -54,6 +60,7 @@ impl Default for ProxySettings {
             header_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(300),
             extra_ca: None,
+            fast_path: true,
         }
     }
 }
@@ -74,6 +81,9 @@ pub struct ProxyConfig {
     pub idle_timeout: u64,
     /// Extra CA certificates (PEM) for HTTPS upstreams, beside the system roots.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Whether the fast engine (`src/proxy/fast.rs`) takes the storage requests it can; with
+    /// `false`, hyper's engine serves every request (also `SWIFTGATE_FAST_PATH`).
+    pub fast_path: bool,
 }
 
 impl Default for ProxyConfig {
@@ -86,6 +96,7 @@ impl Default for ProxyConfig {
             header_timeout: d.header_timeout.as_secs(),
             idle_timeout: d.idle_timeout.as_secs(),
             upstream_ca_file: None,
+            fast_path: d.fast_path,
         }
     }
 }
@@ -99,6 +110,7 @@ impl ProxyConfig {
             header_timeout: std::time::Duration::from_secs(self.header_timeout),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             extra_ca: self.upstream_ca_file.clone(),
+            fast_path: self.fast_path,
         }
     }
 }
@@ -188,229 +200,6 @@ impl HubicConfig {
         }
         Ok(())
     }
-}
-
-impl KeystoneConfig {
-    fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-        check_url(&key("auth_url"), &self.auth_url)?;
-        if !matches!(self.interface.as_str(), "public" | "internal" | "admin") {
-            return Err(invalid(key("interface"), "must be public, internal or admin"));
-        }
-        if self.region.as_deref().is_some_and(str::is_empty) {
-            return Err(invalid(key("region"), "must not be empty (leave it out instead)"));
-        }
-        if let Some(id) = &self.application_credential_id {
-            if id.is_empty() {
-                return Err(invalid(key("application_credential_id"), "must not be empty"));
-            }
-            // The credential carries its own user and scope.
-            let password_keys = [
-                ("username", self.username.is_some()),
-                ("password", self.password.is_some() || self.password_file.is_some()),
-                ("project", self.project.is_some() || self.project_id.is_some()),
-                ("user_domain", self.user_domain.is_some() || self.user_domain_id.is_some()),
-                ("project_domain", self.project_domain.is_some() || self.project_domain_id.is_some()),
-            ];
-            if let Some((k, _)) = password_keys.iter().find(|(_, set)| *set) {
-                return Err(invalid(key(k), "not used with an application credential: leave it out"));
-            }
-            return one_of(
-                &key("application_credential_secret"),
-                &self.application_credential_secret,
-                &self.application_credential_secret_file,
-            );
-        }
-        if self.application_credential_secret.is_some() || self.application_credential_secret_file.is_some() {
-            return Err(invalid(key("application_credential_id"), "missing (the secret is set)"));
-        }
-        if self.username.as_deref().is_none_or(str::is_empty) {
-            return Err(invalid(
-                key("username"),
-                "missing: set username, password and project, or application_credential_id and its secret",
-            ));
-        }
-        one_of(&key("password"), &self.password, &self.password_file)?;
-        if self.user_domain.is_some() && self.user_domain_id.is_some() {
-            return Err(invalid(key("user_domain"), "set either user_domain or user_domain_id, not both"));
-        }
-        if self.project_domain.is_some() && self.project_domain_id.is_some() {
-            return Err(invalid(key("project_domain"), "set either project_domain or project_domain_id, not both"));
-        }
-        match (&self.project, &self.project_id) {
-            (Some(_), Some(_)) => Err(invalid(key("project"), "set either project or project_id, not both")),
-            (None, None) => Err(invalid(key("project"), "missing (or set project_id)")),
-            (Some(p), None) | (None, Some(p)) if p.is_empty() => Err(invalid(key("project"), "must not be empty")),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// One declared upstream account: its name and how its Swift credentials are obtained.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum AccountConfig {
-    /// Keystone v3 (OpenStack: OVHcloud, Infomaniak, Catalyst, Cleura, private clouds).
-    Keystone(Box<KeystoneConfig>),
-    /// Swift v1 auth (`X-Auth-User`/`X-Auth-Key`: Ceph RGW, StorageGRID, tempauth).
-    SwiftV1(SwiftV1Config),
-    /// A fixed storage URL and token.
-    Static(StaticConfig),
-    /// A HubiC account, registered through the gateway (needs `[hubic]`).
-    Hubic(HubicAccountConfig),
-}
-
-impl AccountConfig {
-    /// The account's name, which users' `account` refers to.
-    pub fn name(&self) -> &str {
-        match self {
-            AccountConfig::Keystone(a) => &a.name,
-            AccountConfig::SwiftV1(a) => &a.name,
-            AccountConfig::Static(a) => &a.name,
-            AccountConfig::Hubic(a) => &a.name,
-        }
-    }
-
-    /// The account's secrets and the key each is set by, to read them all once at start.
-    pub fn secrets(&self) -> Vec<(&'static str, SecretSource)> {
-        let pairs = match self {
-            AccountConfig::Keystone(k) => vec![
-                ("password", SecretSource::of(&k.password, &k.password_file)),
-                (
-                    "application_credential_secret",
-                    SecretSource::of(&k.application_credential_secret, &k.application_credential_secret_file),
-                ),
-            ],
-            AccountConfig::SwiftV1(a) => vec![("key", SecretSource::of(&a.key, &a.key_file))],
-            AccountConfig::Static(a) => vec![("token", SecretSource::of(&a.token, &a.token_file))],
-            AccountConfig::Hubic(_) => Vec::new(),
-        };
-        pairs.into_iter().filter_map(|(key, source)| Some((key, source?))).collect()
-    }
-
-    /// The auth URL a secret goes to in clear: `http://` to a host other than a loopback one.
-    pub fn plain_http_auth(&self) -> Option<&str> {
-        let url = match self {
-            AccountConfig::Keystone(k) => &k.auth_url,
-            AccountConfig::SwiftV1(a) => &a.auth_url,
-            AccountConfig::Static(_) | AccountConfig::Hubic(_) => return None,
-        };
-        (url.starts_with("http://") && !is_loopback_url(url)).then_some(url.as_str())
-    }
-
-    /// The provider's name as written in the file.
-    pub fn provider(&self) -> &'static str {
-        match self {
-            AccountConfig::Keystone(_) => "keystone",
-            AccountConfig::SwiftV1(_) => "swift-v1",
-            AccountConfig::Static(_) => "static",
-            AccountConfig::Hubic(_) => "hubic",
-        }
-    }
-}
-
-/// A Keystone v3 account: password auth scoped to a project, or an application credential.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeystoneConfig {
-    /// The account's name.
-    pub name: String,
-    /// Keystone's URL, normally ending in `/v3` (added when missing).
-    pub auth_url: String,
-    /// Password auth: the user's name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// The user's domain name (default `Default`, unless `user_domain_id` is set).
-    #[serde(default)]
-    pub user_domain: Option<String>,
-    /// The user's password (or use `password_file`).
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// A file holding the password, read at each token request.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// The project to scope to, by name (with `project_domain`).
-    #[serde(default)]
-    pub project: Option<String>,
-    /// The project to scope to, by id.
-    #[serde(default)]
-    pub project_id: Option<String>,
-    /// The project's domain name (default: the user's domain).
-    #[serde(default)]
-    pub project_domain: Option<String>,
-    /// The user's domain by id instead of by name (`OS_USER_DOMAIN_ID`).
-    #[serde(default)]
-    pub user_domain_id: Option<String>,
-    /// The project's domain by id instead of by name (`OS_PROJECT_DOMAIN_ID`).
-    #[serde(default)]
-    pub project_domain_id: Option<String>,
-    /// An application credential's id (then no username, password or project).
-    #[serde(default)]
-    pub application_credential_id: Option<String>,
-    /// The application credential's secret (or use `application_credential_secret_file`).
-    #[serde(default)]
-    pub application_credential_secret: Option<Secret>,
-    /// A file holding the application credential's secret.
-    #[serde(default)]
-    pub application_credential_secret_file: Option<PathBuf>,
-    /// The catalog region; needed when the catalog has object-store endpoints in several.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// The catalog interface: `public` (default), `internal` or `admin`.
-    #[serde(default = "default_interface")]
-    pub interface: String,
-}
-
-/// A Swift v1 account (`GET auth_url` with `X-Auth-User` and `X-Auth-Key`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SwiftV1Config {
-    /// The account's name.
-    pub name: String,
-    /// The v1.0 auth URL, e.g. `http://rgw.example:8080/auth/v1.0`.
-    pub auth_url: String,
-    /// `X-Auth-User`, e.g. `test:tester`.
-    pub user: String,
-    /// `X-Auth-Key` (or use `key_file`).
-    #[serde(default)]
-    pub key: Option<Secret>,
-    /// A file holding the key, read at each token request.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// The token's assumed life in seconds when upstream sends no `X-Auth-Token-Expires`.
-    #[serde(default = "default_token_life")]
-    pub token_life: u64,
-}
-
-/// A fixed storage URL and token: passed through, never renewed.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StaticConfig {
-    /// The account's name.
-    pub name: String,
-    /// The storage URL, e.g. `https://swift.example/v1/AUTH_x`.
-    pub storage_url: String,
-    /// The token (or use `token_file`).
-    #[serde(default)]
-    pub token: Option<Secret>,
-    /// A file holding the token, read again when it changes.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-/// A HubiC account declared among others; its grant comes from registration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HubicAccountConfig {
-    /// The account's name (its grant's file name in the state directory).
-    pub name: String,
-}
-
-fn default_interface() -> String {
-    "public".to_owned()
-}
-
-fn default_token_life() -> u64 {
-    3600
 }
 
 /// One gateway user: the v1.0 credentials a Swift client presents, bound to one account.
@@ -537,6 +326,13 @@ impl Config {
         }
         if let Some(v) = env("SWIFTGATE_WORKERS") {
             self.workers = Some(v.parse().map_err(|_| invalid("SWIFTGATE_WORKERS", "not a whole number of threads"))?);
+        }
+        if let Some(v) = env("SWIFTGATE_FAST_PATH") {
+            self.proxy.fast_path = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(invalid("SWIFTGATE_FAST_PATH", "must be true or false")),
+            };
         }
         if let Some(v) = env("SWIFTGATE_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
@@ -896,222 +692,4 @@ fn check_account(key: &str, account: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$mJ0qvFOCgnHq4SYxJ0e8Ig";
-
-    fn base() -> String {
-        format!(
-            "state_dir = \"/tmp/x\"\n[hubic]\nclient_id = \"api_hubic_x\"\nclient_secret = \"s\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{HASH}\"\n"
-        )
-    }
-
-    #[test]
-    fn a_minimal_file_validates() {
-        let config = Config::parse(&base(), "t").unwrap();
-        config.validate().unwrap();
-        assert_eq!(config.public_url(), "http://127.0.0.1:8080");
-        assert_eq!(config.resolved_users().unwrap()[0].account, "alice");
-        assert_eq!(config.mode, Mode::Proxy);
-        assert_eq!(config.proxy.replay_buffer, 4 * 1024 * 1024);
-        assert!(config.worker_count() >= 1);
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let cases = [
-            (base().replace("client_id = \"api_hubic_x\"", "client_id = \"\""), "hubic.client_id"),
-            (base().replace(HASH, "plain"), "user[0].key_hash"),
-            (base() + "[[user]]\nname = \"alice\"\nkey_hash = \"" + HASH + "\"\n", "user[1].name"),
-            (base().replace("client_secret = \"s\"\n", ""), "hubic.client_secret"),
-            (base() + "public_url = \"ftp://x\"\n", "public_url"),
-            (base() + "public_url = \"https://x/prefix\"\n", "public_url"),
-            (base() + "[proxy]\ntoken_ttl = 5\n", "proxy.token_ttl"),
-            ("workers = 0\n".to_owned() + &base(), "workers"),
-            ("workers = 1000\n".to_owned() + &base(), "workers"),
-            (base() + "[proxy]\nbuffer = 5\n", "buffer"),
-            (base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""), "user[0].account"),
-            (base() + "[proxy]\ntoken_ttl = 9223372036854775807\n", "proxy.token_ttl"),
-            ("listen = \"0.0.0.0:8080\"\n".to_owned() + &base(), "public_url"),
-            ("listen = \"[::]:8080\"\n".to_owned() + &base(), "public_url"),
-            (base().replace("[hubic]\n", "[hubic]\napi_base = \"http://api.example.org\"\n"), "hubic.api_base"),
-            (base().replace("name = \"alice\"", &format!("name = \"{}\"", "a".repeat(129))), "user[0].account"),
-            (
-                base()
-                    + "[[user]]\nname = \"al ice\"\nkey_hash = \""
-                    + HASH
-                    + "\"\n"
-                    + "[[user]]\nname = \"al.ice\"\nkey_hash = \""
-                    + HASH
-                    + "\"\n",
-                "user[2].account",
-            ),
-            // Derived on one side, written on the other: written on both, or refused.
-            (
-                base() + "[[user]]\nname = \"bob\"\nkey_hash = \"" + HASH + "\"\naccount = \"alice\"\n",
-                "user[0].account",
-            ),
-        ];
-        for (text, key) in cases {
-            let err = Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_err().to_string();
-            assert!(err.contains(key), "{key}: {err}");
-        }
-    }
-
-    #[test]
-    fn what_may_pass() {
-        // Sharing an account is allowed when written on both; http to a loopback host (the
-        // emulator); every interface with a public URL.
-        let shared = base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"alice\"")
-            + "[[user]]\nname = \"al.ice\"\nkey_hash = \""
-            + HASH
-            + "\"\naccount = \"alice\"\n"
-            + "[[user]]\nname = \"al_ice\"\nkey_hash = \""
-            + HASH
-            + "\"\n";
-        for text in [
-            shared,
-            base().replace("[hubic]\n", "[hubic]\napi_base = \"http://127.0.0.1:9000\"\n"),
-            base().replace("[hubic]\n", "[hubic]\napi_base = \"http://localhost:9000\"\n"),
-            base().replace("[hubic]\n", "[hubic]\napi_base = \"http://[::1]:9000\"\n"),
-            "listen = \"0.0.0.0:8080\"\npublic_url = \"https://gw.example.org\"\n".to_owned() + &base(),
-        ] {
-            Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        }
-    }
-
-    /// A file with one user bound to the account `ks`, declared by `account`, and no `[hubic]`.
-    fn declared(account: &str) -> String {
-        format!(
-            "state_dir = \"/tmp/x\"\n[[user]]\nname = \"alice\"\nkey_hash = \"{HASH}\"\naccount = \"ks\"\n[[account]]\nname = \"ks\"\n{account}"
-        )
-    }
-
-    const KEYSTONE: &str = "provider = \"keystone\"\nauth_url = \"https://auth.example/v3\"\nusername = \"u\"\npassword = \"p\"\nproject = \"pr\"\n";
-    const APP_CREDENTIAL: &str = "provider = \"keystone\"\nauth_url = \"https://auth.example/v3\"\napplication_credential_id = \"i\"\napplication_credential_secret = \"s\"\n";
-
-    #[test]
-    fn declared_accounts_need_no_hubic_table() {
-        for account in [
-            KEYSTONE.to_owned(),
-            KEYSTONE.replace("project = \"pr\"", "project_id = \"0123\"") + "region = \"GRA\"\ninterface = \"internal\"\n",
-            APP_CREDENTIAL.to_owned(),
-            "provider = \"swift-v1\"\nauth_url = \"http://rgw.example:8080/auth/v1.0\"\nuser = \"t:u\"\nkey_file = \"k\"\n".to_owned(),
-            "provider = \"static\"\nstorage_url = \"https://s.example/v1/AUTH_x\"\ntoken_file = \"t\"\n".to_owned(),
-        ] {
-            let config = Config::parse(&declared(&account), "t").unwrap();
-            config.validate().unwrap_or_else(|e| panic!("{e}\n{account}"));
-            assert!(config.hubic.is_none());
-            assert_eq!(config.resolved_accounts().len(), 1);
-        }
-        // A HubiC account among them needs [hubic]; without [[account]], every account is HubiC.
-        let hubic = declared("provider = \"hubic\"\n");
-        let err = Config::parse(&hubic, "t").unwrap().validate().unwrap_err().to_string();
-        assert!(err.contains("`hubic`") && err.contains("\"ks\""), "{err}");
-        let with_table = hubic + "[hubic]\nclient_id = \"api_hubic_x\"\nclient_secret = \"s\"\n";
-        Config::parse(&with_table, "t").unwrap().validate().unwrap();
-        let implicit = Config::parse(&base(), "t").unwrap();
-        assert!(matches!(&implicit.resolved_accounts()[..], [AccountConfig::Hubic(a)] if a.name == "alice"));
-    }
-
-    #[test]
-    fn account_errors_name_the_key() {
-        let cases = [
-            (declared(&KEYSTONE.replace("password = \"p\"\n", "")), "account[0].password"),
-            (declared(&(KEYSTONE.to_owned() + "password_file = \"f\"\n")), "account[0].password"),
-            (declared(&KEYSTONE.replace("project = \"pr\"\n", "")), "account[0].project"),
-            (declared(&(KEYSTONE.to_owned() + "project_id = \"x\"\n")), "account[0].project"),
-            (declared(&KEYSTONE.replace("username = \"u\"\n", "")), "account[0].username"),
-            (declared(&(KEYSTONE.to_owned() + "interface = \"private\"\n")), "account[0].interface"),
-            (declared(&(KEYSTONE.to_owned() + "user_domain = \"D\"\nuser_domain_id = \"d\"\n")), "account[0].user_domain"),
-            (declared(&(APP_CREDENTIAL.to_owned() + "project_domain_id = \"d\"\n")), "account[0].project_domain"),
-            (declared(&KEYSTONE.replace("https://auth.example/v3", "auth.example")), "account[0].auth_url"),
-            (declared(&(APP_CREDENTIAL.to_owned() + "username = \"u\"\n")), "account[0].username"),
-            (declared(&(APP_CREDENTIAL.to_owned() + "project = \"p\"\n")), "account[0].project"),
-            (declared(&APP_CREDENTIAL.replace("application_credential_secret = \"s\"\n", "")), "application_credential_secret"),
-            (declared(&KEYSTONE.replace("keystone", "openstack")), "openstack"),
-            (declared(&(KEYSTONE.to_owned() + "colour = \"blue\"\n")), "colour"),
-            (declared("provider = \"swift-v1\"\nauth_url = \"http://r/auth/v1.0\"\nuser = \"u\"\n"), "account[0].key"),
-            (
-                declared("provider = \"swift-v1\"\nauth_url = \"http://r/auth/v1.0\"\nuser = \"u\"\nkey = \"k\"\ntoken_life = 1\n"),
-                "account[0].token_life",
-            ),
-            (declared("provider = \"static\"\nstorage_url = \"https://s/v1/AUTH_x\"\n"), "account[0].token"),
-            (declared(KEYSTONE).replace("account = \"ks\"", "account = \"kz\""), "user[0].account"),
-            (declared(KEYSTONE) + "[[account]]\nname = \"ks\"\n" + APP_CREDENTIAL, "account[1].name"),
-            (declared(KEYSTONE).replace("name = \"ks\"\n", "name = \"../ks\"\n"), "account[0].name"),
-        ];
-        for (text, key) in cases {
-            let err = Config::parse(&text, "t").and_then(|c| c.validate()).unwrap_err().to_string();
-            assert!(err.contains(key), "{key}: {err}\n{text}");
-            assert!(!err.contains("\"p\"") && !err.contains("\"s\""), "a secret in the error: {err}");
-        }
-    }
-
-    #[test]
-    fn account_secret_files_are_relative_to_the_file_and_kept_out_of_debug() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pw"), "keystone-secret\n").unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, declared(&KEYSTONE.replace("password = \"p\"", "password_file = \"pw\""))).unwrap();
-        let config = Config::load(&path, |_| None).unwrap();
-        let AccountConfig::Keystone(ks) = &config.accounts[0] else { panic!("{config:?}") };
-        let source = SecretSource::of(&ks.password, &ks.password_file).unwrap();
-        assert_eq!(source.read().unwrap().expose(), "keystone-secret");
-        let inline = Config::parse(&declared(&KEYSTONE.replace("\"p\"", "\"hunter2\"")), "t").unwrap();
-        assert!(!format!("{inline:?}").contains("hunter2"));
-        let err = Config::load(&path, |k| (k == "SWIFTGATE_HUBIC_CLIENT_ID").then(|| "x".to_owned())).unwrap_err();
-        assert!(err.to_string().contains("SWIFTGATE_HUBIC_CLIENT_ID"), "{err}");
-    }
-
-    #[test]
-    fn parse_errors_quote_no_value() {
-        // A misspelt key, a number where a string goes, a broken line: each names where, and
-        // none repeats the secret written there.
-        for (text, key) in [
-            (base().replace("client_secret = \"s\"", "client-secret = \"hunter2-secret\""), "client-secret"),
-            (base().replace("client_secret = \"s\"", "client_secret = 424242424242"), "line 4"),
-            (base().replace("client_secret = \"s\"", "client_secret = \"hunter2-secret"), "line 4"),
-        ] {
-            let err = Config::parse(&text, "t").unwrap_err().to_string();
-            assert!(err.contains(key), "{key}: {err}");
-            assert!(!err.contains("hunter2") && !err.contains("424242"), "the value leaked: {err}");
-        }
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_with_their_name() {
-        let err = Config::parse(&(base() + "colour = \"blue\"\n"), "t").unwrap_err().to_string();
-        assert!(err.contains("colour"), "{err}");
-    }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, base()).unwrap();
-        let env = |k: &str| match k {
-            "SWIFTGATE_LISTEN" => Some("127.0.0.1:9999".to_owned()),
-            "SWIFTGATE_HUBIC_CLIENT_SECRET" => Some("from-env".to_owned()),
-            "SWIFTGATE_WORKERS" => Some("3".to_owned()),
-            _ => None,
-        };
-        let config = Config::load(&path, env).unwrap();
-        assert_eq!(config.listen.port(), 9999);
-        assert_eq!(config.worker_count(), 3);
-        assert_eq!(config.client_secret().unwrap().expose(), "from-env");
-        assert!(!format!("{config:?}").contains("from-env"), "secret in Debug output");
-    }
-
-    #[test]
-    fn secrets_can_come_from_files() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret"), "file-secret\n").unwrap();
-        let text = base().replace("client_secret = \"s\"", "client_secret_file = \"secret\"");
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
-        let config = Config::load(&path, |_| None).unwrap();
-        assert_eq!(config.client_secret().unwrap().expose(), "file-secret");
-    }
-}
+mod tests;

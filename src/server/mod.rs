@@ -1,0 +1,261 @@
+//! The listener: accepts TCP connections, terminates TLS (tokio-rustls, HTTP/1.1 and h2 by
+//! ALPN), serves HTTP with hyper's HTTP/1 and h2 connections, and shuts down gracefully.
+//!
+//! Both the gateway and the emulator run on [`run`]; it knows nothing about routes. Tests hand
+//! it a `127.0.0.1:0` listener and their own shutdown future.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+
+/// The largest request head an HTTP/1 client may send (431 beyond). Swift itself refuses a
+/// header line over 8 KiB and object metadata over 4 KiB in all; hyper's default would be its
+/// read limit, 408 KiB, and the read limit here is 1 MiB (`body::MAX_READ`). A head comes
+/// before any authentication, so this is what a connection holds for a client that never
+/// finishes one. (h2 heads are bounded by hyper's 16 KiB header list size.)
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Time a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that has no request in progress and begins none for this long (up to twice
+/// this long) is closed: see [`ServeOptions::idle_close`].
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// Longest time between two timer deadlines of an event loop while it serves. Tokio's timer
+/// wakes its event loop with a system call whenever a new deadline falls before the one it
+/// last went to sleep with. Per request the header timers went the wrong way round (hyper's
+/// 30 s header timer followed the proxy's 120 s upstream one), so without an earlier deadline
+/// always pending, every request at low concurrency paid one `write` to the loop's eventfd and
+/// one more `epoll_wait`. (hyper's header timer is gone since, see [`Peer::quiet`].)
+const TIMER_TICK: Duration = Duration::from_secs(10);
+/// Time open connections get to finish once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from the socket at once beneath TLS: rustls asks for 4 KiB at a time, which
+/// would cost a system call per TLS record on uploads.
+const TLS_READ_BUFFER: usize = 64 * 1024;
+/// Encrypted bytes rustls may hold before a write returns, so a bulk chunk leaves in few
+/// `writev` calls rather than one per 64 KiB.
+const TLS_SEND_BUFFER: usize = 256 * 1024;
+
+mod conn;
+mod takeover;
+mod tls;
+mod workers;
+
+pub(crate) use conn::InProgress;
+use conn::{watch_idle, Tracked};
+pub use conn::{Counted, Handler, Peer, Signals};
+pub use takeover::{Connection, Prefixed, Served};
+pub use tls::{tls_acceptor, TlsError};
+pub use workers::{run_workers, worker_index};
+
+/// How to serve.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Terminate TLS with this acceptor.
+    pub tls: Option<TlsAcceptor>,
+    /// Speak HTTP/1.1 only (HubiC's front end never offered h2).
+    pub http1_only: bool,
+    /// A connection with no request in progress that begins none for this long (to twice
+    /// this long) is closed gracefully: a client that connects and sends nothing, trickles a
+    /// request head, or keeps an idle connection open. hyper finishes sending what it holds
+    /// first, and says GOAWAY on h2. Like nginx's `keepalive_timeout` and
+    /// `client_header_timeout` together. 30 s by default; at least 1 ms.
+    pub idle_close: Duration,
+    /// A connection sending a response on which no byte is read or written, and no request
+    /// begins or ends, for this long (checked every `idle_close`) is cut: a client that stopped
+    /// reading its download. hyper stops polling a body it cannot write, so the streaming
+    /// path's own idle timeout never sees such a stall. Longer than that idle timeout, which
+    /// answers first where the wait is upstream's:
+    /// [`ProxySettings::stall_cut`](crate::config::ProxySettings::stall_cut), 330 s by default.
+    /// A request whose handler has not answered yet is left to the handler's own timeouts.
+    pub stall_cut: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            tls: None,
+            http1_only: false,
+            idle_close: IDLE_CLOSE,
+            stall_cut: crate::config::ProxySettings::default().stall_cut(),
+        }
+    }
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes, then lets open connections
+/// finish (bounded by a drain timeout).
+pub async fn run<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    // hyper's own header-read timer costs a timer per request; `Peer::quiet` does its work.
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(crate::body::MAX_READ)
+        .max_header_size(MAX_HEAD)
+        .max_headers(crate::body::MAX_FIELDS);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let builders = Arc::new((h1, h2));
+    let http1_only = options.http1_only;
+    // Each connection holds a receiver until it has finished: the drain waits for them all.
+    let (stop, _) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    let idle_close = options.idle_close.max(Duration::from_millis(1));
+    let stall_cut = options.stall_cut;
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = tick.tick() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let stopping = stop.subscribe();
+        let handler = handler.clone();
+        let builders = builders.clone();
+        let tls = options.tls.clone();
+        let client = Arc::new(Peer::new(peer));
+        let watched = client.clone();
+        let (idle_tx, idle_rx) = oneshot::channel::<()>();
+        let stream = Counted { io: stream, peer: client.clone() };
+        let (fast, peer_of_fast) = (handler.clone(), client.clone());
+        let connection = async move {
+            let mut signals = Signals::new(stopping, idle_rx);
+            let service = hyper::service::service_fn(move |req| {
+                let (handler, client) = (handler.clone(), client.clone());
+                async move {
+                    let request = client.begin();
+                    let resp = handler.handle(req, client).await;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _request: request.responding() }))
+                }
+            });
+            let result = match tls {
+                Some(acceptor) => {
+                    let stream = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, stream);
+                    let mut tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => tls_stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+                    if !http1_only && tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let conn = builders.1.serve_connection(TokioIo::new(tls_stream), service);
+                        until_done(conn, |c| c.graceful_shutdown(), signals).await
+                    } else {
+                        let io = match fast.serve_h1(tls_stream, &peer_of_fast, &mut signals).await {
+                            Served::Done => return,
+                            Served::HandOver(io) => io,
+                        };
+                        let conn = builders.0.serve_connection(TokioIo::new(io), service);
+                        until_done(conn, |c| c.graceful_shutdown(), signals).await
+                    }
+                }
+                // Plain connections speak HTTP/1: no Swift client uses h2 without TLS.
+                None => {
+                    let io = match fast.serve_h1(stream, &peer_of_fast, &mut signals).await {
+                        Served::Done => return,
+                        Served::HandOver(io) => io,
+                    };
+                    let conn = builders.0.serve_connection(TokioIo::new(io), service);
+                    until_done(conn, |c| c.graceful_shutdown(), signals).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, cause = %e, "connection ended with an error");
+            }
+        };
+        tokio::spawn(watch_idle(watched, tokio::spawn(connection).abort_handle(), idle_tx, idle_close, stall_cut));
+    }
+    drop(listener);
+    let _ = stop.send(());
+    if tokio::time::timeout(DRAIN_TIMEOUT, stop.closed()).await.is_err() {
+        tracing::warn!("connections still open after the drain timeout; closing");
+    }
+}
+
+/// Serves `conn` to its end. When the server stops or the connection has been idle, asks it to
+/// finish gracefully (`shut`): hyper closes an HTTP/1 connection at once if it is idle or has
+/// seen nothing yet, lets a response in progress finish, flushing what it holds, and says
+/// GOAWAY on h2; it goes on waiting for a request head that is only partly in (the idle watch
+/// cuts that, see `Counted`). `signals` are held until the end: the server's drain waits for
+/// its stop receiver to go.
+async fn until_done<C: Future>(conn: C, shut: fn(Pin<&mut C>), mut signals: Signals) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        out = conn.as_mut() => return out,
+        () = signals.fired() => {}
+    }
+    shut(conn.as_mut());
+    let out = conn.await;
+    drop(signals);
+    out
+}
+
+/// Writes a readiness announcement (a base URL, the demo's `export` lines) to `out` in one write
+/// and flushes it. The announcement is a courtesy to whoever started the process: if it cannot
+/// be written (a reader that closed the pipe, a full disk), a warning goes to the log and the
+/// server goes on serving, as it would for any other failed log line. One write, so that a
+/// reader of a pipe sees all of it or none of it (up to `PIPE_BUF`, 4 KiB, on Linux).
+pub fn announce(out: &mut (dyn std::io::Write + Send), text: &str) {
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!(cause = %e, "cannot write the announcement to stdout; serving on");
+    }
+}
+
+/// Registers for SIGINT and SIGTERM at once and returns a future that resolves on the first of
+/// them. Call it before announcing readiness: a handler installed only when the future is first
+/// polled leaves a window in which a signal sent on that announcement kills the process
+/// outright, skipping the cleanup that follows the future.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
