@@ -1,0 +1,385 @@
+//! Heads on the fast path: which requests it takes, and the request and answer heads
+//! rewritten in place, line by line, with the fields that never cross left out.
+
+use super::*;
+
+impl Proxy {
+    /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
+    /// the head upstream gets into `out` (which holds anything on a decline).
+    pub(super) fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Look {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
+            // hyper answers a head over the limit with 431.
+            Ok(httparse::Status::Complete(n)) if n <= crate::server::MAX_HEAD => n,
+            Ok(httparse::Status::Partial) if buf.len() < crate::server::MAX_HEAD => return Look::Partial,
+            _ => return Look::Decline,
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else { return Look::Decline };
+        let (head_request, put) = match method {
+            "GET" => (false, false),
+            "HEAD" => (true, false),
+            "PUT" => (false, true),
+            _ => return Look::Decline,
+        };
+        // `http` takes a URI of up to 65 534 bytes (414 beyond).
+        if target.len() >= usize::from(u16::MAX) {
+            return Look::Decline;
+        }
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        // Origin form, in the characters `http`'s URI parser accepts unquoted (hyper refuses
+        // others with 400, so they go to hyper).
+        if !path.starts_with('/') || !target.bytes().all(plain_target_byte) {
+            return Look::Decline;
+        }
+        if !auth.is_storage(path) {
+            return own(req.headers, head_len, head_request, method, path);
+        }
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut token = None;
+        let mut storage_token = None;
+        let mut close = false;
+        let mut length = None;
+        let mut lower = [0u8; 32];
+        let mut lines = Lines::new(buf);
+        for field in req.headers.iter() {
+            let name = lowered(field.name, &mut lower);
+            match name {
+                Some("content-length") if put => {
+                    let Some(n) = content_length(field.value) else { return Look::Decline };
+                    match length {
+                        Some(l) if l != n => return Look::Decline,
+                        // One `Content-Length` upstream, as hyper sends it.
+                        Some(_) => {
+                            lines.flush(out);
+                            continue;
+                        }
+                        None => length = Some(n),
+                    }
+                }
+                Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
+                Some("connection") => match connection_close(field.value) {
+                    Some(c) => close |= c,
+                    None => return Look::Decline,
+                },
+                Some("x-auth-token") if token.is_none() => token = Some(field.value),
+                Some("x-storage-token") if storage_token.is_none() => storage_token = Some(field.value),
+                _ => {}
+            }
+            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_requests(n).is_some()) {
+                lines.flush(out);
+            } else {
+                lines.keep(out, field);
+            }
+        }
+        lines.flush(out);
+        let Some(token) = token.or(storage_token).and_then(|t| std::str::from_utf8(t).ok()) else {
+            return Look::Decline;
+        };
+        let Some(cached) = auth.account_of(token).and_then(|account| auth.tokens().ready(account, TOKEN_MARGIN)) else {
+            return Look::Decline;
+        };
+        let target_of = &cached.target;
+        if !target_of.covers(path) {
+            return Look::Decline;
+        }
+        let upload = match length {
+            Some(len) => Some(Upload { len, kept: len <= self.settings.replay_buffer }),
+            _ if put => return Look::Decline,
+            _ => None,
+        };
+        if upload.as_ref().is_some_and(|u| !u.kept) {
+            push_field(out, b"expect", b"100-continue");
+        }
+        push_field(out, b"host", target_of.host.as_bytes());
+        push_field(out, b"x-auth-token", target_of.token.as_bytes());
+        push_field(out, b"x-forwarded-for", peer.forwarded_for.as_bytes());
+        push_field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Look::Take(Taken { head_len, head_request, upload, close, cached })
+    }
+
+    /// The client's answer head from upstream's (`head`), written into `out`, saying
+    /// `connection: close` if `close`; `None` for an answer the fast path leaves to the proxy
+    /// (see the module's description).
+    pub(super) fn client_head(
+        &self,
+        head: &[u8],
+        taken: &Taken,
+        close: bool,
+        target: &crate::proxy::Target,
+        out: &mut Vec<u8>,
+    ) -> Option<Answer> {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, &mut fields).ok()?;
+        let code = resp.code?;
+        // A 401 before an upload's body is declined earlier (see `Proxy::upload`); after it,
+        // the proxy could not send the body again either, so it goes to the client.
+        if !(200..=599).contains(&code) || (code == 401 && taken.replayable() && taken.cached.renews) {
+            return None;
+        }
+        // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.
+        let mut upstream_closes = resp.version != Some(1);
+        // hyper's server drops a length from answers that have no body of any kind.
+        let no_body = code == 204 || code == 304;
+        out.clear();
+        // The reason phrase as upstream wrote it, as hyper relays it.
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&[b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8]);
+        out.push(b' ');
+        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut length = None;
+        let mut dated = false;
+        let mut lower = [0u8; 32];
+        let mut lines = Lines::new(head);
+        for field in resp.headers.iter() {
+            let name = lowered(field.name, &mut lower);
+            match name {
+                Some("transfer-encoding") => return None,
+                Some("content-length") => {
+                    let n = content_length(field.value)?;
+                    match length {
+                        Some(l) if l != n => return None,
+                        // One `Content-Length`, as hyper writes it.
+                        Some(_) => {
+                            lines.flush(out);
+                            continue;
+                        }
+                        None => length = Some(n),
+                    }
+                    if no_body {
+                        lines.flush(out);
+                        continue;
+                    }
+                }
+                Some("connection") => upstream_closes |= connection_close(field.value)?,
+                Some("date") => dated = true,
+                Some("location" | "content-location") => {
+                    if let Some(value) = visible_ascii(field.value).and_then(|v| self.relocated(v, target)) {
+                        lines.flush(out);
+                        push_field(out, field.name.as_bytes(), value.as_bytes());
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_responses(n).is_some()) {
+                lines.flush(out);
+            } else {
+                lines.keep(out, field);
+            }
+        }
+        lines.flush(out);
+        let body = if taken.head_request || no_body { 0 } else { length? };
+        if !dated {
+            // hyper's server adds one; Swift always sends its own.
+            push_field(out, b"date", httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        }
+        if close {
+            push_field(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        Some(Answer { body, upstream_closes })
+    }
+}
+
+/// A request for the gateway's own endpoints, if it has no body and its fields all make a
+/// `HeaderMap`.
+pub(super) fn own(
+    fields: &[httparse::Header<'_>],
+    head_len: usize,
+    head_request: bool,
+    method: &str,
+    path: &str,
+) -> Look {
+    let mut headers = http::HeaderMap::with_capacity(fields.len());
+    let mut close = false;
+    let mut lower = [0u8; 32];
+    for field in fields {
+        match lowered(field.name, &mut lower) {
+            Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
+            Some("connection") => match connection_close(field.value) {
+                Some(c) => close |= c,
+                None => return Look::Decline,
+            },
+            _ => {}
+        }
+        let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(field.name.as_bytes()), http::HeaderValue::from_bytes(field.value))
+        else {
+            return Look::Decline;
+        };
+        headers.append(name, value);
+    }
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { return Look::Decline };
+    Look::Own(Own { head_len, head_request, close, method, path: path.to_owned(), headers })
+}
+
+/// Most bytes of a gateway endpoint's answer the fast path writes (its own answers are a few
+/// hundred bytes, upstream's `/info` a few KiB).
+pub(super) const OWN_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Answers `own` with what the gateway answers to it, or declines if it has no such answer.
+pub(super) async fn answer_own<S, A>(auth: &A, client: &mut S, own: &Own, request: InProgress) -> Exchange
+where
+    S: AsyncWrite + Unpin,
+    A: Authority,
+{
+    let Some(answer) = auth.head_only(&own.method, &own.path, &own.headers) else { return Exchange::Decline };
+    let (parts, body) = answer.await.into_parts();
+    let _request = request.responding();
+    let Some(body) = collect(body).await else {
+        tracing::warn!("an answer of the gateway's could not be read; connection closed");
+        return Exchange::Cut;
+    };
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status).into_bytes();
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+            continue;
+        }
+        dated |= name == http::header::DATE;
+        push_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    push_field(&mut head, b"content-length", body.len().to_string().as_bytes());
+    if !dated {
+        push_field(&mut head, b"date", httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    }
+    if own.close {
+        push_field(&mut head, b"connection", b"close");
+    }
+    head.extend_from_slice(b"\r\n");
+    let body = if own.head_request { &[][..] } else { &body[..] };
+    match write_two(client, &head, body).await {
+        Ok(()) if client.flush().await.is_ok() => Exchange::Done { close: own.close },
+        _ => Exchange::Cut,
+    }
+}
+
+/// `body`, whole, if it ends within [`OWN_BODY_LIMIT`] bytes and
+/// [`crate::body::SMALL_BODY_TIME`].
+pub(super) async fn collect(mut body: crate::body::Body) -> Option<BytesMut> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut whole = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.ok()?.into_data() {
+                if whole.len() + data.len() > OWN_BODY_LIMIT {
+                    return None;
+                }
+                whole.extend_from_slice(&data);
+            }
+        }
+        Some(whole)
+    };
+    tokio::time::timeout(crate::body::SMALL_BODY_TIME, read).await.ok()?
+}
+
+/// A `Content-Length` value: digits only, as hyper reads it.
+pub(super) fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// `value` as text if it is visible ASCII (with spaces and tabs), as `HeaderValue::to_str`
+/// takes it.
+pub(super) fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)).then(|| std::str::from_utf8(value).ok())?
+}
+
+/// `name` in ASCII lower case, in `into`, if it fits (no field the gateway looks for is longer).
+pub(super) fn lowered<'a>(name: &str, into: &'a mut [u8; 32]) -> Option<&'a str> {
+    let into = into.get_mut(..name.len())?;
+    for (to, from) in into.iter_mut().zip(name.bytes()) {
+        *to = from.to_ascii_lowercase();
+    }
+    std::str::from_utf8(into).ok()
+}
+
+/// Whether a `Connection` field asks to close; `None` when it names anything but `close` and
+/// `keep-alive` (fields to drop, which the fast path leaves to the proxy).
+pub(super) fn connection_close(value: &[u8]) -> Option<bool> {
+    let mut close = false;
+    for option in value.split(|&b| b == b',') {
+        let option = option.trim_ascii();
+        if option.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !option.is_empty() && !option.eq_ignore_ascii_case(b"keep-alive") {
+            return None;
+        }
+    }
+    Some(close)
+}
+
+/// A request-target byte `http`'s URI parser takes as it is.
+pub(super) fn plain_target_byte(b: u8) -> bool {
+    matches!(b, 0x21..=0x7e) && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+/// Copies header lines of a head into an outgoing one as they were written, each run of
+/// consecutive kept lines in one copy (four small copies per field were a tenth of the fast
+/// path's instructions).
+pub(super) struct Lines<'a> {
+    pub(super) head: &'a [u8],
+    /// The run of kept lines not copied yet: its start and end in `head`.
+    pub(super) run: Option<(usize, usize)>,
+}
+
+impl<'a> Lines<'a> {
+    pub(super) fn new(head: &'a [u8]) -> Self {
+        Lines { head, run: None }
+    }
+
+    /// Keeps `field`'s line, one that httparse found in `head`.
+    pub(super) fn keep(&mut self, out: &mut Vec<u8>, field: &httparse::Header<'_>) {
+        let Some((start, end)) = self.line(field) else {
+            // Not where it should be: written out afresh (never happens with httparse).
+            self.flush(out);
+            push_field(out, field.name.as_bytes(), field.value);
+            return;
+        };
+        match &mut self.run {
+            Some((_, run_end)) if *run_end == start => *run_end = end,
+            _ => {
+                self.flush(out);
+                self.run = Some((start, end));
+            }
+        }
+    }
+
+    /// Copies the run of kept lines, if any.
+    pub(super) fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some((start, end)) = self.run.take() {
+            out.extend_from_slice(&self.head[start..end]);
+        }
+    }
+
+    /// Where `field`'s line lies in `head`, its line ending included: from its name to the
+    /// first line feed after its value (httparse leaves none inside a value).
+    pub(super) fn line(&self, field: &httparse::Header<'_>) -> Option<(usize, usize)> {
+        let base = self.head.as_ptr() as usize;
+        let start = (field.name.as_ptr() as usize).checked_sub(base)?;
+        let after_name = start + field.name.len();
+        let value_end = (field.value.as_ptr() as usize).checked_sub(base).map(|v| v + field.value.len());
+        // An empty value may point anywhere: then look from the name on.
+        let from = value_end.filter(|&v| !field.value.is_empty() && v >= after_name).unwrap_or(after_name);
+        let feed = self.head.get(from..)?.iter().position(|&b| b == b'\n')?;
+        Some((start, from + feed + 1))
+    }
+}
+
+pub(super) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,486 @@
+//! The fast path: the commonest storage requests, relayed without hyper.
+//!
+//! A `GET` or `HEAD` on an HTTP/1.1 connection, with no body, a valid gateway token and the
+//! account's credentials cached and not due for renewal, goes upstream as the bench's floor
+//! relay sends it: the request head is parsed in place and written upstream with the fields
+//! that never cross the gateway left out and the upstream token, `Host` and forwarding fields
+//! added; the answer's head is parsed in place and written to the client the same way, and its
+//! body (`Content-Length`, or none) is relayed from one buffer in as few writes as it came in
+//! reads. No header map, no request or response object, no second task: the whole exchange
+//! runs in the client connection's task, on one upstream connection it keeps.
+//!
+//! A download's body is copied, never spliced: with upstream and client on the same machine
+//! (the bench, or a Swift proxy on the gateway's host), spliced pages reach the client still
+//! the upstream's, and both ends then copy them more slowly than the gateway's two copies
+//! cost. The machine spent more CPU per GiB and a 1 GiB `GET` came at two thirds of the
+//! copying rate (`benches/e2e.rs`, its whole-machine CPU line). Uploads show no such loss.
+//!
+//! A `PUT` with a `Content-Length` is taken too, under the proxy's replay policy:
+//! - a body of at most the replay buffer goes upstream as it comes and is kept in the client's
+//!   read buffer meanwhile, so that a `401` or any answer the fast path does not relay hands
+//!   the whole request to the proxy;
+//! - a larger one waits behind `Expect: 100-continue`, as the proxy sends it, and only once
+//!   upstream answers `100` (or the expect timeout passes) goes upstream: from the client's
+//!   socket to upstream's through a pipe ([`super::splice`]), never entering user space, when
+//!   neither side is TLS, else copied through a buffer. An answer before `100` (a `401`, a
+//!   `413`) leaves the body unread, and the request goes to the proxy, which renews and
+//!   retries or relays the answer.
+//!
+//! Anything else hands the connection to hyper, with the request still unanswered, before a
+//! byte of answer has been written: another method or HTTP version, a chunked body, `Expect`,
+//! `Upgrade`, a `Connection` field naming other fields, a path outside storage, a missing or bad
+//! token, credentials that need renewing, an upstream that cannot be reached or closed a parked
+//! connection, and answers the relay does not frame (1xx, chunked, read-until-close) or that
+//! need the proxy's judgement (401, which renews and retries). The request is then sent again
+//! by [`Proxy::forward`], which is safe: `GET`, `HEAD` and `PUT` are idempotent. hyper serves the
+//! connection from then on.
+//!
+//! Found where the gateway's CPU per small request went: 40 000 user-space instructions per
+//! 4 KiB `GET`, where the floor relay executes 5 000 (`benches/instructions.sh`).
+
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::pool::Raw;
+use super::splice::{Broke, Pipe};
+use super::{dropped_from_requests, dropped_from_responses, hop_by_hop, Failure, Proxy, TOKEN_MARGIN};
+use crate::server::{Connection, InProgress, Peer, Prefixed, Served, Signals};
+use crate::tokens::{Cached, TokenManager};
+
+mod head;
+mod upload;
+
+use head::*;
+use upload::*;
+
+/// What the fast path needs from the gateway: which paths are storage paths, and whose a
+/// gateway token is.
+pub trait Authority: Sync {
+    /// True when `path` (no query) is answered by the proxy, not by one of the gateway's own
+    /// endpoints.
+    fn is_storage(&self, path: &str) -> bool;
+    /// The account `token` stands for, if it is a valid gateway token now.
+    fn account_of(&self, token: &str) -> Option<&str>;
+    /// The credentials cache.
+    fn tokens(&self) -> &TokenManager;
+    /// The answer to a request for one of the gateway's own endpoints that needs nothing but
+    /// the request's head, if `path` is one.
+    fn head_only<'a>(
+        &'a self,
+        method: &'a http::Method,
+        path: &str,
+        headers: &'a http::HeaderMap,
+    ) -> Option<impl std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'a>;
+}
+
+/// Header fields a request head may have for the fast path to take it (hyper's limit is 100;
+/// a head with more goes to hyper).
+const MAX_REQUEST_FIELDS: usize = 64;
+/// Header fields an answer's head may have: as many as the hyper engine takes.
+const MAX_RESPONSE_FIELDS: usize = crate::body::MAX_FIELDS;
+/// What the client's read buffer grows by.
+const CLIENT_READ: usize = 8 * 1024;
+/// What an upstream connection's read buffer starts at; it doubles, up to
+/// [`crate::body::MAX_READ`], while a body fills it, and goes back to this after a large body.
+const UPSTREAM_READ: usize = 16 * 1024;
+
+/// The buffer an upload's body is copied through when it cannot be spliced (see
+/// [`copy_body`]): the floor relay's size.
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// A request the fast path takes.
+struct Taken {
+    /// The request head's length in the client's buffer.
+    head_len: usize,
+    head_request: bool,
+    /// A `PUT`'s body.
+    upload: Option<Upload>,
+    /// The client sent `Connection: close`.
+    close: bool,
+    cached: Arc<Cached>,
+}
+
+impl Taken {
+    /// What the client's buffer `buf` holds of the request: its head, and of an upload's body
+    /// what has come (all of it, once a kept upload has gone upstream).
+    fn in_buffer(&self, buf: &[u8]) -> usize {
+        let body = self.upload.as_ref().map_or(0, |u| usize::try_from(u.len).unwrap_or(usize::MAX));
+        self.head_len + (buf.len() - self.head_len).min(body)
+    }
+
+    /// True while the proxy could still send the whole request: anything but an upload larger
+    /// than the replay buffer, whose body is not kept.
+    fn replayable(&self) -> bool {
+        self.upload.as_ref().is_none_or(|u| u.kept)
+    }
+}
+
+/// An upload's body, as the fast path sends it.
+struct Upload {
+    /// Its length.
+    len: u64,
+    /// At most the replay buffer: read into the client's buffer and kept there while it goes
+    /// upstream, so that whatever upstream answers, the whole request can still go to the
+    /// proxy. Larger, it goes once upstream asks for it, and is not kept.
+    kept: bool,
+}
+
+/// A body-less request for one of the gateway's own endpoints (see [`Authority::head_only`]).
+struct Own {
+    head_len: usize,
+    head_request: bool,
+    close: bool,
+    method: http::Method,
+    path: String,
+    headers: http::HeaderMap,
+}
+
+/// What a look at the client's buffer found.
+enum Look {
+    /// No whole head yet.
+    Partial,
+    /// Not for the fast path.
+    Decline,
+    /// Taken: the upstream head is written out.
+    Take(Taken),
+    /// For the gateway itself, answered here too.
+    Own(Own),
+}
+
+/// How an exchange ended.
+enum Exchange {
+    /// Answered; the client's connection may carry another request unless `close`.
+    Done {
+        /// The answer said `connection: close`.
+        close: bool,
+    },
+    /// Nothing written to the client: hyper answers it.
+    Decline,
+    /// The connection cannot go on (the client went, or upstream broke off a body).
+    Cut,
+}
+
+/// Why no upstream answer head came.
+enum Unreached {
+    /// An answer the proxy may read differently (a head too large, malformed), or an upload's
+    /// head answered before its body was asked for: it goes there.
+    Decline,
+    /// Answered with the proxy's error page.
+    Failed(Failure),
+    /// The client broke off an upload's body: the connection cannot go on.
+    Cut,
+    /// Upstream stopped taking an upload's body, of which the client still has `unread`
+    /// bytes to send: the client gets a 502 and the connection ends.
+    Abandoned { unread: u64 },
+}
+
+/// An answer's head, whole at the start of its connection's buffer.
+#[derive(Clone, Copy)]
+struct Head {
+    /// Its length.
+    len: usize,
+    /// Its status code.
+    code: u16,
+}
+
+/// What reading an answer's head from upstream found.
+enum AnswerHead {
+    /// The head is whole.
+    Whole(Head),
+    /// The connection ended or failed before a byte came.
+    Nothing,
+    /// Not a head the fast path reads (too large, or malformed), or the connection failed
+    /// within it.
+    Other,
+}
+
+impl Proxy {
+    /// Serves storage requests of an HTTP/1 connection (see the module's description) until
+    /// one is not for the fast path, then hands the connection to hyper.
+    pub async fn serve_h1<S, A>(&self, auth: &A, mut io: S, peer: &Arc<Peer>, signals: &mut Signals) -> Served<S>
+    where
+        S: Connection,
+        A: Authority,
+    {
+        if !self.settings.fast_path {
+            return Served::HandOver(Prefixed::new(bytes::Bytes::new(), io));
+        }
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut answered = false;
+        let hand_over = loop {
+            // Once the server stops or the idle close has come, no further request is begun
+            // (one already read included); a new connection's first is still answered.
+            if answered && signals.fired().now_or_never().is_some() {
+                break false;
+            }
+            let taken = match self.look(auth, &buf, peer, &mut out) {
+                Look::Take(taken) => taken,
+                Look::Own(own) => match answer_own(auth, &mut io, &own, peer.begin()).await {
+                    Exchange::Done { close } => {
+                        self.count_answer();
+                        buf.advance(own.head_len);
+                        answered = true;
+                        if close {
+                            break false;
+                        }
+                        continue;
+                    }
+                    Exchange::Decline => break true,
+                    Exchange::Cut => return Served::Done,
+                },
+                Look::Decline => break true,
+                Look::Partial => {
+                    if buf.capacity() - buf.len() < CLIENT_READ / 2 {
+                        buf.reserve(CLIENT_READ);
+                    }
+                    let read = if buf.is_empty() {
+                        // Between requests: the server's stop and the idle close end the
+                        // connection here.
+                        tokio::select! {
+                            read = io.read_buf(&mut buf) => read,
+                            () = signals.fired() => break false,
+                        }
+                    } else {
+                        io.read_buf(&mut buf).await
+                    };
+                    match read {
+                        Ok(0) | Err(_) => break false,
+                        Ok(_) => continue,
+                    }
+                }
+            };
+            match self.exchange(&mut io, &mut buf, &taken, &mut out, peer.begin(), signals).await {
+                Exchange::Done { close } => {
+                    self.count_answer();
+                    buf.advance(taken.in_buffer(&buf));
+                    if buf.is_empty() && buf.capacity() > crate::server::MAX_HEAD {
+                        // What a kept upload grew it to.
+                        buf = BytesMut::new();
+                    }
+                    answered = true;
+                    if close {
+                        break false;
+                    }
+                }
+                Exchange::Decline => break true,
+                Exchange::Cut => return Served::Done,
+            }
+        };
+        if hand_over {
+            return Served::HandOver(Prefixed::new(buf.freeze(), io));
+        }
+        let _ = io.shutdown().await;
+        Served::Done
+    }
+
+    /// The caller's worker's counts (see [`Proxy::fast_answers`]).
+    fn counts(&self) -> &crate::proxy::WorkerCounts {
+        &self.fast_counts[crate::server::worker_index() % self.fast_counts.len()]
+    }
+
+    /// Counts an answer in [`Proxy::fast_answers`].
+    fn count_answer(&self) {
+        self.counts().answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a body relayed by `splice(2)` in [`Proxy::spliced_answers`].
+    fn count_spliced(&self) {
+        self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends the head in `out` upstream (and an upload's body, which starts in the client's
+    /// buffer `buf`) and relays the answer to the client, or declines before writing a byte to
+    /// the client or losing one of the request (an upload's body read and not kept).
+    async fn exchange<S>(
+        &self,
+        client: &mut S,
+        buf: &mut BytesMut,
+        taken: &Taken,
+        out: &mut Vec<u8>,
+        request: InProgress,
+        signals: &mut Signals,
+    ) -> Exchange
+    where
+        S: Connection,
+    {
+        let target = &taken.cached.target;
+        // Uploads are boxed, as every path a GET never takes (see `Proxy::forward`).
+        let reached = if let Some(upload) = &taken.upload {
+            if upload.kept {
+                Box::pin(self.upload_kept(client, buf, taken, upload.len, out)).await
+            } else {
+                let body_start = &buf[taken.head_len..taken.in_buffer(buf)];
+                Box::pin(self.upload(client, taken, upload.len, body_start, out)).await
+            }
+        } else {
+            // Connecting, sending and the answer's head, within the header timeout, as in
+            // `Proxy::send`.
+            let reach = self.reach(target, out, None);
+            match tokio::time::timeout(self.settings.header_timeout, reach).await {
+                Ok(reached) => reached.map(|(up, head)| (up, head.map_or(0, |h| h.len))),
+                Err(_) => Err(Unreached::Failed(Failure::Timeout)),
+            }
+        };
+        let (mut up, head) = match reached {
+            Ok(reached) => reached,
+            Err(Unreached::Decline) => return Exchange::Decline,
+            Err(Unreached::Failed(failure)) => {
+                if let Failure::Timeout = failure {
+                    tracing::warn!("upstream request failed: no answer within the header timeout");
+                }
+                return answer_failure(client, taken.head_request, taken.close, request, failure).await;
+            }
+            Err(Unreached::Cut) => return Exchange::Cut,
+            Err(Unreached::Abandoned { unread }) => {
+                // As the proxy does (`drain_then`): what the client still sends is read and
+                // discarded, so that one sending its whole body before reading gets the
+                // answer, not a reset.
+                // Within the proxy's bounds for a rejected upload.
+                let answered = answer_failure(client, taken.head_request, true, request, Failure::Broken).await;
+                if let Exchange::Done { .. } = answered {
+                    let (drain, mut sink) = (unread.min(crate::proxy::DRAIN_LIMIT), tokio::io::sink());
+                    let discard = copy_body(client, &mut sink, drain, crate::proxy::DRAIN_TIME);
+                    let _ = tokio::time::timeout(crate::proxy::DRAIN_TIME, discard).await;
+                }
+                return answered;
+            }
+        };
+        // The server stopping or the idle close, come meanwhile, close the connection after
+        // this answer, which says so.
+        let close = taken.close || signals.fired().now_or_never().is_some();
+        let Some(answer) = self.client_head(&up.buf[..head], taken, close, target, out) else {
+            if taken.replayable() {
+                return Exchange::Decline;
+            }
+            // The body is gone: the proxy cannot send the request again.
+            tracing::warn!("upstream's answer to an upload is not one the fast path relays");
+            return answer_failure(client, taken.head_request, taken.close, request, Failure::Broken).await;
+        };
+        up.buf.advance(head);
+        // The answer is committed from here: a failure cuts the connection.
+        let _request = request.responding();
+        let mut left = answer.body;
+        let first = up.buf.len().min(left as usize);
+        if write_two(client, out, &up.buf[..first]).await.is_err() {
+            return Exchange::Cut;
+        }
+        left -= first as u64;
+        let mut clean = up.buf.len() == first;
+        let mut room = UPSTREAM_READ;
+        while left > 0 {
+            up.buf.clear();
+            if up.buf.capacity() < room {
+                up.buf.reserve(room);
+            }
+            let n = match tokio::time::timeout(self.settings.idle_timeout, up.io.read_buf(&mut up.buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => {
+                    tracing::warn!("upstream broke off an answer's body");
+                    return Exchange::Cut;
+                }
+            };
+            if n == up.buf.capacity() && room < crate::body::MAX_READ {
+                room *= 2;
+            }
+            let take = n.min(left as usize);
+            clean = n == take;
+            if client.write_all(&up.buf[..take]).await.is_err() {
+                return Exchange::Cut;
+            }
+            left -= take as u64;
+        }
+        // A TLS stream may hold the tail until flushed.
+        if client.flush().await.is_err() {
+            return Exchange::Cut;
+        }
+        if clean && !answer.upstream_closes {
+            if up.buf.capacity() > 2 * UPSTREAM_READ {
+                up.buf = BytesMut::new();
+            }
+            up.buf.clear();
+            self.pools.park_raw(target.origin.clone(), up);
+        }
+        Exchange::Done { close }
+    }
+}
+
+/// What the client's answer carries.
+struct Answer {
+    /// Body bytes to relay.
+    body: u64,
+    /// Upstream closes the connection after it.
+    upstream_closes: bool,
+}
+
+/// Reads upstream's answer until its head, at the start of the connection's buffer, is whole.
+async fn answer_head(up: &mut Raw) -> AnswerHead {
+    loop {
+        if !up.buf.is_empty() {
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed =
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &up.buf, &mut fields);
+            match (parsed, resp.code) {
+                (Ok(httparse::Status::Complete(len)), Some(code)) => return AnswerHead::Whole(Head { len, code }),
+                (Ok(httparse::Status::Partial), _) if up.buf.len() < crate::server::MAX_HEAD => {}
+                _ => return AnswerHead::Other,
+            }
+        }
+        if up.buf.capacity() - up.buf.len() < UPSTREAM_READ / 2 {
+            up.buf.reserve(UPSTREAM_READ);
+        }
+        match up.io.read_buf(&mut up.buf).await {
+            Ok(n) if n > 0 => {}
+            _ if up.buf.is_empty() => return AnswerHead::Nothing,
+            _ => return AnswerHead::Other,
+        }
+    }
+}
+
+/// Writes `a` then `b`, in one `writev` when the socket takes both.
+async fn write_two<S: AsyncWrite + Unpin>(io: &mut S, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() {
+        let n = io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    io.write_all(b).await
+}
+
+/// Answers with the proxy's error page for `failure` (its head only, to a `HEAD`), saying
+/// `connection: close` if `close`.
+async fn answer_failure<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    head_request: bool,
+    close: bool,
+    request: InProgress,
+    failure: Failure,
+) -> Exchange {
+    let _request = request.responding();
+    let (status, page) = failure.page();
+    let closing = if close { "connection: close\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{closing}date: {}\r\n\r\n",
+        page.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    let page = if head_request { "" } else { page.as_str() };
+    match write_two(client, head.as_bytes(), page.as_bytes()).await {
+        Ok(()) if client.flush().await.is_ok() => Exchange::Done { close },
+        _ => Exchange::Cut,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,58 @@
+//! The fast path's unit tests: what it takes, and lines kept as written.
+
+use super::*;
+
+#[test]
+fn connection_options_the_fast_path_takes() {
+    for (value, want) in [
+        (&b"close"[..], Some(true)),
+        (b"Keep-Alive", Some(false)),
+        (b"keep-alive, close", Some(true)),
+        (b" , ", Some(false)),
+        (b"close, X-Foo", None),
+        (b"upgrade", None),
+    ] {
+        assert_eq!(connection_close(value), want, "{}", String::from_utf8_lossy(value));
+    }
+}
+
+#[test]
+fn kept_lines_are_copied_as_written() {
+    let head = b"GET / HTTP/1.1\r\nA: 1\r\nDrop: x\r\nB:  two \r\nC:\r\nD: 4\nE: 5\r\n\r\n";
+    let mut fields = [httparse::EMPTY_HEADER; 8];
+    let mut req = httparse::Request::new(&mut fields);
+    assert!(req.parse(head).unwrap().is_complete());
+    let mut out = Vec::new();
+    let mut lines = Lines::new(head);
+    for field in req.headers.iter() {
+        if field.name == "Drop" {
+            lines.flush(&mut out);
+        } else {
+            lines.keep(&mut out, field);
+        }
+    }
+    lines.flush(&mut out);
+    assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nB:  two \r\nC:\r\nD: 4\nE: 5\r\n");
+}
+
+#[test]
+fn names_are_lowered_when_they_fit() {
+    let mut into = [0u8; 32];
+    assert_eq!(lowered("X-Auth-Token", &mut into), Some("x-auth-token"));
+    assert_eq!(lowered(&"x".repeat(33), &mut into), None);
+}
+
+#[test]
+fn target_bytes_are_those_the_uri_parser_takes() {
+    for b in 0..=255u8 {
+        if plain_target_byte(b) {
+            let target = [b'/', b'a', b, b'b'];
+            assert!(http::uri::PathAndQuery::try_from(&target[..]).is_ok(), "byte {b:#x}");
+        }
+    }
+    let taken = "/v1/AUTH_a/c/o%20b?format=json&x=~!$'()*+,;=:@";
+    assert!(taken.bytes().all(plain_target_byte));
+    for refused in ["/a b", "/a\"b", "/a{b", "/a|b", "/a\x7f", "/\u{e9}"] {
+        assert!(!refused.bytes().all(plain_target_byte), "{refused}");
+    }
+}
