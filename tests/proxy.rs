@@ -496,3 +496,18 @@ async fn ninety_metadata_items_pass_both_engines_both_ways() {
         }
     }
 }
+
+/// `Transfer-Encoding: gzip, chunked` would have the compressed bytes stored as the object:
+/// Swift's 501, on either engine, and nothing stored.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501_and_stores_nothing() {
+    let stack = proxy_stack().await;
+    let (url, token) = stack.storage_login().await;
+    let t = [("x-auth-token", token.as_str())];
+    let gz = [("x-auth-token", token.as_str()), ("transfer-encoding", "gzip, chunked")];
+    let put = raw::send("PUT", &format!("{url}/default/gz"), &gz, chunked(vec![pattern(1000, 3)])).await;
+    assert_eq!(put.status, 501, "{:?}", put.body);
+    assert_eq!(raw::send("GET", &format!("{url}/default/gz"), &t, full("")).await.status, 404);
+    let plain = raw::send("PUT", &format!("{url}/default/plain"), &t, chunked(vec![pattern(1000, 3)])).await;
+    assert_eq!(plain.status, 201, "chunked alone passes");
+}

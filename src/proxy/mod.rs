@@ -234,6 +234,14 @@ impl Proxy {
         anonymous: Option<Arc<Cached>>,
     ) -> Response<Body> {
         let (parts, client_body) = req.into_parts();
+        if !only_chunked(&parts.headers) {
+            // hyper takes `gzip, chunked` apart as chunked and hands over the compressed bytes:
+            // sent on, they would be stored as the object's, as if that were its content.
+            return drain_then(
+                Some(client_body),
+                body::text(StatusCode::NOT_IMPLEMENTED, "transfer codings other than chunked are not implemented\n"),
+            );
+        }
         let has_body = !client_body.is_end_stream();
         let declared =
             parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -516,6 +524,16 @@ pub fn drain_then(body: Option<Incoming>, resp: Response<Body>) -> Response<Body
         });
     }
     resp
+}
+
+/// True unless `Transfer-Encoding` names a coding other than `chunked` (Swift answers those
+/// with 501).
+fn only_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The least life a token must have left to start a request with; a request is not retried
