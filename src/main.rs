@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use swiftgate::clock::SystemClock;
 use swiftgate::config::Config;
+#[cfg(feature = "emulator")]
 use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, StorageConfig, UserSpec};
 use swiftgate::gateway::Gateway;
 use swiftgate::secret::Secret;
@@ -22,7 +23,7 @@ use swiftgate::tokens::RenewPolicy;
 const STORE_WATCH: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "swiftgate", version, about = "Swift v1.0 auth gateway for HubiC-style OAuth2 storage")]
+#[command(name = "swiftgate", version, about = "Swift v1.0 auth gateway in front of Keystone v3, Swift v1, static and HubiC accounts")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,6 +67,7 @@ enum Command {
         no_listen: bool,
     },
     /// Run the HubiC emulator.
+    #[cfg(feature = "emulator")]
     Emulate {
         /// Listen address; the base URL is printed as the first line of stdout.
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -89,6 +91,7 @@ enum Command {
         min_post_delay: Option<u64>,
     },
     /// Run the emulator and the gateway together with a registered demo user.
+    #[cfg(feature = "emulator")]
     Demo {
         /// Gateway listen address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -105,7 +108,8 @@ enum Command {
     },
 }
 
-#[derive(Args)]
+#[cfg(feature = "emulator")]
+#[derive(clap::Args)]
 struct EmulatorFlags {
     /// Access-token lifetime in seconds.
     #[arg(long, default_value_t = 21600)]
@@ -124,6 +128,7 @@ struct EmulatorFlags {
     swift_key: Option<String>,
 }
 
+#[cfg(feature = "emulator")]
 impl EmulatorFlags {
     fn storage(&self, data_dir: Option<PathBuf>, max_file_size: u64) -> StorageConfig {
         match (&self.swift_auth, &self.swift_user, &self.swift_key) {
@@ -192,6 +197,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Register { config, user, login, no_listen } => register(load(&config)?, &user, login, no_listen).await,
+        #[cfg(feature = "emulator")]
         Command::Emulate { listen, emulator, apps, users, data_dir, max_file_size, min_post_delay } => {
             let mut app_specs = Vec::new();
             for a in &apps {
@@ -232,6 +238,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             handle.stop().await;
             Ok(())
         }
+        #[cfg(feature = "emulator")]
         Command::Demo { listen, mode, provider, emulator } => {
             let options = swiftgate::demo::DemoOptions {
                 listen,
