@@ -23,7 +23,11 @@ use swiftgate::tokens::RenewPolicy;
 const STORE_WATCH: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "swiftgate", version, about = "Swift v1.0 auth gateway in front of Keystone v3, Swift v1, static and HubiC accounts")]
+#[command(
+    name = "swiftgate",
+    version,
+    about = "Swift v1.0 auth gateway in front of Keystone v3, Swift v1, static and HubiC accounts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
