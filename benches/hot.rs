@@ -28,7 +28,7 @@ impl CredentialSource for Fixed {
             expires: SystemTime::now() + Duration::from_secs(86400),
         })
     }
-    async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, _creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         Ok(Usage { used: 0, quota: 0 })
     }
 }

@@ -369,6 +369,12 @@ async fn usage_page_in_json_and_html() {
     let resp = stack.http.get(&url).header("X-Auth-User", USER).header("X-Auth-Key", KEY).send().await.unwrap();
     let page = resp.text().await.unwrap();
     assert!(page.contains("0 B used of 10.0 TiB"), "{page}");
+    // HubiC's usage call needs no Swift token: it answers while credentials cannot be had.
+    stack.emu().fail_next(500, 100, Some("credentials"));
+    let resp =
+        stack.http.get(&url).basic_auth(USER, Some(KEY)).header("accept", "application/json").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(stack.emu().count("credentials"), 0, "no Swift token asked for");
 }
 
 #[tokio::test]

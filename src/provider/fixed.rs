@@ -52,7 +52,7 @@ impl CredentialSource for FixedAccount {
         Ok(SwiftCredentials { token, endpoint: self.storage_url.clone(), expires: self.clock.now() + FIXED_LIFE })
     }
 
-    async fn usage(&self, creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         swift_usage(&self.http, creds).await
     }
 

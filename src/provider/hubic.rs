@@ -419,9 +419,13 @@ impl CredentialSource for HubicAccount {
     }
 
     /// HubiC's own usage call; the credentials are not needed.
-    async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, _creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         let client = &self.client;
         self.with_access(|access| async move { client.usage_with(&access).await }).await
+    }
+
+    fn asks_storage_for_usage(&self) -> bool {
+        false
     }
 
     fn reset(&self) {

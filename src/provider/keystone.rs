@@ -283,7 +283,7 @@ impl CredentialSource for KeystoneAccount {
         Ok(SwiftCredentials { token: Secret::new(token), endpoint, expires })
     }
 
-    async fn usage(&self, creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         swift_usage(&self.http, creds).await
     }
 }

@@ -132,9 +132,15 @@ pub trait CredentialSource: Send + Sync + std::fmt::Debug {
     /// Fresh Swift credentials. Called by the token manager with the account's renewal lock
     /// held, so at most one call per account is in flight.
     async fn fetch(&self) -> Result<SwiftCredentials, ProviderError>;
-    /// Storage usage of the account; `creds` are valid credentials of it, for sources that
-    /// ask Swift itself.
-    async fn usage(&self, creds: &SwiftCredentials) -> Result<Usage, ProviderError>;
+    /// Storage usage of the account; `creds` are valid credentials of it when
+    /// [`asks_storage_for_usage`](Self::asks_storage_for_usage) says they are needed.
+    async fn usage(&self, creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError>;
+    /// True when [`usage`](Self::usage) asks the storage itself, with the account's token;
+    /// false for a provider with a usage call of its own (HubiC), which then works even while
+    /// no Swift token can be had.
+    fn asks_storage_for_usage(&self) -> bool {
+        true
+    }
     /// Forgets intermediate state (such as an OAuth2 access token) after the grant changed.
     fn reset(&self) {}
     /// False for a source that can only hand out the same token again (a fixed one): an
@@ -205,7 +211,8 @@ pub fn unavailable(
 
 /// A Swift account's usage from a `HEAD` of its storage URL: bytes used, and the quota set in
 /// `X-Account-Meta-Quota-Bytes` (0 when there is none).
-pub async fn swift_usage(http: &reqwest::Client, creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+pub async fn swift_usage(http: &reqwest::Client, creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
+    let creds = creds.ok_or_else(|| ProviderError::Protocol("no credentials to ask the storage with".into()))?;
     let resp = http
         .head(&creds.endpoint)
         .header("x-auth-token", creds.token.expose())

@@ -79,7 +79,7 @@ impl CredentialSource for SwiftV1Account {
         Ok(SwiftCredentials { token: Secret::new(token), endpoint: endpoint.to_owned(), expires: sent + life })
     }
 
-    async fn usage(&self, creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         swift_usage(&self.http, creds).await
     }
 }

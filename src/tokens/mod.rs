@@ -464,11 +464,15 @@ impl TokenManager {
         }
     }
 
-    /// The account's storage usage, asked of the source with the account's credentials.
+    /// The account's storage usage, asked of the source, with the account's credentials when
+    /// it asks the storage itself.
     pub async fn usage(self: &Arc<Self>, account: &str) -> Result<Usage, TokenError> {
-        let cached = self.credentials(account).await?;
         let slot = self.slot(account)?;
-        slot.source.usage(&cached.creds).await.map_err(|e| TokenError::Provider(Arc::new(e)))
+        let cached = match slot.source.asks_storage_for_usage() {
+            true => Some(self.credentials(account).await?),
+            false => None,
+        };
+        slot.source.usage(cached.as_ref().map(|c| &c.creds)).await.map_err(|e| TokenError::Provider(Arc::new(e)))
     }
 
     /// Every `period`, drops the cached credentials of each account whose source says what it

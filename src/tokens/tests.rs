@@ -34,7 +34,7 @@ impl CredentialSource for Counting {
             expires: self.clock.now() + self.life,
         })
     }
-    async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, _creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         Ok(Usage { used: 1, quota: 2 })
     }
     fn reset(&self) {}
@@ -213,7 +213,7 @@ impl CredentialSource for SameUntilExpiry {
         *current = Some((token.clone(), expires));
         Ok(SwiftCredentials { token: Secret::new(token), endpoint: "http://up/v1/AUTH_x".into(), expires })
     }
-    async fn usage(&self, _creds: &SwiftCredentials) -> Result<Usage, ProviderError> {
+    async fn usage(&self, _creds: Option<&SwiftCredentials>) -> Result<Usage, ProviderError> {
         Ok(Usage { used: 0, quota: 0 })
     }
     fn reset(&self) {}
