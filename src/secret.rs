@@ -69,6 +69,12 @@ impl SecretSource {
         }
     }
 
+    /// The source of a secret the configuration's validation made sure is set: an empty inline
+    /// value if neither is (which no auth service accepts).
+    pub fn configured(inline: &Option<Secret>, file: &Option<std::path::PathBuf>) -> SecretSource {
+        SecretSource::of(inline, file).unwrap_or(SecretSource::Inline(Secret::default()))
+    }
+
     /// The value now; the error names the file, never the value.
     pub fn read(&self) -> Result<Secret, String> {
         match self {

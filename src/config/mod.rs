@@ -220,6 +220,13 @@ pub struct UserConfig {
     pub account: Option<String>,
 }
 
+impl UserConfig {
+    /// The account this user reaches: `account`, or one derived from the name.
+    pub fn account_name(&self) -> String {
+        self.account.clone().unwrap_or_else(|| account_from_name(&self.name))
+    }
+}
+
 /// Most worker threads `workers` may ask for.
 const MAX_WORKERS: usize = 256;
 
@@ -517,7 +524,7 @@ impl Config {
     fn validate_bindings(&self) -> Result<(), ConfigError> {
         if !self.accounts.is_empty() {
             for (i, user) in self.users.iter().enumerate() {
-                let account = user.account.clone().unwrap_or_else(|| account_from_name(&user.name));
+                let account = user.account_name();
                 if !self.accounts.iter().any(|a| a.name() == account) {
                     return Err(invalid(
                         format!("user[{i}].account"),
@@ -545,8 +552,7 @@ impl Config {
         if !self.accounts.is_empty() {
             return self.accounts.clone();
         }
-        let mut names: Vec<String> =
-            self.users.iter().map(|u| u.account.clone().unwrap_or_else(|| account_from_name(&u.name))).collect();
+        let mut names: Vec<String> = self.users.iter().map(UserConfig::account_name).collect();
         names.sort_unstable();
         names.dedup();
         names.into_iter().map(|name| AccountConfig::Hubic(HubicAccountConfig { name })).collect()
@@ -589,7 +595,7 @@ impl Config {
                     }
                     (None, None) => return Err(invalid(format!("user[{i}].key_hash"), "missing")),
                 };
-                let account = user.account.clone().unwrap_or_else(|| account_from_name(&user.name));
+                let account = user.account_name();
                 Ok(ResolvedUser { name: user.name.clone(), key_hash, account })
             })
             .collect()

@@ -261,9 +261,7 @@ pub(super) fn v1_auth<B>(emu: &Emulator, req: &Request<B>) -> Response<Body> {
     if let Some(fault) = emu.count_call("v1auth") {
         return fault;
     }
-    let field = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let user = field("x-auth-user").or_else(|| field("x-storage-user")).unwrap_or("");
-    let key = field("x-auth-key").or_else(|| field("x-storage-pass")).unwrap_or("");
+    let (user, key) = crate::front::v1_credentials(req.headers()).unwrap_or(("", ""));
     let known = emu.lock().users.get(user).is_some_and(|u| u.password.expose() == key);
     if !known || !matches!(emu.config.storage, StorageConfig::BuiltIn { .. }) {
         return body::html(StatusCode::UNAUTHORIZED, "<html><h1>Unauthorized</h1></html>");

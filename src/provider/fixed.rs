@@ -35,8 +35,7 @@ impl FixedAccount {
             account: config.name.clone(),
             http,
             storage_url: config.storage_url.clone(),
-            token: SecretSource::of(&config.token, &config.token_file)
-                .unwrap_or(SecretSource::Inline(Secret::default())),
+            token: SecretSource::configured(&config.token, &config.token_file),
             last: Mutex::new(None),
             clock,
         }
@@ -46,9 +45,9 @@ impl FixedAccount {
 #[async_trait::async_trait]
 impl CredentialSource for FixedAccount {
     async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
-        let read = self.token.read();
+        let read = super::read_secret(&self.account, &self.token);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = read.as_ref().ok().cloned();
-        let token = read.map_err(|e| ProviderError::AuthFailed(format!("account {}: {e}", self.account)))?;
+        let token = read?;
         Ok(SwiftCredentials { token, endpoint: self.storage_url.clone(), expires: self.clock.now() + FIXED_LIFE })
     }
 

@@ -17,8 +17,6 @@ use crate::clock::{parse_rfc3339, Clock};
 use crate::secret::Secret;
 use crate::store::{Grant, GrantStore};
 
-use super::CALL_TIMEOUT;
-
 /// An OAuth2 access token and when it stops working, on the local clock.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
@@ -89,12 +87,7 @@ impl HubicClient {
         client_secret: Secret,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(CALL_TIMEOUT)
-            .user_agent(concat!("swiftgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::Protocol(format!("HTTP client setup failed: {e}")))?;
+        let http = super::auth_client(None)?;
         Ok(HubicClient {
             http,
             base: base.trim_end_matches('/').to_owned(),

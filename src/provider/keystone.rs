@@ -120,11 +120,10 @@ impl KeystoneAccount {
         let identity = match &config.application_credential_id {
             Some(id) => Identity::ApplicationCredential {
                 id: id.clone(),
-                secret: SecretSource::of(
+                secret: SecretSource::configured(
                     &config.application_credential_secret,
                     &config.application_credential_secret_file,
-                )
-                .unwrap_or(SecretSource::Inline(Secret::default())),
+                ),
             },
             None => {
                 let user_domain = match (&config.user_domain_id, &config.user_domain) {
@@ -143,8 +142,7 @@ impl KeystoneAccount {
                 Identity::Password {
                     username: config.username.clone().unwrap_or_default(),
                     user_domain,
-                    password: SecretSource::of(&config.password, &config.password_file)
-                        .unwrap_or(SecretSource::Inline(Secret::default())),
+                    password: SecretSource::configured(&config.password, &config.password_file),
                     project,
                 }
             }
@@ -162,9 +160,7 @@ impl KeystoneAccount {
 
     /// The request body, with the secret read now (a rotated file is picked up).
     fn request_body(&self) -> Result<serde_json::Value, ProviderError> {
-        let read = |source: &SecretSource| {
-            source.read().map_err(|e| ProviderError::AuthFailed(format!("account {}: {e}", self.account)))
-        };
+        let read = |source: &SecretSource| super::read_secret(&self.account, source);
         Ok(match &self.identity {
             Identity::Password { username, user_domain, password, project } => {
                 let scope = match project {

@@ -13,7 +13,7 @@ pub mod swift_v1;
 
 use std::time::{Duration, SystemTime};
 
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretSource};
 use crate::store::StoreError;
 
 /// A Swift token and the storage URL it is valid for.
@@ -173,6 +173,12 @@ pub fn auth_client(extra_ca: Option<&std::path::Path>) -> Result<reqwest::Client
         }
     }
     builder.build().map_err(|e| ProviderError::Protocol(format!("HTTP client setup failed: {e}")))
+}
+
+/// The account's secret read now from its source; a file that cannot be read is the account's
+/// configuration at fault, named (never the value).
+fn read_secret(account: &str, source: &SecretSource) -> Result<Secret, ProviderError> {
+    source.read().map_err(|e| ProviderError::AuthFailed(format!("account {account}: {e}")))
 }
 
 /// Upper bound on any single call to an auth service.

@@ -33,7 +33,7 @@ impl SwiftV1Account {
             http,
             auth_url: config.auth_url.clone(),
             user: config.user.clone(),
-            key: SecretSource::of(&config.key, &config.key_file).unwrap_or(SecretSource::Inline(Secret::default())),
+            key: SecretSource::configured(&config.key, &config.key_file),
             token_life: Duration::from_secs(config.token_life),
             clock,
         }
@@ -43,7 +43,7 @@ impl SwiftV1Account {
 #[async_trait::async_trait]
 impl CredentialSource for SwiftV1Account {
     async fn fetch(&self) -> Result<SwiftCredentials, ProviderError> {
-        let key = self.key.read().map_err(|e| ProviderError::AuthFailed(format!("account {}: {e}", self.account)))?;
+        let key = super::read_secret(&self.account, &self.key)?;
         let sent = self.clock.now();
         let resp = self
             .http

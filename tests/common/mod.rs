@@ -189,11 +189,10 @@ impl Stack {
         tweak: impl FnOnce(&mut EmulatorConfig),
         account: impl FnOnce(&Emulator) -> AccountConfig,
     ) -> Stack {
-        let mut account = Some(account);
         Self::start_custom(mode, tweak, |_| {})
             .await
             .rebuilt(|config, emulator| {
-                let account = (account.take().expect("built once"))(emulator);
+                let account = account(emulator);
                 config.hubic = None;
                 config.users[0].account = Some(account.name().to_owned());
                 config.accounts = vec![account];
