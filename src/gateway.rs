@@ -28,21 +28,45 @@ use crate::store::{FileStore, GrantStore, StoreError};
 use crate::tokens::{RenewPolicy, TokenManager};
 use std::time::Duration;
 
-/// The gateway's own endpoints: every other path (but v1.0 auth's and `…/info`) is storage,
-/// answered by the proxy.
-const OWN_PATHS: &[&str] = &[
-    "/",
-    "/healthz",
-    "/info",
-    "/usage",
-    "/usage/",
-    "/register",
-    "/register/",
-    "/autoregister",
-    "/autoregister/",
-    "/callback",
-    "/callback/",
-];
+/// What a request's path is for. The router answers each with one handler, and the proxy's
+/// fast engine takes [`Endpoint::Storage`] alone, so the two never classify a path apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// v1.0 auth, in any of the spellings clients use.
+    Auth,
+    /// `/info`: the upstream's capabilities, or the gateway's own.
+    Info,
+    /// `/healthz`.
+    Health,
+    /// `/usage`: an account's quota.
+    Usage,
+    /// HubiC registration: the form, its posts, the OAuth callback.
+    Registration,
+    /// `…/info` under a prefix (`/swift/info` beside `/swift/v1/AUTH_…`), where
+    /// python-swiftclient asks for it; storage if no account's endpoint has that prefix.
+    PrefixedInfo,
+    /// Everything else: storage, answered by the proxy.
+    Storage,
+}
+
+impl Endpoint {
+    /// The endpoint `path` (no query) is for.
+    pub fn of(path: &str) -> Endpoint {
+        if front::is_auth_path(path) {
+            return Endpoint::Auth;
+        }
+        match path {
+            "/info" => Endpoint::Info,
+            "/healthz" => Endpoint::Health,
+            "/usage" | "/usage/" => Endpoint::Usage,
+            "/" | "/register" | "/register/" | "/autoregister" | "/autoregister/" | "/callback" | "/callback/" => {
+                Endpoint::Registration
+            }
+            _ if path.ends_with("/info") => Endpoint::PrefixedInfo,
+            _ => Endpoint::Storage,
+        }
+    }
+}
 
 /// Largest form body accepted on the registration endpoints.
 const FORM_LIMIT: usize = 16 * 1024;
@@ -247,20 +271,18 @@ impl Gateway {
         if let Some(answer) = self.head_only(req.method(), path, req.headers()) {
             return answer.await;
         }
-        match (req.method(), path) {
-            (&Method::GET | &Method::HEAD, "/healthz") => ops::healthz(),
-            (&Method::GET, "/usage" | "/usage/") => {
+        match (Endpoint::of(path), req.method()) {
+            (Endpoint::Health, &Method::GET | &Method::HEAD) => ops::healthz(),
+            (Endpoint::Usage, &Method::GET) => {
                 ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url).await
             }
-            (_, "/register" | "/register/" | "/" | "/autoregister" | "/autoregister/" | "/callback" | "/callback/") => {
-                self.registration(req).await
+            (Endpoint::Registration, _) => self.registration(req).await,
+            (Endpoint::Auth | Endpoint::Info | Endpoint::Health | Endpoint::Usage, _) => {
+                body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
-            _ if OWN_PATHS.contains(&path) => body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-            _ => match &self.proxy {
+            (endpoint @ (Endpoint::PrefixedInfo | Endpoint::Storage), method) => match &self.proxy {
                 Some(proxy) => {
-                    // `/info` beside a storage path under a prefix (`/swift/info` for
-                    // `/swift/v1/AUTH_…`), where python-swiftclient asks for it.
-                    if path.ends_with("/info") && matches!(*req.method(), Method::GET | Method::HEAD) {
+                    if endpoint == Endpoint::PrefixedInfo && matches!(*method, Method::GET | Method::HEAD) {
                         if let Some(cached) = self.tokens.cached_for_info(path) {
                             return proxy.info(&cached.target).await;
                         }
@@ -283,8 +305,9 @@ impl Gateway {
         path: &str,
         headers: &'a http::HeaderMap,
     ) -> Option<impl std::future::Future<Output = Response<Body>> + Send + 'a> {
-        let auth = front::is_auth_path(path);
-        let info = path == "/info" && matches!(*method, Method::GET | Method::HEAD);
+        let endpoint = Endpoint::of(path);
+        let auth = endpoint == Endpoint::Auth;
+        let info = endpoint == Endpoint::Info && matches!(*method, Method::GET | Method::HEAD);
         if !(auth || info) {
             return None;
         }
@@ -314,16 +337,11 @@ impl Gateway {
     /// A storage request in proxy mode: the gateway token names the user (and so the account);
     /// a request without one goes upstream anonymously (tempurl, public containers).
     async fn storage(&self, proxy: &Proxy, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
-        let headers = req.headers();
-        let token = headers.get(crate::proxy::X_AUTH_TOKEN).or_else(|| headers.get(crate::proxy::X_STORAGE_TOKEN));
-        let Some(token) = token else {
+        let Some(token) = crate::proxy::policy::client_token(req.headers()) else {
             let anonymous = self.tokens.cached_for_path(req.uri().path());
             return proxy.forward(req, &peer, &self.tokens, None, anonymous).await;
         };
-        let now = self.tokens.clock().now();
-        let account =
-            token.to_str().ok().and_then(|t| self.issuer.verify(t, now)).and_then(|i| self.users.account_at(i));
-        match account {
+        match token.to_str().ok().and_then(|t| crate::proxy::Authority::account_of(self, t)) {
             Some(account) => proxy.forward(req, &peer, &self.tokens, Some(account), None).await,
             None => crate::proxy::drain_then(Some(req.into_body()), front::unauthorized()),
         }
@@ -367,7 +385,7 @@ impl Handler for Gateway {
 /// [`crate::proxy::Authority`]).
 impl crate::proxy::Authority for Gateway {
     fn is_storage(&self, path: &str) -> bool {
-        !front::is_auth_path(path) && !OWN_PATHS.contains(&path) && !path.ends_with("/info")
+        Endpoint::of(path) == Endpoint::Storage
     }
 
     fn account_of(&self, token: &str) -> Option<&str> {

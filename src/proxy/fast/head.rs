@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Proxy {
+impl FastPath<'_> {
     /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
     /// the head upstream gets into `out` (which holds anything on a decline).
     pub(super) fn look(&self, auth: &impl Authority, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Look {
@@ -70,7 +70,7 @@ impl Proxy {
                 Some("x-storage-token") if storage_token.is_none() => storage_token = Some(field.value),
                 _ => {}
             }
-            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_requests(n).is_some()) {
+            if name.is_some_and(|n| !policy::request_field_crosses(n)) {
                 lines.flush(out);
             } else {
                 lines.keep(out, field);
@@ -88,17 +88,17 @@ impl Proxy {
             return Look::Decline;
         }
         let upload = match length {
-            Some(len) => Some(Upload { len, kept: len <= self.settings.replay_buffer }),
+            Some(len) => Some(Upload { len, kept: self.policy.replay(len > 0, Some(len)) != Replay::Gated }),
             _ if put => return Look::Decline,
             _ => None,
         };
-        if upload.as_ref().is_some_and(|u| !u.kept) {
-            push_field(out, b"expect", b"100-continue");
+        let replay = match &upload {
+            Some(u) if !u.kept => Replay::Gated,
+            _ => Replay::Bodiless,
+        };
+        for (name, value) in self.policy.added_fields(target_of, &peer.forwarded_for, replay, true) {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        push_field(out, b"host", target_of.host.as_bytes());
-        push_field(out, b"x-auth-token", target_of.token.as_bytes());
-        push_field(out, b"x-forwarded-for", peer.forwarded_for.as_bytes());
-        push_field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
         out.extend_from_slice(b"\r\n");
         Look::Take(Taken { head_len, head_request, upload, close, cached })
     }
@@ -111,16 +111,16 @@ impl Proxy {
         head: &[u8],
         taken: &Taken,
         close: bool,
-        target: &crate::proxy::Target,
+        target: &crate::target::Target,
         out: &mut Vec<u8>,
     ) -> Option<Answer> {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
         let mut resp = httparse::Response::new(&mut []);
         httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, &mut fields).ok()?;
         let code = resp.code?;
-        // A 401 before an upload's body is declined earlier (see `Proxy::upload`); after it,
+        // A 401 before an upload's body is declined earlier (see `FastPath::upload`); after it,
         // the proxy could not send the body again either, so it goes to the client.
-        if !(200..=599).contains(&code) || (code == 401 && taken.replayable() && taken.cached.renews) {
+        if !(200..=599).contains(&code) || self.policy.renews(code, taken.cached.renews, false, taken.replayable()) {
             return None;
         }
         // HTTP/1.0 closes after an answer unless it says otherwise; not worth keeping apart.
@@ -161,7 +161,7 @@ impl Proxy {
                 Some("connection") => upstream_closes |= connection_close(field.value)?,
                 Some("date") => dated = true,
                 Some("location" | "content-location") => {
-                    if let Some(value) = visible_ascii(field.value).and_then(|v| self.relocated(v, target)) {
+                    if let Some(value) = visible_ascii(field.value).and_then(|v| self.policy.relocated(v, target)) {
                         lines.flush(out);
                         push_field(out, field.name.as_bytes(), value.as_bytes());
                         continue;
@@ -169,7 +169,7 @@ impl Proxy {
                 }
                 _ => {}
             }
-            if name.is_some_and(|n| hop_by_hop(n).is_some() || dropped_from_responses(n).is_some()) {
+            if name.is_some_and(|n| !policy::answer_field_crosses(n)) {
                 lines.flush(out);
             } else {
                 lines.keep(out, field);

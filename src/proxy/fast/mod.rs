@@ -12,8 +12,7 @@
 //! A download's body is copied, never spliced: with upstream and client on the same machine
 //! (the bench, or a Swift proxy on the gateway's host), spliced pages reach the client still
 //! the upstream's, and both ends then copy them more slowly than the gateway's two copies
-//! cost. The machine spent more CPU per GiB and a 1 GiB `GET` came at two thirds of the
-//! copying rate (`benches/e2e.rs`, its whole-machine CPU line). Uploads show no such loss.
+//! cost (`benches/FINDINGS.md` has the measurements). Uploads show no such loss.
 //!
 //! A `PUT` with a `Content-Length` is taken too, under the proxy's replay policy:
 //! - a body of at most the replay buffer goes upstream as it comes and is kept in the client's
@@ -32,23 +31,26 @@
 //! token, credentials that need renewing, an upstream that cannot be reached or closed a parked
 //! connection, and answers the relay does not frame (1xx, chunked, read-until-close) or that
 //! need the proxy's judgement (401, which renews and retries). The request is then sent again
-//! by [`Proxy::forward`], which is safe: `GET`, `HEAD` and `PUT` are idempotent. hyper serves the
+//! by the hyper engine, which is safe: `GET`, `HEAD` and `PUT` are idempotent. hyper serves the
 //! connection from then on.
 //!
-//! Found where the gateway's CPU per small request went: 40 000 user-space instructions per
-//! 4 KiB `GET`, where the floor relay executes 5 000 (`benches/instructions.sh`).
+//! What crosses and what does not is the proxy's [`policy`]; this engine only frames bytes.
+//! It exists because hyper's request and answer objects cost most of a small request's
+//! instructions (`benches/instructions.sh` counts them).
 
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::policy::{self, Failure, Policy, Replay, Wait, TOKEN_MARGIN};
+use super::pool::Pools;
 use super::pool::Raw;
 use super::splice::{Broke, Pipe};
-use super::{dropped_from_requests, dropped_from_responses, hop_by_hop, Failure, Proxy, TOKEN_MARGIN};
 use crate::server::{Connection, InProgress, Peer, Prefixed, Served, Signals};
 use crate::tokens::{Cached, TokenManager};
 
@@ -199,17 +201,43 @@ enum AnswerHead {
     Other,
 }
 
-impl Proxy {
+/// Counts kept by one worker, on a cache line of their own so workers never contend for them.
+#[derive(Default)]
+#[repr(align(64))]
+pub(super) struct WorkerCounts {
+    /// Requests the fast engine answered.
+    pub(super) answers: AtomicU64,
+    /// Of those, the ones whose body it relayed with `splice(2)`.
+    pub(super) spliced: AtomicU64,
+}
+
+impl WorkerCounts {
+    /// The sum over all workers of the count `which` picks.
+    pub(super) fn total(all: &[WorkerCounts], which: fn(&WorkerCounts) -> &AtomicU64) -> u64 {
+        all.iter().map(|c| which(c).load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The fast engine: the proxy's policy, the upstream connections it shares with the hyper
+/// engine, and the workers' counts.
+pub(super) struct FastPath<'a> {
+    policy: &'a Policy,
+    pools: &'a Pools,
+    counts: &'a [WorkerCounts],
+}
+
+impl<'a> FastPath<'a> {
+    pub(super) fn new(policy: &'a Policy, pools: &'a Pools, counts: &'a [WorkerCounts]) -> Self {
+        FastPath { policy, pools, counts }
+    }
+
     /// Serves storage requests of an HTTP/1 connection (see the module's description) until
     /// one is not for the fast path, then hands the connection to hyper.
-    pub async fn serve_h1<S, A>(&self, auth: &A, mut io: S, peer: &Arc<Peer>, signals: &mut Signals) -> Served<S>
+    pub(super) async fn serve<S, A>(&self, auth: &A, mut io: S, peer: &Arc<Peer>, signals: &mut Signals) -> Served<S>
     where
         S: Connection,
         A: Authority,
     {
-        if !self.settings.fast_path {
-            return Served::HandOver(Prefixed::new(bytes::Bytes::new(), io));
-        }
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         let mut answered = false;
@@ -279,19 +307,19 @@ impl Proxy {
         Served::Done
     }
 
-    /// The caller's worker's counts (see [`Proxy::fast_answers`]).
-    fn counts(&self) -> &crate::proxy::WorkerCounts {
-        &self.fast_counts[crate::server::worker_index() % self.fast_counts.len()]
+    /// The caller's worker's counts (see [`Proxy::fast_answers`](super::Proxy::fast_answers)).
+    fn counts(&self) -> &WorkerCounts {
+        &self.counts[crate::server::worker_index() % self.counts.len()]
     }
 
-    /// Counts an answer in [`Proxy::fast_answers`].
+    /// Counts an answer.
     fn count_answer(&self) {
-        self.counts().answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counts().answers.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a body relayed by `splice(2)` in [`Proxy::spliced_answers`].
+    /// Counts a body relayed by `splice(2)`.
     fn count_spliced(&self) {
-        self.counts().spliced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counts().spliced.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sends the head in `out` upstream (and an upload's body, which starts in the client's
@@ -310,7 +338,7 @@ impl Proxy {
         S: Connection,
     {
         let target = &taken.cached.target;
-        // Uploads are boxed, as every path a GET never takes (see `Proxy::forward`).
+        // Uploads are boxed, as every path a GET never takes (see the hyper engine's `forward`).
         let reached = if let Some(upload) = &taken.upload {
             if upload.kept {
                 Box::pin(self.upload_kept(client, buf, taken, upload.len, out)).await
@@ -319,10 +347,10 @@ impl Proxy {
                 Box::pin(self.upload(client, taken, upload.len, body_start, out)).await
             }
         } else {
-            // Connecting, sending and the answer's head, within the header timeout, as in
-            // `Proxy::send`.
-            let reach = self.reach(target, out, None);
-            match tokio::time::timeout(self.settings.header_timeout, reach).await {
+            // Connecting, sending and the answer's head, within the header timeout.
+            let method = if taken.head_request { http::Method::HEAD } else { http::Method::GET };
+            let reach = self.reach(target, &method, out, None);
+            match tokio::time::timeout(self.policy.timeout(Wait::AnswerHead), reach).await {
                 Ok(reached) => reached.map(|(up, head)| (up, head.map_or(0, |h| h.len))),
                 Err(_) => Err(Unreached::Failed(Failure::Timeout)),
             }
@@ -344,9 +372,9 @@ impl Proxy {
                 // Within the proxy's bounds for a rejected upload.
                 let answered = answer_failure(client, taken.head_request, true, request, Failure::Broken).await;
                 if let Exchange::Done { .. } = answered {
-                    let (drain, mut sink) = (unread.min(crate::proxy::DRAIN_LIMIT), tokio::io::sink());
-                    let discard = copy_body(client, &mut sink, drain, crate::proxy::DRAIN_TIME);
-                    let _ = tokio::time::timeout(crate::proxy::DRAIN_TIME, discard).await;
+                    let (drain, mut sink) = (unread.min(policy::DRAIN_LIMIT), tokio::io::sink());
+                    let discard = copy_body(client, &mut sink, drain, policy::DRAIN_TIME);
+                    let _ = tokio::time::timeout(policy::DRAIN_TIME, discard).await;
                 }
                 return answered;
             }
@@ -378,7 +406,7 @@ impl Proxy {
             if up.buf.capacity() < room {
                 up.buf.reserve(room);
             }
-            let n = match tokio::time::timeout(self.settings.idle_timeout, up.io.read_buf(&mut up.buf)).await {
+            let n = match tokio::time::timeout(self.policy.timeout(Wait::Idle), up.io.read_buf(&mut up.buf)).await {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => {
                     tracing::warn!("upstream broke off an answer's body");

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Proxy {
+impl FastPath<'_> {
     /// An upload larger than the replay buffer: its head (in `out`) upstream, then, once
     /// upstream asks for it, its body from the client (spliced or copied), then the answer's
     /// head (see the module's description): the connection and the head's length in its buffer.
@@ -17,8 +17,8 @@ impl Proxy {
     ) -> Result<(Raw, usize), Unreached> {
         let target = &taken.cached.target;
         // Before the body, every failure leaves the request whole for the proxy.
-        let reach = self.reach(target, out, Some(self.settings.expect_timeout));
-        let mut up = match tokio::time::timeout(self.settings.header_timeout, reach).await {
+        let reach = self.reach(target, &http::Method::PUT, out, Some(self.policy.timeout(Wait::Continue)));
+        let mut up = match tokio::time::timeout(self.policy.timeout(Wait::AnswerHead), reach).await {
             Ok(Ok((up, None))) => up,
             Ok(Ok((mut up, Some(head)))) if head.code == 100 => {
                 up.buf.advance(head.len);
@@ -27,7 +27,7 @@ impl Proxy {
             _ => return Err(Unreached::Decline),
         };
         // From here the client's body is being read: a failure cuts the connection.
-        let (left, idle) = (len - body_start.len() as u64, self.settings.idle_timeout);
+        let (left, idle) = (len - body_start.len() as u64, self.policy.timeout(Wait::Idle));
         // A pipe only where it can serve: both sides plain and something left to move.
         let splicing = left > 0 && client.plain().is_some() && up.plain().is_some();
         let pipe = if splicing { Pipe::new() } else { None };
@@ -55,7 +55,7 @@ impl Proxy {
             }
         };
         // The answer's head, within the header timeout from the body's end, as in
-        // `Proxy::send`; a `100` that came after the expect timeout is passed over.
+        // the hyper engine's; a `100` that came after the expect timeout is passed over.
         let answer = async {
             loop {
                 match answer_head(&mut up).await {
@@ -65,7 +65,7 @@ impl Proxy {
                 }
             }
         };
-        match tokio::time::timeout(self.settings.header_timeout, answer).await {
+        match tokio::time::timeout(self.policy.timeout(Wait::AnswerHead), answer).await {
             Ok(Some(head)) => Ok((up, head)),
             Ok(None) => {
                 tracing::warn!("upstream request failed: no answer to an upload's body");
@@ -93,7 +93,7 @@ impl Proxy {
         let end = taken.head_len + usize::try_from(len).map_err(|_| Unreached::Decline)?;
         // Any failure before the answer's head declines (see above).
         let (mut up, _) = self.raw_connection(target).await.map_err(|_| Unreached::Decline)?;
-        let idle = self.settings.idle_timeout;
+        let idle = self.policy.timeout(Wait::Idle);
         let mut sent = buf.len().min(end);
         let first = write_two(&mut up.io, out, &buf[taken.head_len..sent]);
         if !matches!(tokio::time::timeout(idle, first).await, Ok(Ok(()))) {
@@ -119,7 +119,7 @@ impl Proxy {
         if !matches!(tokio::time::timeout(idle, up.io.flush()).await, Ok(Ok(()))) {
             return Err(Unreached::Decline);
         }
-        match tokio::time::timeout(self.settings.header_timeout, answer_head(&mut up)).await {
+        match tokio::time::timeout(self.policy.timeout(Wait::AnswerHead), answer_head(&mut up)).await {
             Ok(AnswerHead::Whole(head)) => Ok((up, head.len)),
             _ => Err(Unreached::Decline),
         }
@@ -127,10 +127,10 @@ impl Proxy {
 
     /// A parked connection to `target`'s origin, or a new one, its buffer empty; and whether
     /// it was parked.
-    pub(super) async fn raw_connection(&self, target: &crate::proxy::Target) -> Result<(Raw, bool), Unreached> {
+    pub(super) async fn raw_connection(&self, target: &crate::target::Target) -> Result<(Raw, bool), Unreached> {
         let (mut up, reused) = match self.pools.take_raw(&target.origin) {
             Some(raw) => (raw, true),
-            // Boxed, as every path a request seldom takes (see `Proxy::forward`).
+            // Boxed, as every path a request seldom takes.
             None => match Box::pin(self.pools.connect_raw(&target.connect_to)).await {
                 Ok(raw) => (raw, false),
                 Err(e) => {
@@ -146,14 +146,16 @@ impl Proxy {
     /// Sends the head in `out` to `target` on a parked connection or a new one, and reads the
     /// answer's head: the connection and the head's length in its buffer, or, with `expect`,
     /// `None` if no head came within that time. A parked connection that upstream closed
-    /// meanwhile (it ends before a byte of answer) is dropped and the request goes again on
-    /// another, as in the proxy's pool.
+    /// meanwhile (it ends before a byte of answer) is dropped and the request, of `method`,
+    /// goes again on another as the policy allows ([`Policy::resends`]), else to the proxy.
     pub(super) async fn reach(
         &self,
-        target: &crate::proxy::Target,
+        target: &crate::target::Target,
+        method: &http::Method,
         out: &[u8],
         expect: Option<std::time::Duration>,
     ) -> Result<(Raw, Option<Head>), Unreached> {
+        let mut resent = 0;
         loop {
             let (mut up, reused) = self.raw_connection(target).await?;
             let sent = match up.io.write_all(out).await {
@@ -170,9 +172,11 @@ impl Proxy {
             };
             match head {
                 AnswerHead::Whole(head) => return Ok((up, Some(head))),
-                AnswerHead::Nothing if reused => {
+                AnswerHead::Nothing if reused && self.policy.resends(method, false, resent) => {
                     tracing::debug!("a parked upstream connection was dead");
+                    resent += 1;
                 }
+                AnswerHead::Nothing if reused => return Err(Unreached::Decline),
                 AnswerHead::Nothing => {
                     tracing::warn!("upstream request failed: the connection ended without an answer");
                     return Err(Unreached::Failed(Failure::Broken));
