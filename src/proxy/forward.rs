@@ -97,9 +97,10 @@ impl Proxy {
             *up.uri_mut() = uri;
             *up.version_mut() = http::Version::HTTP_11;
             *up.headers_mut() = headers.clone();
-            for (name, value) in self.policy.added_fields(target, &peer.forwarded_for, replay_as, account.is_some()) {
-                up.headers_mut().insert(name, value.clone());
-            }
+            let fields = up.headers_mut();
+            self.policy.add_fields(target, &peer.forwarded_for, replay_as, account.is_some(), |name, _, value| {
+                fields.insert(name, value.clone());
+            });
             if let Some(gate) = &gate {
                 let gate = gate.clone();
                 hyper::ext::on_informational(&mut up, move |res| {

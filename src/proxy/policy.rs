@@ -256,26 +256,29 @@ impl Policy {
         &self.public_origin
     }
 
-    /// The fields the gateway adds to every request it sends to `target`, after those of
-    /// [`request_field_crosses`]: `Expect` for a [`Replay::Gated`] body, `Host`, the upstream
-    /// token when the request is `authenticated` (an anonymous one goes without), and the
-    /// forwarding fields, `forwarded_for` being the client's address.
-    pub fn added_fields<'a>(
+    /// Hands `add` each field the gateway adds to a request it sends to `target`, beside
+    /// those of [`request_field_crosses`]: `Expect` for a [`Replay::Gated`] body, `Host`, the
+    /// upstream token when the request is `authenticated` (an anonymous one goes without), and
+    /// the forwarding fields, `forwarded_for` being the client's address. Each comes as its
+    /// name, the same name as the bytes a head is written with, and its value.
+    #[inline]
+    pub fn add_fields<'a>(
         &'a self,
         target: &'a Target,
         forwarded_for: &'a HeaderValue,
         replay: Replay,
         authenticated: bool,
-    ) -> impl Iterator<Item = (HeaderName, &'a HeaderValue)> + 'a {
-        [
-            (replay == Replay::Gated).then_some((header::EXPECT, &self.expect_continue)),
-            Some((header::HOST, &target.host)),
-            authenticated.then_some((X_AUTH_TOKEN, &target.token)),
-            Some((X_FORWARDED_FOR, forwarded_for)),
-            Some((X_FORWARDED_PROTO, &self.forwarded_proto)),
-        ]
-        .into_iter()
-        .flatten()
+        mut add: impl FnMut(HeaderName, &'static [u8], &'a HeaderValue),
+    ) {
+        if replay == Replay::Gated {
+            add(header::EXPECT, b"expect", &self.expect_continue);
+        }
+        add(header::HOST, b"host", &target.host);
+        if authenticated {
+            add(X_AUTH_TOKEN, b"x-auth-token", &target.token);
+        }
+        add(X_FORWARDED_FOR, b"x-forwarded-for", forwarded_for);
+        add(X_FORWARDED_PROTO, b"x-forwarded-proto", &self.forwarded_proto);
     }
 
     /// How a body goes upstream, given whether there is one and its declared length.

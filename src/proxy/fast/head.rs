@@ -96,9 +96,9 @@ impl FastPath<'_> {
             Some(u) if !u.kept => Replay::Gated,
             _ => Replay::Bodiless,
         };
-        for (name, value) in self.policy.added_fields(target_of, &peer.forwarded_for, replay, true) {
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
+        self.policy.add_fields(target_of, &peer.forwarded_for, replay, true, |_, name, value| {
+            push_field(out, name, value.as_bytes());
+        });
         out.extend_from_slice(b"\r\n");
         Look::Take(Taken { head_len, head_request, upload, close, cached })
     }
@@ -297,12 +297,16 @@ pub(super) fn visible_ascii(value: &[u8]) -> Option<&str> {
 }
 
 /// `name` in ASCII lower case, in `into`, if it fits (no field the gateway looks for is longer).
+/// Every header line goes through here, both ways, so it does not validate again what `name`
+/// already is: checking the copy as UTF-8 cost a tenth of the fast path's own instructions.
 pub(super) fn lowered<'a>(name: &str, into: &'a mut [u8; 32]) -> Option<&'a str> {
     let into = into.get_mut(..name.len())?;
     for (to, from) in into.iter_mut().zip(name.bytes()) {
         *to = from.to_ascii_lowercase();
     }
-    std::str::from_utf8(into).ok()
+    // SAFETY: `into` is `name`, valid UTF-8, with bytes A-Z replaced by a-z; an ASCII byte
+    // never occurs inside a multi-byte sequence, so the copy is valid UTF-8 too.
+    Some(unsafe { std::str::from_utf8_unchecked(into) })
 }
 
 /// Whether a `Connection` field asks to close; `None` when it names anything but `close` and

@@ -95,6 +95,11 @@ const UPSTREAM_READ: usize = 16 * 1024;
 /// [`copy_body`]): the floor relay's size.
 const COPY_CHUNK: usize = 256 * 1024;
 
+/// The methods the fast path takes, for the policy's questions.
+static GET: http::Method = http::Method::GET;
+static HEAD: http::Method = http::Method::HEAD;
+static PUT: http::Method = http::Method::PUT;
+
 /// A request the fast path takes.
 struct Taken {
     /// The request head's length in the client's buffer.
@@ -348,8 +353,8 @@ impl<'a> FastPath<'a> {
             }
         } else {
             // Connecting, sending and the answer's head, within the header timeout.
-            let method = if taken.head_request { http::Method::HEAD } else { http::Method::GET };
-            let reach = self.reach(target, &method, out, None);
+            let method = if taken.head_request { &HEAD } else { &GET };
+            let reach = self.reach(target, method, out, None);
             match tokio::time::timeout(self.policy.timeout(Wait::AnswerHead), reach).await {
                 Ok(reached) => reached.map(|(up, head)| (up, head.map_or(0, |h| h.len))),
                 Err(_) => Err(Unreached::Failed(Failure::Timeout)),

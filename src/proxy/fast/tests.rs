@@ -40,6 +40,7 @@ fn names_are_lowered_when_they_fit() {
     let mut into = [0u8; 32];
     assert_eq!(lowered("X-Auth-Token", &mut into), Some("x-auth-token"));
     assert_eq!(lowered(&"x".repeat(33), &mut into), None);
+    assert_eq!(lowered("X-Métadonnée-Ü", &mut into), Some("x-métadonnée-Ü"), "only A-Z change");
 }
 
 #[test]

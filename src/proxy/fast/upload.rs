@@ -17,7 +17,7 @@ impl FastPath<'_> {
     ) -> Result<(Raw, usize), Unreached> {
         let target = &taken.cached.target;
         // Before the body, every failure leaves the request whole for the proxy.
-        let reach = self.reach(target, &http::Method::PUT, out, Some(self.policy.timeout(Wait::Continue)));
+        let reach = self.reach(target, &PUT, out, Some(self.policy.timeout(Wait::Continue)));
         let mut up = match tokio::time::timeout(self.policy.timeout(Wait::AnswerHead), reach).await {
             Ok(Ok((up, None))) => up,
             Ok(Ok((mut up, Some(head)))) if head.code == 100 => {
