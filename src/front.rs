@@ -230,14 +230,40 @@ pub fn is_auth_path(path: &str) -> bool {
         || (path.starts_with("/auth/v1/") && path.ends_with("/auth"))
 }
 
-/// A Swift-style 401 for bad or missing credentials.
-pub fn unauthorized() -> Response<Body> {
+/// A Swift-style 401 for bad or missing credentials on a request for `path`, whose realm is
+/// the account `path` names, as Swift gives it (see [`realm`]).
+pub fn unauthorized(path: &str) -> Response<Body> {
     let mut resp = body::html(
         StatusCode::UNAUTHORIZED,
         "<html><h1>Unauthorized</h1><p>This server could not verify that you are authorized to access the document you requested.</p></html>",
     );
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Swift realm=\"swiftgate\""));
+    if let Ok(value) = HeaderValue::from_str(&format!("Swift realm=\"{}\"", realm(path))) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
     resp
+}
+
+/// What Swift percent-encodes in a realm: all but letters, digits and `/-_.~`, as Python's
+/// `quote` does.
+const REALM_SET: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// The realm of a 401 for `path`, as Swift's answers give it: the account segment of
+/// `/<version>/<account>[/…]`, decoded and quoted again; `unknown` for a path of another shape
+/// or for v1.0 auth's (`/auth/v1.0`, `/v1.0/…`).
+pub fn realm(path: &str) -> String {
+    let mut segments = path.strip_prefix('/').map(|p| p.splitn(3, '/'));
+    let account = segments.as_mut().and_then(|s| Some((s.next()?, s.next()?)));
+    match account {
+        Some((version, account)) if !version.is_empty() && !account.is_empty() => {
+            let decoded: Vec<u8> = percent_encoding::percent_decode_str(account).collect();
+            if matches!(&decoded[..], b"v1.0" | b"auth") {
+                return "unknown".to_owned();
+            }
+            percent_encoding::percent_encode(&decoded, REALM_SET).to_string()
+        }
+        _ => "unknown".to_owned(),
+    }
 }
 
 /// Maps a token-manager failure to what a Swift client should see.
@@ -366,11 +392,11 @@ pub async fn v1_auth(
         return resp;
     }
     let Some((user, key)) = v1_credentials(headers) else {
-        return unauthorized();
+        return unauthorized("");
     };
     let Some(index) = users.verify_index(user, key).await else {
         tracing::info!(user = %user, "v1.0 auth refused: bad credentials");
-        return unauthorized();
+        return unauthorized("");
     };
     let account = users.list[index].account.as_str();
     let lookup = match issue {
@@ -428,6 +454,26 @@ mod tests {
         }
         for p in ["/v1/AUTH_x", "/auth/v2.0", "/", "/auth/v1.00", "/register"] {
             assert!(!is_auth_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn the_realm_is_the_paths_account_as_swift_quotes_it() {
+        for (path, realm_of) in [
+            ("/v1/AUTH_test", "AUTH_test"),
+            ("/v1/AUTH_test/c/o", "AUTH_test"),
+            ("/swift/v1/AUTH_x", "v1"),
+            ("/v1/AUTH_%E2%98%83%20x", "AUTH_%E2%98%83%20x"),
+            ("/v1/AUTH_a%2fb/c", "AUTH_a/b"),
+            ("/v1/AUTH_\"x", "AUTH_%22x"),
+            ("/auth/v1.0", "unknown"),
+            ("/v1.0/auth/x", "unknown"),
+            ("/v1", "unknown"),
+            ("/v1/", "unknown"),
+            ("//v1/AUTH_x", "unknown"),
+            ("", "unknown"),
+        ] {
+            assert_eq!(realm(path), realm_of, "{path}");
         }
     }
 

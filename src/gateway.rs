@@ -343,7 +343,10 @@ impl Gateway {
         };
         match token.to_str().ok().and_then(|t| crate::proxy::Authority::account_of(self, t)) {
             Some(account) => proxy.forward(req, &peer, &self.tokens, Some(account), None).await,
-            None => crate::proxy::drain_then(Some(req.into_body()), front::unauthorized()),
+            None => {
+                let refused = front::unauthorized(req.uri().path());
+                crate::proxy::drain_then(Some(req.into_body()), refused)
+            }
         }
     }
 }

@@ -56,7 +56,7 @@ pub async fn usage(
         None => None,
     };
     let Some(account) = account else {
-        let mut resp = front::unauthorized();
+        let mut resp = front::unauthorized("");
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"swiftgate usage\""));
         return resp;

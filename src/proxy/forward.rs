@@ -64,7 +64,7 @@ impl Proxy {
                     Box::pin(tokens.credentials_except(account, token, crate::tokens::REFUSAL_PATIENCE)).await
                 }
                 (None, Some(c), _) => Ok(c.clone()),
-                (None, None, _) => return drain_then(rest, front::unauthorized()),
+                (None, None, _) => return drain_then(rest, front::unauthorized(parts.uri.path())),
             };
             let cached = match cached {
                 Ok(c) => c,
@@ -72,7 +72,7 @@ impl Proxy {
             };
             let target = &cached.target;
             if !target.covers(parts.uri.path()) {
-                return drain_then(rest, policy::wrong_account());
+                return drain_then(rest, policy::misdirected(parts.uri.path(), target));
             }
             // Origin form, as HTTP/1 sends it to an origin server; `Host` names the upstream.
             let uri = match &path_and_query {

@@ -219,9 +219,18 @@ pub fn unknown_coding() -> Response<Body> {
     body::text(StatusCode::NOT_IMPLEMENTED, "transfer codings other than chunked are not implemented\n")
 }
 
-/// The answer to a gateway token used on another account's path.
-pub fn wrong_account() -> Response<Body> {
-    body::text(StatusCode::FORBIDDEN, "this token is not valid for that account\n")
+/// The answer to a storage request for `path`, which the account's storage path (`target`)
+/// does not cover, as Swift answers such paths: `404` when the path starts with an empty
+/// segment (`//v1/AUTH_x`), `412 Bad URL` when it names no account (`/v1`), else `403`, for a
+/// gateway token used on another account's path.
+pub fn misdirected(path: &str, target: &Target) -> Response<Body> {
+    if path.starts_with("//") {
+        body::html(StatusCode::NOT_FOUND, "<html><h1>Not Found</h1><p>The resource could not be found.</p></html>")
+    } else if target.path.strip_prefix(path).is_some_and(|rest| rest.starts_with('/') || path.ends_with('/')) {
+        body::text(StatusCode::PRECONDITION_FAILED, "Bad URL")
+    } else {
+        body::text(StatusCode::FORBIDDEN, "this token is not valid for that account\n")
+    }
 }
 
 /// The proxy's settings, and what follows from them and from the gateway's public address.
@@ -417,14 +426,33 @@ mod tests {
     }
 
     #[test]
-    fn locations_are_rewritten_only_on_the_upstream_origin() {
-        let policy = Policy::new(ProxySettings::default(), "https://gw.example/");
+    fn paths_outside_the_account_get_swifts_answers() {
+        let target = target_of("https://up.example/v1/AUTH_a");
+        for (path, status) in [
+            ("//v1/AUTH_a", StatusCode::NOT_FOUND),
+            ("/v1", StatusCode::PRECONDITION_FAILED),
+            ("/v1/", StatusCode::PRECONDITION_FAILED),
+            ("/v1/AUTH_b", StatusCode::FORBIDDEN),
+            ("/v1/AUTH_ab", StatusCode::FORBIDDEN),
+            ("/v", StatusCode::FORBIDDEN),
+        ] {
+            assert_eq!(misdirected(path, &target).status(), status, "{path}");
+        }
+    }
+
+    fn target_of(endpoint: &str) -> Target {
         let creds = crate::provider::SwiftCredentials {
             token: crate::secret::Secret::new("tk"),
-            endpoint: "https://up.example/v1/AUTH_a".into(),
+            endpoint: endpoint.into(),
             expires: std::time::SystemTime::now(),
         };
-        let target = Target::parse(&creds).expect("a valid target");
+        Target::parse(&creds).expect("a valid target")
+    }
+
+    #[test]
+    fn locations_are_rewritten_only_on_the_upstream_origin() {
+        let policy = Policy::new(ProxySettings::default(), "https://gw.example/");
+        let target = target_of("https://up.example/v1/AUTH_a");
         assert_eq!(policy.relocated("https://up.example/v1/x", &target).as_deref(), Some("https://gw.example/v1/x"));
         assert_eq!(policy.relocated("https://up.example", &target).as_deref(), Some("https://gw.example"));
         assert_eq!(policy.relocated("https://up.example.evil/v1/x", &target), None);

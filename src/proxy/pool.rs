@@ -232,7 +232,10 @@ impl Pools {
     /// A new connection to `uri`'s origin, driven by a task on the caller's worker.
     async fn connect(&self, uri: &Uri) -> Result<SendRequest<UpstreamBody>, SendError> {
         let io = self.open(uri).await?;
+        // Answers keep upstream's field-name case (hyper's server writes them so), as the fast
+        // engine and Swift itself do: some clients compare names case-sensitively.
         let (sender, conn) = http1::Builder::new()
+            .preserve_header_case(true)
             .max_buf_size(crate::body::MAX_READ)
             .max_headers(crate::body::MAX_FIELDS)
             .handshake(io)

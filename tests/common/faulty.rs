@@ -7,7 +7,8 @@
 //! nothing. A HEAD under `extra/` gets a stray second answer in the same write; one under
 //! `late/` gets it when the test asks (`late`). A PUT under `late100/` is never asked for its
 //! body (no `100 Continue` before it), and once it is all in gets a late `100` and then `201`
-//! with the bytes it got in `X-Received`. For the proxy's fault tests.
+//! with the bytes it got in `X-Received`. A `GET` or `HEAD` under `cased/` gets `ok` with field
+//! names in mixed case (`X-Object-Meta-Color`). For the proxy's fault tests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +51,9 @@ async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 /// A small keep-alive answer.
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
+/// A keep-alive answer whose field names are in mixed case, as Swift writes them.
+const CASED: &[u8] = b"HTTP/1.1 200 OK\r\nX-Object-Meta-Color: blue\r\nContent-Length: 2\r\nX-Trans-Id: tx1\r\n\r\nok";
+
 /// A chunked keep-alive answer.
 const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
 
@@ -74,6 +78,10 @@ async fn serve(
     for index in 0.. {
         let answer = if request_line.starts_with("GET /v1/AUTH_faulty/kept/") {
             OK
+        } else if request_line.starts_with("GET /v1/AUTH_faulty/cased/") {
+            CASED
+        } else if request_line.starts_with("HEAD /v1/AUTH_faulty/cased/") {
+            &CASED[..CASED.len() - 2]
         } else if request_line.starts_with("GET /v1/AUTH_faulty/chunked/") {
             CHUNKED
         } else if request_line.starts_with("GET /v1/AUTH_faulty/once/") && index == 0 {
