@@ -82,9 +82,10 @@ fn hot(c: &mut Criterion) {
 
     let hash = swiftgate::front::hash_key("key").unwrap();
     let users = Users::new(&[ResolvedUser { name: "u".into(), key_hash: hash, account: "a".into() }]);
-    rt.block_on(users.verify_index("u", "key")).unwrap();
+    let here = std::net::IpAddr::from([127, 0, 0, 1]);
+    rt.block_on(users.verify_index("u", "key", here)).unwrap();
     c.bench_function("cached key check (warm v1.0 auth)", |b| {
-        b.iter(|| rt.block_on(users.verify_index(black_box("u"), black_box("key"))).unwrap())
+        b.iter(|| rt.block_on(users.verify_index(black_box("u"), black_box("key"), here)).unwrap())
     });
 }
 

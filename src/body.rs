@@ -17,15 +17,23 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 ///
 /// Only a connection moving a large body grows its buffer this far, and a parked upstream
 /// connection keeps it until it is reused or dropped. hyper would also take this as the limit
-/// on a request head; the server sets its own, `server::MAX_HEAD`.
+/// on a request head; the server sets its own, [`MAX_HEAD`].
 pub const MAX_READ: usize = 1 << 20;
 
 /// The most header fields a head may carry, in either direction and on either engine. Swift
 /// reads up to 1.6 × `MAX_HEADER_COUNT` (126) fields, about 201, and answers up to 90 metadata
 /// items plus a dozen of its own fields; hyper's default of 100 turned such answers into 502s.
 /// A field costs a 32-byte slot in a parse, and a head's bytes stay bounded by
-/// `server::MAX_HEAD`.
+/// [`MAX_HEAD`].
 pub const MAX_FIELDS: usize = 256;
+
+/// The largest request head an HTTP/1 client may send (431 beyond). Swift itself refuses a
+/// header line over 8 KiB and object metadata over 4 KiB in all; hyper's default would be its
+/// read limit, 408 KiB, and the read limit here is 1 MiB ([`MAX_READ`]). A head comes before
+/// any authentication, so this is what a connection holds for a client that never finishes
+/// one, and `max_head_memory` bounds what all of them hold together. (h2 heads are bounded by
+/// hyper's 16 KiB header list size.)
+pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Error type carried by streaming bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -134,6 +134,8 @@ pub fn single_user_config(
         mode,
         // The demo serves with server::run on the caller's runtime: one connection pool.
         workers: Some(1),
+        max_connections_per_address: crate::config::CONNECTIONS_PER_ADDRESS,
+        max_head_memory: crate::config::HEAD_MEMORY,
         proxy: crate::config::ProxyConfig::default(),
         tls: None,
         hubic: Some(HubicConfig {

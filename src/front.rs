@@ -58,8 +58,61 @@ pub struct Users {
     /// user index → HMAC of the last key that verified; short critical sections only.
     verified: Mutex<HashMap<usize, [u8; 32]>>,
     /// Argon2 runs at most this many at once (one per core): each takes 7 MiB and real CPU,
-    /// and anyone can ask for one by sending a wrong key.
+    /// and anyone can ask for one by sending a wrong key. Waiters are served in order.
     argon_slots: tokio::sync::Semaphore,
+    /// Key checks waiting or running, per user, per client address, and in all (see
+    /// [`Refused::Busy`]); auth path only, short sections.
+    pending: Mutex<HashMap<Claimant, usize>>,
+    /// Argon2 runs since the start.
+    checks: std::sync::atomic::AtomicU64,
+}
+
+/// Who a key check is counted against.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Claimant {
+    User(usize),
+    Address(std::net::IpAddr),
+    Everyone,
+}
+
+/// Key checks a user may have waiting or running at once. A flood of wrong keys for one user
+/// from one address stops at [`PENDING_PER_ADDRESS`], below this, so the user's own login from
+/// elsewhere still finds room.
+const PENDING_PER_USER: usize = 16;
+/// Key checks a client address may have waiting or running at once: a flood from one address
+/// delays the others' logins by at most this many checks (about 16 ms each per core).
+const PENDING_PER_ADDRESS: usize = 8;
+/// Key checks waiting or running in all: about two seconds of work on two cores.
+const PENDING_TOTAL: usize = 128;
+
+/// Why a key was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Unknown user, or wrong key.
+    Wrong,
+    /// Too many key checks already wait for this user, this client address, or in all: the
+    /// client should try again shortly (`429` with `Retry-After`). The key was not checked.
+    Busy,
+}
+
+/// A key check counted in [`Users::pending`] until dropped.
+struct Claim<'a> {
+    users: &'a Users,
+    claimants: [Option<Claimant>; 3],
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.users.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for claimant in self.claimants.iter().flatten() {
+            if let Some(n) = pending.get_mut(claimant) {
+                *n -= 1;
+                if *n == 0 {
+                    pending.remove(claimant);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Users {
@@ -80,7 +133,40 @@ impl Users {
             cache_mac: ProcessMac::random(),
             verified: Mutex::new(HashMap::new()),
             argon_slots: tokio::sync::Semaphore::new(cores),
+            pending: Mutex::new(HashMap::new()),
+            checks: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Argon2 key checks run since the start.
+    pub fn key_checks(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a key check for `user` (if known) from `from`, unless a bound is reached.
+    fn claim(&self, user: Option<usize>, from: std::net::IpAddr) -> Option<Claim<'_>> {
+        let claimants = [user.map(Claimant::User), Some(Claimant::Address(from)), Some(Claimant::Everyone)];
+        let bound = |c: &Claimant| match c {
+            Claimant::User(_) => PENDING_PER_USER,
+            Claimant::Address(_) => PENDING_PER_ADDRESS,
+            Claimant::Everyone => PENDING_TOTAL,
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if claimants.iter().flatten().any(|c| pending.get(c).copied().unwrap_or(0) >= bound(c)) {
+            return None;
+        }
+        for c in claimants.iter().flatten() {
+            *pending.entry(*c).or_insert(0) += 1;
+        }
+        Some(Claim { users: self, claimants })
+    }
+
+    /// Runs argon2 on `key` against `hash`, one of [`Users::argon_slots`] at a time.
+    async fn check_key(&self, hash: &str, key: &str) -> bool {
+        let (hash, key) = (hash.to_owned(), key.to_owned());
+        let Ok(_slot) = self.argon_slots.acquire().await else { return false };
+        self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || verify_key(&hash, &key)).await.unwrap_or(false)
     }
 
     /// The account `user` is bound to.
@@ -97,29 +183,40 @@ impl Users {
         self.cache_mac.of(key.as_bytes())
     }
 
-    /// Checks `user`'s `key`; returns the bound account on success.
-    pub async fn verify(&self, user: &str, key: &str) -> Option<String> {
-        let index = self.verify_index(user, key).await?;
-        Some(self.list[index].account.clone())
+    /// Checks `user`'s `key`, sent from `from`; returns the bound account on success.
+    pub async fn verify(&self, user: &str, key: &str, from: std::net::IpAddr) -> Result<String, Refused> {
+        let index = self.verify_index(user, key, from).await?;
+        Ok(self.list[index].account.clone())
     }
 
-    /// Checks `user`'s `key`; returns the user's index on success.
-    pub async fn verify_index(&self, user: &str, key: &str) -> Option<usize> {
-        let index = *self.by_name.get(user)?;
+    /// Checks `user`'s `key`, sent from `from`; returns the user's index on success.
+    ///
+    /// A key that verified before is recognised by its HMAC, with no argon2 run. Otherwise the
+    /// check waits its turn for a core, within the bounds of [`Refused::Busy`]. An unknown user
+    /// costs the same argon2 run as a known one's wrong key, so that the time of a refusal does
+    /// not tell which user names exist.
+    pub async fn verify_index(&self, user: &str, key: &str, from: std::net::IpAddr) -> Result<usize, Refused> {
+        let index = self.by_name.get(user).copied();
         let mac = self.mac(key);
-        let cached = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&index).copied();
-        if cached.is_some_and(|c| bool::from(c.ct_eq(&mac))) {
-            return Some(index);
+        if let Some(index) = index {
+            let cached = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&index).copied();
+            if cached.is_some_and(|c| bool::from(c.ct_eq(&mac))) {
+                return Ok(index);
+            }
         }
-        let hash = self.list[index].key_hash.clone();
-        let key = key.to_owned();
-        let Ok(_slot) = self.argon_slots.acquire().await else { return None };
-        let ok = tokio::task::spawn_blocking(move || verify_key(&hash, &key)).await.unwrap_or(false);
-        if ok {
-            self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(index, mac);
-            Some(index)
-        } else {
-            None
+        let Some(_claim) = self.claim(index, from) else { return Err(Refused::Busy) };
+        // Unknown: the first user's hash stands in, so the work (its parameters) is the same;
+        // what it says is not used.
+        let Some(hash) = index.or((!self.list.is_empty()).then_some(0)).map(|i| self.list[i].key_hash.as_str()) else {
+            return Err(Refused::Wrong);
+        };
+        let ok = self.check_key(hash, key).await;
+        match index {
+            Some(index) if ok => {
+                self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(index, mac);
+                Ok(index)
+            }
+            _ => Err(Refused::Wrong),
         }
     }
 }
@@ -240,6 +337,14 @@ pub fn unauthorized(path: &str) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&format!("Swift realm=\"{}\"", realm(path))) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }
+    resp
+}
+
+/// The answer to a key that was not checked because too many checks already wait (see
+/// [`Refused::Busy`]): `429`, to try again in a second.
+pub fn busy() -> Response<Body> {
+    let mut resp = body::text(StatusCode::TOO_MANY_REQUESTS, "too many key checks pending; try again shortly\n");
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     resp
 }
 
@@ -384,6 +489,7 @@ pub async fn v1_auth(
     tokens: &Arc<TokenManager>,
     public_url: &str,
     issue: Issue<'_>,
+    from: std::net::IpAddr,
 ) -> Response<Body> {
     // GET only, as tempauth (swift-protocol §1.6).
     if method != Method::GET {
@@ -394,9 +500,16 @@ pub async fn v1_auth(
     let Some((user, key)) = v1_credentials(headers) else {
         return unauthorized("");
     };
-    let Some(index) = users.verify_index(user, key).await else {
-        tracing::info!(user = %user, "v1.0 auth refused: bad credentials");
-        return unauthorized("");
+    let index = match users.verify_index(user, key, from).await {
+        Ok(index) => index,
+        Err(Refused::Wrong) => {
+            tracing::info!(user = %user, "v1.0 auth refused: bad credentials");
+            return unauthorized("");
+        }
+        Err(Refused::Busy) => {
+            tracing::info!(user = %user, peer = %from, "v1.0 auth deferred: too many key checks pending");
+            return busy();
+        }
     };
     let account = users.list[index].account.as_str();
     let lookup = match issue {
@@ -517,10 +630,37 @@ mod tests {
         let hash = hash_key("s3cret").unwrap();
         assert!(hash.starts_with("$argon2id$"));
         let users = Users::new(&[ResolvedUser { name: "u".into(), key_hash: hash, account: "acct".into() }]);
-        assert_eq!(users.verify("u", "s3cret").await.as_deref(), Some("acct"));
-        assert_eq!(users.verify("u", "s3cret").await.as_deref(), Some("acct"));
-        assert_eq!(users.verify("u", "wrong").await, None);
-        assert_eq!(users.verify("nobody", "s3cret").await, None);
+        let here = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(users.verify("u", "s3cret", here).await.as_deref(), Ok("acct"));
+        assert_eq!(users.verify("u", "s3cret", here).await.as_deref(), Ok("acct"));
+        assert_eq!(users.key_checks(), 1, "the second time, the key was known");
+        assert_eq!(users.verify("u", "wrong", here).await, Err(Refused::Wrong));
+        assert_eq!(users.key_checks(), 2);
+        // An unknown user costs the same argon2 run as a wrong key, so timing tells nothing,
+        // and even the right key of another user does not let it in.
+        assert_eq!(users.verify("nobody", "s3cret", here).await, Err(Refused::Wrong));
+        assert_eq!(users.key_checks(), 3);
         assert!(!format!("{users:?}").contains("argon2"));
+    }
+
+    #[test]
+    fn pending_key_checks_are_bounded_per_address_per_user_and_in_all() {
+        let users = Users::new(&[
+            ResolvedUser { name: "a".into(), key_hash: String::new(), account: "a".into() },
+            ResolvedUser { name: "b".into(), key_hash: String::new(), account: "b".into() },
+        ]);
+        let address = |n: u32| std::net::IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0000 + n));
+        let flood: Vec<_> = (0..PENDING_PER_ADDRESS).map(|_| users.claim(Some(0), address(2))).collect();
+        assert!(flood.iter().all(Option::is_some));
+        assert!(users.claim(Some(0), address(2)).is_none(), "the flooding address is bounded");
+        assert!(users.claim(None, address(2)).is_none(), "unknown users from it too");
+        assert!(users.claim(Some(1), address(3)).is_some(), "another user from another address gets in");
+        assert!(users.claim(Some(0), address(3)).is_some(), "the attacked user from elsewhere too");
+        let spread: Vec<_> = (10..10 + PENDING_PER_USER as u32).map(|n| users.claim(Some(1), address(n))).collect();
+        assert!(users.claim(Some(1), address(99)).is_none(), "a user is bounded across addresses");
+        drop((flood, spread));
+        assert!(users.claim(Some(0), address(2)).is_some(), "claims end with their checks");
+        let all: Vec<_> = (1000..1000 + PENDING_TOTAL as u32).map(|n| users.claim(None, address(n))).collect();
+        assert!(all.iter().all(Option::is_some) && users.claim(None, address(5000)).is_none(), "and in all");
     }
 }

@@ -26,6 +26,7 @@ use crate::secret::Secret;
 use crate::server::Handler;
 use crate::store::{FileStore, GrantStore, StoreError};
 use crate::tokens::{RenewPolicy, TokenManager};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// What a request's path is for. The router answers each with one handler, and the proxy's
@@ -183,6 +184,7 @@ impl Gateway {
         &self,
         registrar: &Registrar,
         req: Request<Incoming>,
+        from: std::net::IpAddr,
     ) -> Result<(Vec<(String, String)>, String), Response<Body>> {
         if cross_site(&req, &self.public_url) {
             // Another site's page posting a user's key to bind the visitor's HubiC account to
@@ -197,13 +199,14 @@ impl Gateway {
             Err(e) => return Err(body::text(e.status(), "registration form could not be read\n")),
         };
         let field = |k| body::form_get(&form, k).unwrap_or("");
-        match self.users.verify(field("user"), field("key")).await {
-            Some(account) if registrar.registers(&account) => Ok((form, account)),
-            Some(account) => Err(body::text(
+        match self.users.verify(field("user"), field("key"), from).await {
+            Ok(account) if registrar.registers(&account) => Ok((form, account)),
+            Ok(account) => Err(body::text(
                 StatusCode::BAD_REQUEST,
                 format!("account {account} is not a HubiC account: it needs no registration\n"),
             )),
-            None => {
+            Err(front::Refused::Busy) => Err(front::busy()),
+            Err(front::Refused::Wrong) => {
                 let mut resp = registrar.form_page(Some("Unknown user or wrong key."));
                 *resp.status_mut() = StatusCode::UNAUTHORIZED;
                 Err(resp)
@@ -211,8 +214,8 @@ impl Gateway {
         }
     }
 
-    async fn register_post(&self, registrar: &Registrar, req: Request<Incoming>) -> Response<Body> {
-        let account = match self.verified_form(registrar, req).await {
+    async fn register_post(&self, registrar: &Registrar, req: Request<Incoming>, from: IpAddr) -> Response<Body> {
+        let account = match self.verified_form(registrar, req, from).await {
             Ok((_, account)) => account,
             Err(resp) => return resp,
         };
@@ -233,8 +236,8 @@ impl Gateway {
         resp
     }
 
-    async fn autoregister_post(&self, registrar: &Registrar, req: Request<Incoming>) -> Response<Body> {
-        let (form, account) = match self.verified_form(registrar, req).await {
+    async fn autoregister_post(&self, registrar: &Registrar, req: Request<Incoming>, from: IpAddr) -> Response<Body> {
+        let (form, account) = match self.verified_form(registrar, req, from).await {
             Ok(v) => v,
             Err(resp) => return resp,
         };
@@ -245,7 +248,7 @@ impl Gateway {
     }
 
     /// The registration endpoints, when there are HubiC accounts to register.
-    async fn registration(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn registration(&self, req: Request<Incoming>, from: IpAddr) -> Response<Body> {
         let Some(registrar) = &self.registrar else {
             return crate::proxy::drain_then(
                 Some(req.into_body()),
@@ -254,8 +257,8 @@ impl Gateway {
         };
         match (req.method(), req.uri().path().trim_end_matches('/')) {
             (&Method::GET, "/register" | "") => registrar.form_page(None),
-            (&Method::POST, "/register") => self.register_post(registrar, req).await,
-            (&Method::POST, "/autoregister") => self.autoregister_post(registrar, req).await,
+            (&Method::POST, "/register") => self.register_post(registrar, req, from).await,
+            (&Method::POST, "/autoregister") => self.autoregister_post(registrar, req, from).await,
             (&Method::GET, "/callback") => {
                 let query = req.uri().query().unwrap_or("").to_owned();
                 let cookie = registration_cookie(req.headers());
@@ -268,15 +271,16 @@ impl Gateway {
     /// The router: path and method to handler, nothing else decides.
     pub async fn route(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         let path = req.uri().path();
-        if let Some(answer) = self.head_only(req.method(), path, req.headers()) {
+        let from = peer.addr.ip();
+        if let Some(answer) = self.head_only(req.method(), path, req.headers(), from) {
             return answer.await;
         }
         match (Endpoint::of(path), req.method()) {
             (Endpoint::Health, &Method::GET | &Method::HEAD) => ops::healthz(),
             (Endpoint::Usage, &Method::GET) => {
-                ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url).await
+                ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url, from).await
             }
-            (Endpoint::Registration, _) => self.registration(req).await,
+            (Endpoint::Registration, _) => self.registration(req, from).await,
             (Endpoint::Auth | Endpoint::Info | Endpoint::Health | Endpoint::Usage, _) => {
                 body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
@@ -304,6 +308,7 @@ impl Gateway {
         method: &'a Method,
         path: &str,
         headers: &'a http::HeaderMap,
+        from: IpAddr,
     ) -> Option<impl std::future::Future<Output = Response<Body>> + Send + 'a> {
         let endpoint = Endpoint::of(path);
         let auth = endpoint == Endpoint::Auth;
@@ -319,7 +324,7 @@ impl Gateway {
                 Some(_) => Issue::Gateway(&self.issuer),
                 None => Issue::Upstream(&self.check),
             };
-            front::v1_auth(method, headers, &self.users, &self.tokens, &self.public_url, issue).await
+            front::v1_auth(method, headers, &self.users, &self.tokens, &self.public_url, issue, from).await
         })
     }
 
@@ -404,8 +409,9 @@ impl crate::proxy::Authority for Gateway {
         method: &'a Method,
         path: &str,
         headers: &'a http::HeaderMap,
+        from: IpAddr,
     ) -> Option<impl std::future::Future<Output = Response<Body>> + Send + 'a> {
-        Gateway::head_only(self, method, path, headers)
+        Gateway::head_only(self, method, path, headers, from)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod emulator;
 pub mod front;
 pub mod gateway;
+pub mod logging;
 pub mod ops;
 pub mod provider;
 pub mod proxy;

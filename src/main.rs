@@ -153,6 +153,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .fmt_fields(swiftgate::logging::fields())
         .init();
     let cli = Cli::parse();
     // `serve` runs its own worker threads (server::run_workers); this thread is worker 0.
@@ -324,7 +325,13 @@ async fn check_config(config: Config, online: bool) -> anyhow::Result<()> {
 /// How the configured gateway serves: TLS if `[tls]` is set, and the proxy's stall cut.
 fn serve_options(config: &Config) -> anyhow::Result<ServeOptions> {
     let tls = config.tls.as_ref().map(|t| server::tls_acceptor(&t.cert, &t.key)).transpose()?;
-    Ok(ServeOptions { tls, stall_cut: config.proxy.settings().stall_cut(), ..ServeOptions::default() })
+    Ok(ServeOptions {
+        tls,
+        stall_cut: config.proxy.settings().stall_cut(),
+        connections_per_address: config.max_connections_per_address,
+        head_memory: config.max_head_memory,
+        ..ServeOptions::default()
+    })
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {

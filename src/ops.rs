@@ -47,19 +47,24 @@ pub async fn usage(
     users: &Users,
     tokens: &std::sync::Arc<TokenManager>,
     public_url: &str,
+    from: std::net::IpAddr,
 ) -> Response<Body> {
     let creds = front::v1_credentials(headers)
         .map(|(u, k)| (u.to_owned(), k.to_owned()))
         .or_else(|| body::basic_credentials(headers));
     let account = match creds {
-        Some((user, key)) => users.verify(&user, &key).await,
-        None => None,
+        Some((user, key)) => users.verify(&user, &key, from).await,
+        None => Err(front::Refused::Wrong),
     };
-    let Some(account) = account else {
-        let mut resp = front::unauthorized("");
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"swiftgate usage\""));
-        return resp;
+    let account = match account {
+        Ok(account) => account,
+        Err(front::Refused::Busy) => return front::busy(),
+        Err(front::Refused::Wrong) => {
+            let mut resp = front::unauthorized("");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"swiftgate usage\""));
+            return resp;
+        }
     };
     let usage = match tokens.usage(&account).await {
         Ok(u) => u,

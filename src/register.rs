@@ -217,11 +217,13 @@ impl Registrar {
     fn take_state(&self, state: &str, browser: Option<&str>) -> Result<String, RegisterError> {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let p = pending.remove(state).filter(|p| p.expires > now).ok_or(RegisterError::BadState)?;
-        match &p.browser {
-            Some(want) if browser.is_none_or(|got| &Secret::new(got) != want) => Err(RegisterError::OtherBrowser),
-            _ => Ok(p.account),
+        let p = pending.get(state).filter(|p| p.expires > now).ok_or(RegisterError::BadState)?;
+        // Only the browser that began it consumes a state bound to one: anyone else who learnt
+        // the state (it travels in a URL) could otherwise cancel the registration.
+        if p.browser.as_ref().is_some_and(|want| browser.is_none_or(|got| &Secret::new(got) != want)) {
+            return Err(RegisterError::OtherBrowser);
         }
+        pending.remove(state).map(|p| p.account).ok_or(RegisterError::BadState)
     }
 
     /// Completes a registration from the callback's query string and, for one started in a

@@ -576,3 +576,52 @@ async fn both_engines_answer_field_case_paths_and_realms_as_swift_does() {
         }
     }
 }
+
+/// On both engines: every field that claims to say who the client is stays behind, and so does
+/// the `_` spelling of every field the gateway strips or reads (a WSGI server reads
+/// `X_Auth_Token` as `X-Auth-Token`); `TRACE`, `TRACK` and `CONNECT` are refused at the gateway.
+#[tokio::test]
+async fn forwarding_claims_aliases_and_echoing_methods_stay_behind_on_both_engines() {
+    let echo = common::echo::start().await;
+    let stack = Stack::in_front_of(&echo.origin).await;
+    let (path, token) = login(&stack).await;
+    for (engine, extra) in [("fast", ""), ("hyper", "Content-Length: 0\r\n")] {
+        let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+        let head = format!(
+            "GET {path}/plain/o HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nX-Real-IP: 6.6.6.6\r\n\
+             True-Client-IP: 6.6.6.6\r\nX-Forwarded-Server: evil\r\nX-Forwarded-Prefix: /evil\r\n\
+             X_Forwarded_For: 6.6.6.6\r\nX_Auth_Token: AUTH_forged\r\nX_Storage_Token: AUTH_forged\r\n\
+             Content_Length: 5\r\nX_Auth_User: alice\r\nX_Object_Meta_Under: kept\r\n{extra}\r\n"
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        let (answer, body) = answers(&mut client, 1).await.remove(0);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{engine}: {answer}");
+        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let h = &seen["headers"];
+        for gone in [
+            "x-real-ip",
+            "true-client-ip",
+            "x-forwarded-server",
+            "x-forwarded-prefix",
+            "x_forwarded_for",
+            "x_auth_token",
+            "x_storage_token",
+            "content_length",
+            "x_auth_user",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} must not reach upstream on {engine}: {h}");
+        }
+        assert_eq!(h["x-auth-token"], common::echo::TOKEN, "{engine}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{engine}");
+        assert_eq!(h["x_object_meta_under"], "kept", "{engine}: other `_` names pass");
+        for method in ["TRACE", "TRACK", "CONNECT"] {
+            let target = if method == "CONNECT" { "gw:80".to_owned() } else { format!("{path}/plain/o") };
+            let head = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n{extra}\r\n");
+            let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+            client.write_all(head.as_bytes()).await.unwrap();
+            let (answer, body) = answers(&mut client, 1).await.remove(0);
+            assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{method} on {engine}: {answer}");
+            assert!(!String::from_utf8_lossy(&body).contains(common::echo::TOKEN), "{method} on {engine}");
+        }
+    }
+}

@@ -443,6 +443,15 @@ async fn a_consent_link_completed_in_another_browser_is_refused() {
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("another browser"));
     assert!(!stack.state.path().join("accounts").join("alice.json").exists());
+    // Nor can whoever learnt the state cancel the registration with an error callback.
+    let state = callback.split(['?', '&']).find_map(|p| p.strip_prefix("state=")).expect("a state").to_owned();
+    let cancel = format!("{}/callback?state={state}&error=access_denied", stack.gw.url);
+    assert_eq!(stack.http.get(&cancel).send().await.unwrap().status(), 400);
+    // The browser that began it still completes it.
+    let value = cookie.split(';').next().expect("name=value").to_owned();
+    let resp = stack.http.get(&callback).header("cookie", value).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert!(stack.state.path().join("accounts").join("alice.json").exists());
 }
 
 #[tokio::test]

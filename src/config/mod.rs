@@ -135,6 +135,13 @@ pub struct Config {
     /// the number of CPUs the process may use.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Connections one client address may hold open at once.
+    #[serde(default = "default_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Bytes all connections together may hold before their first request begins (request
+    /// heads not yet read whole, before any authentication).
+    #[serde(default = "default_head_memory")]
+    pub max_head_memory: usize,
     /// Proxy-mode settings.
     #[serde(default)]
     pub proxy: ProxyConfig,
@@ -225,6 +232,19 @@ impl UserConfig {
     pub fn account_name(&self) -> String {
         self.account.clone().unwrap_or_else(|| account_from_name(&self.name))
     }
+}
+
+/// Connections one client address may hold open, by default.
+pub const CONNECTIONS_PER_ADDRESS: usize = 256;
+/// Bytes all connections together may hold before their first request begins, by default.
+pub const HEAD_MEMORY: usize = 64 * 1024 * 1024;
+
+fn default_connections_per_address() -> usize {
+    CONNECTIONS_PER_ADDRESS
+}
+
+fn default_head_memory() -> usize {
+    HEAD_MEMORY
 }
 
 /// Most worker threads `workers` may ask for.
@@ -429,6 +449,12 @@ impl Config {
         }
         if self.workers.is_some_and(|n| !(1..=MAX_WORKERS).contains(&n)) {
             return Err(invalid("workers", "must be between 1 and 256"));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid("max_connections_per_address", "must be at least 1"));
+        }
+        if self.max_head_memory < crate::body::MAX_HEAD {
+            return Err(invalid("max_head_memory", "must hold at least one whole request head (65536 bytes)"));
         }
         if !(60..=MAX_TOKEN_TTL).contains(&self.proxy.token_ttl) {
             return Err(invalid("proxy.token_ttl", "must be between 60 seconds and 366 days"));

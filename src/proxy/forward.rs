@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use super::policy::{self, Failure, Replay, Wait, TOKEN_MARGIN};
 use super::pool;
-use super::stream::{Gate, IdleTimeout, Returned, UpstreamBody};
+use super::stream::{ClientBodyError, Gate, IdleTimeout, Returned, UpstreamBody};
 use super::{Proxy, Target};
 use crate::body::Body;
 use crate::front;
@@ -41,6 +41,9 @@ impl Proxy {
         anonymous: Option<Arc<Cached>>,
     ) -> Response<Body> {
         let (parts, client_body) = req.into_parts();
+        if !policy::method_forwarded(&parts.method) {
+            return drain_then(Some(client_body), policy::method_refused());
+        }
         if !policy::only_chunked(&parts.headers) {
             return drain_then(Some(client_body), policy::unknown_coding());
         }
@@ -236,15 +239,31 @@ fn finish(result: Result<Response<pool::Pooled>, pool::SendError>) -> Result<Res
         let failure = match e {
             pool::SendError::Connect(_) => Failure::Unreachable,
             _ if e.is_stale() => Failure::Stale,
-            pool::SendError::Exchange { .. } => Failure::Broken,
+            pool::SendError::Exchange { ref error, .. } => match client_body_error(error) {
+                Some(ClientBodyError::Idle) => Failure::ClientIdle,
+                Some(ClientBodyError::Broken(_)) => Failure::ClientBody,
+                None => Failure::Broken,
+            },
         };
-        if failure == Failure::Stale {
-            tracing::debug!(cause = %e, "a parked upstream connection was dead");
-        } else {
-            tracing::warn!(cause = %e, "upstream request failed");
+        match failure {
+            Failure::Stale => tracing::debug!(cause = %e, "a parked upstream connection was dead"),
+            Failure::ClientBody | Failure::ClientIdle => tracing::info!(cause = %e, "the client's request body failed"),
+            _ => tracing::warn!(cause = %e, "upstream request failed"),
         }
         failure
     })
+}
+
+/// The client's body's failure that made an exchange fail, if that is what did.
+fn client_body_error(error: &hyper::Error) -> Option<&ClientBodyError> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<ClientBodyError>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// What an attempt's body handed back once hyper let go of it (within 10 s).

@@ -61,7 +61,9 @@ fn hop_by_hop(name: &str) -> Option<&'static str> {
 
 /// Further request fields that never travel upstream: the gateway's own token and its users'
 /// credentials (v1.0 auth headers, Basic), `Host` and `Expect` (set by the gateway), proxy
-/// credentials, and client-supplied forwarding fields.
+/// credentials, and every client-supplied field that claims to say who the client is or which
+/// address it used, which upstream might believe (the gateway sends `X-Forwarded-For` and
+/// `X-Forwarded-Proto` of its own).
 fn dropped_from_requests(name: &str) -> Option<&'static str> {
     one_of!(
         name,
@@ -80,8 +82,57 @@ fn dropped_from_requests(name: &str) -> Option<&'static str> {
             | "x-forwarded-proto"
             | "x-forwarded-host"
             | "x-forwarded-port"
+            | "x-forwarded-server"
+            | "x-forwarded-prefix"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-original-forwarded-for"
+            | "x-real-ip"
+            | "x-client-ip"
             | "x-cluster-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
     )
+}
+
+/// Fields the gateway reads for the request's framing, whose `_` spelling must not reach
+/// upstream either: a WSGI server reads `Content_Length` as `Content-Length`'s variable.
+fn framing(name: &str) -> Option<&'static str> {
+    one_of!(name, "content-length")
+}
+
+/// Maps a field-name byte to how the gateway compares names: ASCII letters in lower case, and
+/// `_` as `-`, since a WSGI server (Swift's) maps both to the same `HTTP_…` variable.
+const NORMAL: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            c @ b'A'..=b'Z' => c + 32,
+            b'_' => b'-',
+            c => c,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// `name` as the gateway compares request field names (see [`NORMAL`]), in `into`, if it fits:
+/// no field the gateway strips or reads is longer than 32 bytes.
+pub fn normalized<'a>(name: &str, into: &'a mut [u8; 32]) -> Option<&'a str> {
+    let into = into.get_mut(..name.len())?;
+    for (to, &from) in into.iter_mut().zip(name.as_bytes()) {
+        *to = NORMAL[usize::from(from)];
+    }
+    // SAFETY: `into` is `name`, valid UTF-8, with ASCII bytes replaced by ASCII bytes; an
+    // ASCII byte never occurs inside a multi-byte sequence, so the copy is valid UTF-8 too.
+    Some(unsafe { std::str::from_utf8_unchecked(into) })
+}
+
+/// True when the field name `raw` has a `_`: a field the gateway reads, so written, is an alias
+/// that is not read and never crosses.
+pub fn underscored(raw: &str) -> bool {
+    raw.as_bytes().contains(&b'_')
 }
 
 /// Further answer fields that never reach the client.
@@ -89,9 +140,13 @@ fn dropped_from_answers(name: &str) -> Option<&'static str> {
     one_of!(name, "proxy-authenticate")
 }
 
-/// True when a client's request field named `name` (in lower case) goes upstream as sent.
-pub fn request_field_crosses(name: &str) -> bool {
-    hop_by_hop(name).is_none() && dropped_from_requests(name).is_none()
+/// True when a client's request field whose name is `name` once [`normalized`] goes upstream
+/// as sent. `_` counts as `-` here, so `X_Auth_Token` and `X_Forwarded_For` stay behind too.
+/// `raw` is the name as sent: `Content_Length` stays behind, but not `Content-Length`.
+pub fn request_field_crosses(name: &str, raw: &str) -> bool {
+    hop_by_hop(name).is_none()
+        && dropped_from_requests(name).is_none()
+        && !(framing(name).is_some() && underscored(raw))
 }
 
 /// True when an upstream answer's field named `name` (in lower case) reaches the client.
@@ -99,8 +154,10 @@ pub fn answer_field_crosses(name: &str) -> bool {
     hop_by_hop(name).is_none() && dropped_from_answers(name).is_none()
 }
 
-/// Removes from a client's request what never travels upstream (see [`strip`]).
+/// Removes from a client's request what never travels upstream (see [`strip`]), and the `_`
+/// spellings of those fields and of the framing ones (see [`request_field_crosses`]).
 pub fn strip_request_headers(headers: &mut HeaderMap) {
+    strip_underscored(headers, dropped_from_requests);
     strip(headers, dropped_from_requests);
 }
 
@@ -137,6 +194,43 @@ fn strip(headers: &mut HeaderMap, extra: fn(&str) -> Option<&'static str>) {
     while let Some(name) = headers.keys().find_map(|name| hop_by_hop(name.as_str()).or_else(|| extra(name.as_str()))) {
         headers.remove(name);
     }
+}
+
+/// Removes the fields whose name, with `_` read as `-` (see [`NORMAL`]), is one [`strip`]
+/// removes or the gateway frames the request by. A field name with `_` is rare, so the common
+/// case costs a scan of the names.
+fn strip_underscored(headers: &mut HeaderMap, extra: fn(&str) -> Option<&'static str>) {
+    if !headers.keys().any(|name| underscored(name.as_str())) {
+        return;
+    }
+    let mut into = [0u8; 32];
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| underscored(name.as_str()))
+        .filter(|name| {
+            normalized(name.as_str(), &mut into)
+                .is_some_and(|n| hop_by_hop(n).or_else(|| extra(n)).or_else(|| framing(n)).is_some())
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
+/// True for the methods the gateway forwards: every one but `TRACE` and `TRACK`, which an
+/// upstream may answer by echoing the request, the upstream token included, and `CONNECT`,
+/// which asks for a tunnel. Swift's own methods (`GET`, `HEAD`, `PUT`, `POST`, `DELETE`,
+/// `COPY`, `OPTIONS`) and any extension method a middleware may serve pass.
+pub fn method_forwarded(method: &http::Method) -> bool {
+    !matches!(method.as_str(), "TRACE" | "TRACK" | "CONNECT")
+}
+
+/// The answer to a method the gateway does not forward (see [`method_forwarded`]).
+pub fn method_refused() -> Response<Body> {
+    let mut resp = body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, COPY, OPTIONS"));
+    resp
 }
 
 /// The client's gateway token among a request's fields: `X-Auth-Token`, else `X-Storage-Token`.
@@ -182,6 +276,12 @@ pub enum Failure {
     Stale,
     /// No answer head within the header timeout.
     Timeout,
+    /// The client's body could not be read: malformed chunked framing (a size of `-5`, `0x5`,
+    /// an overlong one), or the client broke off. The client's fault, so `400`, and upstream,
+    /// which got part of a body, sees its request end without one.
+    ClientBody,
+    /// The client's body went idle for the idle timeout: `408`, as Swift answers it.
+    ClientIdle,
 }
 
 impl Failure {
@@ -197,6 +297,8 @@ impl Failure {
             Failure::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "upstream storage is unreachable"),
             Failure::Broken | Failure::Stale => (StatusCode::BAD_GATEWAY, "upstream storage failed to answer"),
             Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream storage did not answer in time"),
+            Failure::ClientBody => (StatusCode::BAD_REQUEST, "the request's body was malformed or broke off"),
+            Failure::ClientIdle => (StatusCode::REQUEST_TIMEOUT, "the request's body stopped coming"),
         };
         let reason = status.canonical_reason().unwrap_or("Error");
         (status, format!("<html><h1>{reason}</h1><p>{what}.</p></html>"))
@@ -385,14 +487,60 @@ mod tests {
 
     #[test]
     fn the_line_rules_agree_with_the_map_rules() {
-        for name in ["x-auth-token", "host", "te", "x-object-meta-a", "proxy-authenticate", "content-length"] {
+        let mut into = [0u8; 32];
+        for name in [
+            "x-auth-token",
+            "host",
+            "te",
+            "x-object-meta-a",
+            "x_object_meta_a",
+            "proxy-authenticate",
+            "content-length",
+            "content_length",
+            "x_auth_token",
+            "x_forwarded_for",
+            "x-real-ip",
+            "true_client_ip",
+            "x-forwarded-prefix",
+            "transfer_encoding",
+            "keep_alive",
+        ] {
             let mut map = HeaderMap::new();
             map.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
             let mut answer = map.clone();
             strip_request_headers(&mut map);
             strip_response_headers(&mut answer);
-            assert_eq!(request_field_crosses(name), map.contains_key(name), "{name} in a request");
-            assert_eq!(answer_field_crosses(name), answer.contains_key(name), "{name} in an answer");
+            let normal = normalized(name, &mut into).expect("short");
+            assert_eq!(request_field_crosses(normal, name), map.contains_key(name), "{name} in a request");
+            if !underscored(name) {
+                assert_eq!(answer_field_crosses(name), answer.contains_key(name), "{name} in an answer");
+            }
+        }
+    }
+
+    #[test]
+    fn aliases_and_forwarding_claims_stay_behind() {
+        let mut into = [0u8; 32];
+        for raw in ["X_Auth_Token", "X_Forwarded_For", "X-Real-IP", "True-Client-IP", "Content_Length", "X_Real_Ip"] {
+            let normal = normalized(raw, &mut into).expect("short");
+            assert!(!request_field_crosses(normal, raw), "{raw}");
+        }
+        for raw in ["Content-Length", "X_Object_Meta_Color", "X-Object-Meta-Color"] {
+            let normal = normalized(raw, &mut into).expect("short");
+            assert!(request_field_crosses(normal, raw), "{raw}");
+        }
+        assert_eq!(normalized("X_Auth-TOKEN", &mut into), Some("x-auth-token"));
+        assert_eq!(normalized("X-Métadonnée_Ü", &mut into), Some("x-métadonnée-Ü"));
+        assert_eq!(normalized(&"x".repeat(33), &mut into), None);
+    }
+
+    #[test]
+    fn trace_track_and_connect_are_refused() {
+        for (method, forwarded) in
+            [("GET", true), ("COPY", true), ("UPDATE", true), ("TRACE", false), ("CONNECT", false)]
+        {
+            let method = http::Method::from_bytes(method.as_bytes()).expect("a method");
+            assert_eq!(method_forwarded(&method), forwarded, "{method}");
         }
     }
 

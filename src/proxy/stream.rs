@@ -20,6 +20,18 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
 
+/// Why the client's body could not be sent upstream: the client's fault, which the proxy
+/// answers as Swift does.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// The client sent nothing for the idle timeout.
+    #[error("the client's body went idle")]
+    Idle,
+    /// The body could not be read: malformed chunked framing, or the client broke off.
+    #[error("the client's body could not be read: {0}")]
+    Broken(#[source] hyper::Error),
+}
+
 const GATE_CLOSED: u8 = 0;
 const GATE_OPEN: u8 = 1;
 const GATE_CANCELLED: u8 = 2;
@@ -191,7 +203,7 @@ impl HttpBody for UpstreamBody {
             if this.idle.as_mut().is_some_and(|clock| clock.expired(cx)) {
                 this.rest = None;
                 this.kept = None;
-                return Poll::Ready(Some(Err("client body idle timeout".into())));
+                return Poll::Ready(Some(Err(ClientBodyError::Idle.into())));
             }
             return Poll::Pending;
         }
@@ -216,7 +228,7 @@ impl HttpBody for UpstreamBody {
                 // and what was kept is no longer a whole body to replay.
                 this.rest = None;
                 this.kept = None;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(ClientBodyError::Broken(e).into())))
             }
             None => {
                 this.finished();

@@ -145,6 +145,8 @@ pub(super) async fn watch_idle(
 pub struct Counted {
     pub(super) io: tokio::net::TcpStream,
     pub(super) peer: Arc<Peer>,
+    /// The connection's place in the per-address count and the head budget.
+    pub(super) admitted: super::admission::Admitted,
 }
 
 impl Counted {
@@ -174,8 +176,14 @@ impl tokio::io::AsyncRead for Counted {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let got = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.peer.read.fetch_add(1, Ordering::Relaxed);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            let this = &mut *self;
+            this.peer.read.fetch_add(1, Ordering::Relaxed);
+            if !this.admitted.read(n, || this.peer.activity.load(Ordering::Relaxed) > 0) {
+                tracing::info!(peer = %this.peer.addr, "closed a connection: request heads not yet read hold the whole head budget");
+                return std::task::Poll::Ready(Err(std::io::Error::other("the head memory budget is spent")));
+            }
         }
         got
     }

@@ -23,12 +23,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 
-/// The largest request head an HTTP/1 client may send (431 beyond). Swift itself refuses a
-/// header line over 8 KiB and object metadata over 4 KiB in all; hyper's default would be its
-/// read limit, 408 KiB, and the read limit here is 1 MiB (`body::MAX_READ`). A head comes
-/// before any authentication, so this is what a connection holds for a client that never
-/// finishes one. (h2 heads are bounded by hyper's 16 KiB header list size.)
-pub const MAX_HEAD: usize = 64 * 1024;
+pub use crate::body::MAX_HEAD;
+
 /// Time a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that has no request in progress and begins none for this long (up to twice
@@ -50,6 +46,7 @@ const TLS_READ_BUFFER: usize = 64 * 1024;
 /// `writev` calls rather than one per 64 KiB.
 const TLS_SEND_BUFFER: usize = 256 * 1024;
 
+pub mod admission;
 mod conn;
 mod takeover;
 mod tls;
@@ -83,6 +80,11 @@ pub struct ServeOptions {
     /// [`ProxySettings::stall_cut`](crate::config::ProxySettings::stall_cut), 330 s by default.
     /// A request whose handler has not answered yet is left to the handler's own timeouts.
     pub stall_cut: Duration,
+    /// Connections one client address may hold open; one more is closed at once.
+    pub connections_per_address: usize,
+    /// Bytes all connections together may hold before their first request begins: a
+    /// connection whose read would pass it is closed.
+    pub head_memory: usize,
 }
 
 impl Default for ServeOptions {
@@ -92,6 +94,8 @@ impl Default for ServeOptions {
             http1_only: false,
             idle_close: IDLE_CLOSE,
             stall_cut: crate::config::ProxySettings::default().stall_cut(),
+            connections_per_address: admission::CONNECTIONS_PER_ADDRESS,
+            head_memory: admission::HEAD_MEMORY,
         }
     }
 }
@@ -120,6 +124,7 @@ pub async fn run<H: Handler>(
     tokio::pin!(shutdown);
     let idle_close = options.idle_close.max(Duration::from_millis(1));
     let stall_cut = options.stall_cut;
+    let admission = admission::Admission::new(options.connections_per_address, options.head_memory);
     let mut tick = tokio::time::interval(TIMER_TICK);
     loop {
         let (stream, peer) = tokio::select! {
@@ -135,6 +140,10 @@ pub async fn run<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        let Some(admitted) = admission.admit(peer.ip()) else {
+            tracing::debug!(%peer, "closed a connection: its address holds as many as it may");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let stopping = stop.subscribe();
         let handler = handler.clone();
@@ -143,7 +152,7 @@ pub async fn run<H: Handler>(
         let client = Arc::new(Peer::new(peer));
         let watched = client.clone();
         let (idle_tx, idle_rx) = oneshot::channel::<()>();
-        let stream = Counted { io: stream, peer: client.clone() };
+        let stream = Counted { io: stream, peer: client.clone(), admitted };
         let (fast, peer_of_fast) = (handler.clone(), client.clone());
         let connection = async move {
             let mut signals = Signals::new(stopping, idle_rx);

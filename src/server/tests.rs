@@ -84,10 +84,15 @@ impl SlowServer {
 
     /// With `stall` as [`ServeOptions::stall_cut`].
     async fn start_with(period: Duration, stall: Duration) -> SlowServer {
+        Self::start_options(ServeOptions { idle_close: period, stall_cut: stall, ..ServeOptions::default() }).await
+    }
+
+    /// With `options`.
+    async fn start_options(options: ServeOptions) -> SlowServer {
+        let period = options.idle_close;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions { idle_close: period, stall_cut: stall, ..ServeOptions::default() };
         // Made before anything is timed: 16 MiB take a while to fill in a debug build.
         let big = bytes::Bytes::from(vec![b'b'; BIG]);
         let dropped = Arc::new(tokio::sync::Notify::new());
@@ -318,4 +323,57 @@ async fn workers_serve_from_one_listener_and_all_stop() {
     tokio::time::timeout(Duration::from_secs(15), server).await.expect("workers did not stop").unwrap().unwrap();
     // Every worker closed its copy of the listening socket.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// A connection from `127.0.0.<last>` to `server`.
+async fn connect_from(server: &SlowServer, last: u8) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+    socket.connect(server.addr).await.unwrap()
+}
+
+/// True once `stream` is closed by the server (within 10 s).
+async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut [0u8; 64])).await;
+    matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+/// Past `connections_per_address`, an address's next connection is closed at once while
+/// another address is served; past `head_memory`, the connection whose unfinished head does
+/// not fit is closed, and a whole request on another connection is still served.
+#[tokio::test]
+async fn connections_per_address_and_unfinished_heads_are_bounded() {
+    let options = ServeOptions {
+        idle_close: Duration::from_secs(60),
+        connections_per_address: 2,
+        head_memory: 100_000,
+        ..ServeOptions::default()
+    };
+    let server = SlowServer::start_options(options).await;
+    let (mut first, mut second) = (connect_from(&server, 2).await, connect_from(&server, 2).await);
+    let mut third = connect_from(&server, 2).await;
+    assert!(closed(&mut third).await, "a third connection from one address");
+    let mut other = connect_from(&server, 3).await;
+    other.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert_eq!(status_of(&mut other).await, "HTTP/1.1 200");
+    // 60 000 bytes of an unfinished head on each: the second does not fit in 100 000.
+    let mut unfinished = b"GET /quick HTTP/1.1\r\nhost: x\r\nx-long: ".to_vec();
+    unfinished.resize(60_000, b'a');
+    let _ = first.write_all(&unfinished).await;
+    let _ = second.write_all(&unfinished).await;
+    // Whichever the server read last is the one closed.
+    let (mut one, mut two) = ([0u8; 64], [0u8; 64]);
+    let first_closed = tokio::select! {
+        read = first.read(&mut one) => { assert!(matches!(read, Ok(0) | Err(_)), "{read:?}"); true }
+        read = second.read(&mut two) => { assert!(matches!(read, Ok(0) | Err(_)), "{read:?}"); false }
+        () = tokio::time::sleep(Duration::from_secs(10)) => panic!("neither unfinished head was closed"),
+    };
+    let mut fresh = connect_from(&server, 4).await;
+    fresh.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert_eq!(status_of(&mut fresh).await, "HTTP/1.1 200", "a whole request still fits");
+    let survivor = if first_closed { &mut second } else { &mut first };
+    survivor.write_all(b"\r\n\r\n").await.unwrap();
+    assert_eq!(status_of(survivor).await, "HTTP/1.1 200", "the head that fit is served");
+    drop((first, second, other, fresh));
+    server.stop().await;
 }

@@ -47,8 +47,13 @@ impl FastPath<'_> {
         let mut lower = [0u8; 32];
         let mut lines = Lines::new(buf);
         for field in req.headers.iter() {
-            let name = lowered(field.name, &mut lower);
+            let name = policy::normalized(field.name, &mut lower);
             match name {
+                // A `_` spelling of a field the gateway reads is not read, and stays behind.
+                Some(
+                    "content-length" | "transfer-encoding" | "expect" | "upgrade" | "connection" | "x-auth-token"
+                    | "x-storage-token",
+                ) if policy::underscored(field.name) => {}
                 Some("content-length") if put => {
                     let Some(n) = content_length(field.value) else { return Look::Decline };
                     match length {
@@ -70,7 +75,7 @@ impl FastPath<'_> {
                 Some("x-storage-token") if storage_token.is_none() => storage_token = Some(field.value),
                 _ => {}
             }
-            if name.is_some_and(|n| !policy::request_field_crosses(n)) {
+            if name.is_some_and(|n| !policy::request_field_crosses(n, field.name)) {
                 lines.flush(out);
             } else {
                 lines.keep(out, field);
@@ -226,12 +231,15 @@ pub(super) fn own(
 pub(super) const OWN_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Answers `own` with what the gateway answers to it, or declines if it has no such answer.
-pub(super) async fn answer_own<S, A>(auth: &A, client: &mut S, own: &Own, request: InProgress) -> Exchange
+pub(super) async fn answer_own<S, A>(auth: &A, client: &mut S, own: &Own, peer: &Arc<Peer>) -> Exchange
 where
     S: AsyncWrite + Unpin,
     A: Authority,
 {
-    let Some(answer) = auth.head_only(&own.method, &own.path, &own.headers) else { return Exchange::Decline };
+    let Some(answer) = auth.head_only(&own.method, &own.path, &own.headers, peer.addr.ip()) else {
+        return Exchange::Decline;
+    };
+    let request = peer.begin();
     let (parts, body) = answer.await.into_parts();
     let _request = request.responding();
     let Some(body) = collect(body).await else {
@@ -343,10 +351,13 @@ impl<'a> Lines<'a> {
         Lines { head, run: None }
     }
 
-    /// Keeps `field`'s line, one that httparse found in `head`.
+    /// Keeps `field`'s line, one that httparse found in `head`. A line that ends in a bare LF
+    /// (httparse takes one) is written afresh with CRLF: an upstream that reads only CRLF as a
+    /// line's end would otherwise read it and the next as one line, and miss the next field,
+    /// perhaps the `Content-Length` that frames the request.
     pub(super) fn keep(&mut self, out: &mut Vec<u8>, field: &httparse::Header<'_>) {
-        let Some((start, end)) = self.line(field) else {
-            // Not where it should be: written out afresh (never happens with httparse).
+        let Some((start, end)) = self.line(field).filter(|&(_, end)| end >= 2 && self.head[end - 2] == b'\r') else {
+            // Not where it should be (never happens with httparse), or not ended by CRLF.
             self.flush(out);
             push_field(out, field.name.as_bytes(), field.value);
             return;

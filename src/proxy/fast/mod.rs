@@ -71,12 +71,13 @@ pub trait Authority: Sync {
     /// The credentials cache.
     fn tokens(&self) -> &TokenManager;
     /// The answer to a request for one of the gateway's own endpoints that needs nothing but
-    /// the request's head, if `path` is one.
+    /// the request's head, if `path` is one; `from` is the client's address.
     fn head_only<'a>(
         &'a self,
         method: &'a http::Method,
         path: &str,
         headers: &'a http::HeaderMap,
+        from: std::net::IpAddr,
     ) -> Option<impl std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'a>;
 }
 
@@ -254,7 +255,7 @@ impl<'a> FastPath<'a> {
             }
             let taken = match self.look(auth, &buf, peer, &mut out) {
                 Look::Take(taken) => taken,
-                Look::Own(own) => match answer_own(auth, &mut io, &own, peer.begin()).await {
+                Look::Own(own) => match answer_own(auth, &mut io, &own, peer).await {
                     Exchange::Done { close } => {
                         self.count_answer();
                         buf.advance(own.head_len);

@@ -32,7 +32,8 @@ fn kept_lines_are_copied_as_written() {
         }
     }
     lines.flush(&mut out);
-    assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nB:  two \r\nC:\r\nD: 4\nE: 5\r\n");
+    // A line that ended in a bare LF is written afresh, with CRLF.
+    assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nB:  two \r\nC:\r\nD: 4\r\nE: 5\r\n");
 }
 
 #[test]
