@@ -164,3 +164,23 @@ async fn a_malformed_chunked_body_gets_400_and_nothing_is_stored() {
         assert_eq!(stored.status, 404, "{name}");
     }
 }
+
+/// A chunked body whose first chunk's size is malformed, from a client that asked no
+/// `100 Continue`, gets its `400` before anything goes upstream.
+#[tokio::test]
+async fn a_malformed_first_chunk_is_refused_before_anything_goes_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let faulty = common::faulty::start().await;
+    let stack = Stack::in_front_of(&faulty.origin).await;
+    let (url, token) = stack.storage_login().await;
+    let path = url.strip_prefix(&stack.gw.url).unwrap().to_owned();
+    let mut client = tokio::net::TcpStream::connect(stack.gw.addr).await.unwrap();
+    let head = format!(
+        "PUT {path}/kept/o HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 24];
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut answer)).await.expect("in time").unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 400 Bad Request"), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(faulty.storage_connections.load(Ordering::SeqCst), 0, "nothing went upstream");
+}

@@ -52,11 +52,24 @@ impl Proxy {
             parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let replay_as = self.policy.replay(has_body, declared);
         let gated = replay_as == Replay::Gated;
+        let expects_continue =
+            parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let mut headers = parts.headers;
         policy::strip_request_headers(&mut headers);
         let path_and_query = parts.uri.path_and_query().cloned();
         let mut replay = Vec::new();
         let mut rest = has_body.then_some(client_body);
+        if let Some(body) = rest.as_mut().filter(|_| declared.is_none() && !expects_continue) {
+            // A chunked body whose client asked no `100 Continue` is on its way anyway: its first
+            // chunk is read before anything goes upstream, so that malformed framing gets its
+            // `400` there. One that waits for `100` waits for upstream's, as ever.
+            match Box::pin(tokio::time::timeout(self.policy.timeout(Wait::Idle), body.frame())).await {
+                Ok(Some(Ok(frame))) => replay.extend(frame.into_data().ok()),
+                Ok(Some(Err(_))) => return Failure::ClientBody.response(),
+                Ok(None) => {}
+                Err(_) => return Failure::ClientIdle.response(),
+            }
+        }
         let mut refused: Option<crate::secret::Secret> = None;
         let mut resent = 0;
         loop {

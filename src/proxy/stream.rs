@@ -79,7 +79,8 @@ impl Gate {
 /// all fit in the replay budget) and the client body's unread rest.
 #[derive(Debug)]
 pub struct Returned {
-    /// Every chunk sent so far, or `None` if more than the budget was sent.
+    /// Every chunk before `rest`: those sent so far and those still to be replayed; `None` if
+    /// more than the budget was sent.
     pub sent: Option<Vec<Bytes>>,
     /// The client's body from where the attempt stopped reading; `None` once it ended.
     pub rest: Option<Incoming>,
@@ -164,7 +165,12 @@ impl UpstreamBody {
 
     fn hand_back(&mut self) {
         if let Some(back) = self.back.take() {
-            let _ = back.send(Returned { sent: self.kept.take(), rest: self.rest.take() });
+            // What was to be replayed and was not sent yet comes back too, after what was.
+            let sent = self.kept.take().map(|mut sent| {
+                sent.extend(self.replay.by_ref());
+                sent
+            });
+            let _ = back.send(Returned { sent, rest: self.rest.take() });
         }
     }
 }
