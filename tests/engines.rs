@@ -19,9 +19,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use common::raw::{self, full};
-use common::{Stack, KEY, USER};
+use common::Stack;
 use swiftgate::body::Body;
-use swiftgate::config::{AccountConfig, Mode};
 use swiftgate::server::Handler;
 
 /// Generated cases per run: enough to cover every combination's pair a few times over, few
@@ -201,23 +200,6 @@ async fn send(url: &str, token: &str, case: &Case, id: &str) -> Got {
     (answer.status, got, (!answer.body_failed).then_some(answer.body))
 }
 
-async fn gateway(origin: &str, fast_path: bool) -> (Stack, String, String) {
-    let stack = Stack::with_account(Mode::Proxy, |_| {}, |_| {
-        toml::from_str::<AccountConfig>(&format!(
-            "name = \"scripted\"\nprovider = \"swift-v1\"\nauth_url = \"{origin}/auth/v1.0\"\nuser = \"u\"\nkey = \"k\"\n"
-        ))
-        .unwrap()
-    })
-    .await
-    .rebuilt(|config, _| config.proxy.fast_path = fast_path)
-    .await;
-    let resp = stack.auth(USER, KEY).await;
-    assert_eq!(resp.status(), 200);
-    let url = common::header(&resp, "x-storage-url").to_owned();
-    let token = common::header(&resp, "x-auth-token").to_owned();
-    (stack, url, token)
-}
-
 #[test]
 fn both_engines_send_and_answer_the_same() {
     let seed: [u8; 32] = match std::env::var("SWIFTGATE_ENGINES_SEED") {
@@ -234,8 +216,8 @@ fn both_engines_send_and_answer_the_same() {
         let (a, s) = (answers.clone(), seen.clone());
         let upstream =
             common::serve(move |origin| Scripted { origin, tokens: Mutex::new(0), answers: a, seen: s }).await;
-        let fast = gateway(&upstream.origin, true).await;
-        let hyper = gateway(&upstream.origin, false).await;
+        let fast = Stack::swift_v1(&upstream.origin, "scripted", true).await;
+        let hyper = Stack::swift_v1(&upstream.origin, "scripted", false).await;
         (upstream, fast, hyper)
     });
     let config = Config { cases: CASES, failure_persistence: None, ..Config::default() };

@@ -17,8 +17,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{Stack, KEY, USER};
-use swiftgate::config::{AccountConfig, Mode};
+use common::Stack;
 
 /// Generated heads per engine.
 const CASES: u32 = 128;
@@ -233,25 +232,11 @@ async fn answers(client: &mut TcpStream, head_first: bool) -> Vec<(u16, Vec<u8>)
     got
 }
 
+/// A gateway in front of `origin` on the fast engine or hyper's: the stack, the storage path
+/// and the token.
 async fn gateway(origin: &str, fast_path: bool) -> (Stack, String, String) {
-    let stack = Stack::with_account(
-        Mode::Proxy,
-        |_| {},
-        |_| {
-            toml::from_str::<AccountConfig>(&format!(
-            "name = \"heads\"\nprovider = \"swift-v1\"\nauth_url = \"{origin}/auth/v1.0\"\nuser = \"u\"\nkey = \"k\"\n"
-        ))
-            .unwrap()
-        },
-    )
-    .await
-    .rebuilt(|config, _| config.proxy.fast_path = fast_path)
-    .await;
-    let resp = stack.auth(USER, KEY).await;
-    assert_eq!(resp.status(), 200);
-    let url = common::header(&resp, "x-storage-url").to_owned();
+    let (stack, url, token) = Stack::swift_v1(origin, "heads", fast_path).await;
     let path = url.strip_prefix(&stack.gw.url).unwrap().to_owned();
-    let token = common::header(&resp, "x-auth-token").to_owned();
     (stack, path, token)
 }
 

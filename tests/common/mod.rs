@@ -209,6 +209,24 @@ impl Stack {
         self
     }
 
+    /// A proxy-mode stack whose one account, `name`, is a `swift-v1` one on the Swift at
+    /// `origin` (user `u`, key `k`), on the fast engine or hyper's, and the user's storage URL
+    /// and gateway token.
+    pub async fn swift_v1(origin: &str, name: &str, fast_path: bool) -> (Stack, String, String) {
+        let account = format!(
+            "name = \"{name}\"\nprovider = \"swift-v1\"\nauth_url = \"{origin}/auth/v1.0\"\nuser = \"u\"\nkey = \"k\"\n"
+        );
+        let stack = Stack::with_account(Mode::Proxy, |_| {}, |_| toml::from_str::<AccountConfig>(&account).unwrap())
+            .await
+            .rebuilt(|config, _| config.proxy.fast_path = fast_path)
+            .await;
+        let resp = stack.auth(USER, KEY).await;
+        assert_eq!(resp.status(), 200);
+        let url = header(&resp, "x-storage-url").to_owned();
+        let token = header(&resp, "x-auth-token").to_owned();
+        (stack, url, token)
+    }
+
     pub fn emu(&self) -> &Emulator {
         &self.emulator.emulator
     }
