@@ -92,14 +92,11 @@ impl FastPath<'_> {
         if !target_of.covers(path) {
             return Look::Decline;
         }
+        let replay = length.map_or(Replay::Bodiless, |len| self.policy.replay(len > 0, Some(len)));
         let upload = match length {
-            Some(len) => Some(Upload { len, kept: self.policy.replay(len > 0, Some(len)) != Replay::Gated }),
+            Some(len) => Some(Upload { len, kept: replay != Replay::Gated }),
             _ if put => return Look::Decline,
             _ => None,
-        };
-        let replay = match &upload {
-            Some(u) if !u.kept => Replay::Gated,
-            _ => Replay::Bodiless,
         };
         self.policy.add_fields(target_of, &peer.forwarded_for, replay, true, |_, name, value| {
             push_field(out, name, value.as_bytes());
@@ -144,7 +141,7 @@ impl FastPath<'_> {
         let mut lower = [0u8; 32];
         let mut lines = Lines::new(head);
         for field in resp.headers.iter() {
-            let name = lowered(field.name, &mut lower);
+            let name = policy::lowered(field.name, &mut lower);
             match name {
                 Some("transfer-encoding") => return None,
                 Some("content-length") => {
@@ -207,7 +204,7 @@ pub(super) fn own(
     let mut close = false;
     let mut lower = [0u8; 32];
     for field in fields {
-        match lowered(field.name, &mut lower) {
+        match policy::lowered(field.name, &mut lower) {
             Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
             Some("connection") => match connection_close(field.value) {
                 Some(c) => close |= c,
@@ -302,19 +299,6 @@ pub(super) fn content_length(value: &[u8]) -> Option<u64> {
 /// takes it.
 pub(super) fn visible_ascii(value: &[u8]) -> Option<&str> {
     value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)).then(|| std::str::from_utf8(value).ok())?
-}
-
-/// `name` in ASCII lower case, in `into`, if it fits (no field the gateway looks for is longer).
-/// Every header line goes through here, both ways, so it does not validate again what `name`
-/// already is: checking the copy as UTF-8 cost a tenth of the fast path's own instructions.
-pub(super) fn lowered<'a>(name: &str, into: &'a mut [u8; 32]) -> Option<&'a str> {
-    let into = into.get_mut(..name.len())?;
-    for (to, from) in into.iter_mut().zip(name.bytes()) {
-        *to = from.to_ascii_lowercase();
-    }
-    // SAFETY: `into` is `name`, valid UTF-8, with bytes A-Z replaced by a-z; an ASCII byte
-    // never occurs inside a multi-byte sequence, so the copy is valid UTF-8 too.
-    Some(unsafe { std::str::from_utf8_unchecked(into) })
 }
 
 /// Whether a `Connection` field asks to close; `None` when it names anything but `close` and
