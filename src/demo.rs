@@ -136,6 +136,10 @@ pub fn single_user_config(
         workers: Some(1),
         max_connections_per_address: crate::config::CONNECTIONS_PER_ADDRESS,
         max_head_memory: crate::config::HEAD_MEMORY,
+        log_format: crate::config::LogFormat::Text,
+        access_log: true,
+        metrics: true,
+        drain_timeout: crate::config::DRAIN_TIMEOUT,
         proxy: crate::config::ProxyConfig::default(),
         tls: None,
         hubic: Some(HubicConfig {

@@ -48,6 +48,8 @@ impl ProcessMac {
 struct User {
     key_hash: String,
     account: String,
+    /// Its name and account, as the access log carries them.
+    acting: crate::server::Acting,
 }
 
 /// The gateway's users and the cache of keys already verified.
@@ -125,7 +127,14 @@ impl Users {
     /// Users from the resolved configuration.
     pub fn new(users: &[ResolvedUser]) -> Self {
         let by_name = users.iter().enumerate().map(|(i, u)| (u.name.clone(), i)).collect();
-        let list = users.iter().map(|u| User { key_hash: u.key_hash.clone(), account: u.account.clone() }).collect();
+        let list = users
+            .iter()
+            .map(|u| User {
+                key_hash: u.key_hash.clone(),
+                account: u.account.clone(),
+                acting: crate::server::Acting { user: u.name.as_str().into(), account: u.account.as_str().into() },
+            })
+            .collect();
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Users {
             by_name,
@@ -177,6 +186,11 @@ impl Users {
     /// The account of the user with index `index` (as carried by a gateway token).
     pub fn account_at(&self, index: usize) -> Option<&str> {
         self.list.get(index).map(|u| u.account.as_str())
+    }
+
+    /// The user with index `index` and its account, for the access log.
+    pub fn acting(&self, index: usize) -> Option<crate::server::Acting> {
+        self.list.get(index).map(|u| u.acting.clone())
     }
 
     fn mac(&self, key: &str) -> [u8; 32] {

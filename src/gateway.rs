@@ -14,7 +14,8 @@ use crate::clock::Clock;
 use crate::config::AccountConfig;
 use crate::config::{Config, ConfigError, Mode};
 use crate::front::{self, Issue, TokenIssuer, UpstreamCheck, Users};
-use crate::ops;
+use crate::metrics::{Kind, Metrics};
+use crate::ops::{self, Readiness};
 use crate::provider::fixed::FixedAccount;
 use crate::provider::hubic::{HubicAccount, HubicClient};
 use crate::provider::keystone::KeystoneAccount;
@@ -39,6 +40,10 @@ pub enum Endpoint {
     Info,
     /// `/healthz`.
     Health,
+    /// `/readyz`: whether a load balancer should send requests here.
+    Ready,
+    /// `/metrics`: Prometheus.
+    Metrics,
     /// `/usage`: an account's quota.
     Usage,
     /// HubiC registration: the form, its posts, the OAuth callback.
@@ -51,6 +56,18 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// What requests for it count as in the metrics.
+    pub fn kind(self) -> Kind {
+        match self {
+            Endpoint::Auth => Kind::Auth,
+            Endpoint::Info | Endpoint::PrefixedInfo => Kind::Info,
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => Kind::Ops,
+            Endpoint::Usage => Kind::Usage,
+            Endpoint::Registration => Kind::Register,
+            Endpoint::Storage => Kind::Storage,
+        }
+    }
+
     /// The endpoint `path` (no query) is for.
     pub fn of(path: &str) -> Endpoint {
         if front::is_auth_path(path) {
@@ -59,6 +76,8 @@ impl Endpoint {
         match path {
             "/info" => Endpoint::Info,
             "/healthz" => Endpoint::Health,
+            "/readyz" => Endpoint::Ready,
+            "/metrics" => Endpoint::Metrics,
             "/usage" | "/usage/" => Endpoint::Usage,
             "/" | "/register" | "/register/" | "/autoregister" | "/autoregister/" | "/callback" | "/callback/" => {
                 Endpoint::Registration
@@ -102,6 +121,10 @@ pub struct Gateway {
     issuer: TokenIssuer,
     /// Redirect mode's check of upstream tokens.
     check: UpstreamCheck,
+    metrics: Arc<Metrics>,
+    /// Whether `/metrics` is served.
+    serve_metrics: bool,
+    readiness: Readiness,
 }
 
 impl Gateway {
@@ -155,7 +178,28 @@ impl Gateway {
             Mode::Redirect => None,
         };
         let issuer = TokenIssuer::new(Duration::from_secs(config.proxy.token_ttl));
-        Ok(Arc::new(Gateway { users: Users::new(&users), tokens, registrar, public_url, proxy, issuer, check }))
+        Ok(Arc::new(Gateway {
+            users: Users::new(&users),
+            tokens,
+            registrar,
+            public_url,
+            proxy,
+            issuer,
+            check,
+            metrics: Arc::new(Metrics::default()),
+            serve_metrics: config.metrics,
+            readiness: Readiness::default(),
+        }))
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where the gateway is in its life, for `/readyz`.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// The token manager (the proxy and tests ask it for credentials).
@@ -275,15 +319,30 @@ impl Gateway {
         if let Some(answer) = self.head_only(req.method(), path, req.headers(), from) {
             return answer.await;
         }
-        match (Endpoint::of(path), req.method()) {
+        let endpoint = Endpoint::of(path);
+        if self.readiness.draining() && endpoint.kind() != Kind::Ops {
+            return crate::proxy::drain_then(Some(req.into_body()), ops::draining());
+        }
+        match (endpoint, req.method()) {
             (Endpoint::Health, &Method::GET | &Method::HEAD) => ops::healthz(),
+            (Endpoint::Ready, &Method::GET | &Method::HEAD) => ops::readyz(&self.readiness, &self.tokens.figures()),
+            (Endpoint::Metrics, &Method::GET | &Method::HEAD) if self.serve_metrics => {
+                ops::metrics(req.headers(), &self.metrics, self.tokens.figures())
+            }
+            (Endpoint::Metrics, _) if !self.serve_metrics => body::text(StatusCode::NOT_FOUND, "not found\n"),
             (Endpoint::Usage, &Method::GET) => {
                 ops::usage(req.headers(), &self.users, &self.tokens, &self.public_url, from).await
             }
             (Endpoint::Registration, _) => self.registration(req, from).await,
-            (Endpoint::Auth | Endpoint::Info | Endpoint::Health | Endpoint::Usage, _) => {
-                body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                Endpoint::Auth
+                | Endpoint::Info
+                | Endpoint::Health
+                | Endpoint::Ready
+                | Endpoint::Metrics
+                | Endpoint::Usage,
+                _,
+            ) => body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             (endpoint @ (Endpoint::PrefixedInfo | Endpoint::Storage), method) => match &self.proxy {
                 Some(proxy) => {
                     if endpoint == Endpoint::PrefixedInfo && matches!(*method, Method::GET | Method::HEAD) {
@@ -346,8 +405,14 @@ impl Gateway {
             let anonymous = self.tokens.cached_for_path(req.uri().path());
             return proxy.forward(req, &peer, &self.tokens, None, anonymous).await;
         };
-        match token.to_str().ok().and_then(|t| crate::proxy::Authority::account_of(self, t)) {
-            Some(account) => proxy.forward(req, &peer, &self.tokens, Some(account), None).await,
+        match token.to_str().ok().and_then(|t| crate::proxy::Authority::holder_of(self, t)) {
+            Some((user, account)) => {
+                let mut resp = proxy.forward(req, &peer, &self.tokens, Some(account), None).await;
+                if let Some(acting) = self.users.acting(user) {
+                    resp.extensions_mut().insert(acting);
+                }
+                resp
+            }
             None => {
                 let refused = front::unauthorized(req.uri().path());
                 crate::proxy::drain_then(Some(req.into_body()), refused)
@@ -369,6 +434,10 @@ fn registration_cookie(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Handler for Gateway {
+    fn kind(&self, path: &str) -> Kind {
+        Endpoint::of(path).kind()
+    }
+
     async fn handle(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         self.route(req, peer).await
     }
@@ -383,8 +452,10 @@ impl Handler for Gateway {
         S: crate::server::Connection,
     {
         match &self.proxy {
-            Some(proxy) => proxy.serve_h1(self, io, peer, signals).await,
-            None => crate::server::Served::HandOver(crate::server::Prefixed::new(bytes::Bytes::new(), io)),
+            // While draining, every request goes to `route`, which answers it as a draining
+            // gateway does.
+            Some(proxy) if !self.readiness.draining() => proxy.serve_h1(self, io, peer, signals).await,
+            _ => crate::server::Served::HandOver(crate::server::Prefixed::new(bytes::Bytes::new(), io)),
         }
     }
 }
@@ -396,8 +467,17 @@ impl crate::proxy::Authority for Gateway {
         Endpoint::of(path) == Endpoint::Storage
     }
 
-    fn account_of(&self, token: &str) -> Option<&str> {
-        self.issuer.verify(token, self.tokens.clock().now()).and_then(|i| self.users.account_at(i))
+    fn holder_of(&self, token: &str) -> Option<(usize, &str)> {
+        let user = self.issuer.verify(token, self.tokens.clock().now())?;
+        Some((user, self.users.account_at(user)?))
+    }
+
+    fn acting(&self, user: usize) -> Option<crate::server::Acting> {
+        self.users.acting(user)
+    }
+
+    fn kind(&self, path: &str) -> Kind {
+        Endpoint::of(path).kind()
     }
 
     fn tokens(&self) -> &TokenManager {

@@ -19,6 +19,7 @@ pub mod emulator;
 pub mod front;
 pub mod gateway;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
 pub mod provider;
 pub mod proxy;

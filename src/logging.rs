@@ -33,6 +33,34 @@ pub fn fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send
         .delimited(" ")
 }
 
+/// Installs the process's log writer on stderr: `format` as configured, the level from
+/// `SWIFTGATE_LOG` (`info` by default; `swiftgate::access=off` silences the access log).
+/// In JSON, each line is one object: `timestamp`, `level`, `target`, `message` and the
+/// event's fields, flattened.
+pub fn init(format: crate::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWIFTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        crate::config::LogFormat::Text => builder.fmt_fields(fields()).init(),
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// The log format `serve` will use, known before the configuration is loaded (and its errors
+/// logged): `SWIFTGATE_LOG_FORMAT`, else the file's `log_format`, else text. A file that
+/// cannot be read here is read again, and its error reported, by the loader.
+pub fn format_of(config: Option<&std::path::Path>) -> crate::config::LogFormat {
+    if let Some(format) = std::env::var("SWIFTGATE_LOG_FORMAT").ok().and_then(|v| v.parse().ok()) {
+        return format;
+    }
+    config
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| table.get("log_format")?.as_str()?.parse().ok())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

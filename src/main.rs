@@ -16,11 +16,13 @@ use swiftgate::config::Config;
 use swiftgate::emulator::{AppSpec, Emulator, EmulatorConfig, StorageConfig, UserSpec};
 use swiftgate::gateway::Gateway;
 use swiftgate::secret::Secret;
-use swiftgate::server::{self, ServeOptions};
+use swiftgate::server::{self, Observer, ServeOptions};
 use swiftgate::tokens::RenewPolicy;
 
 /// How often `serve` looks for grants `swiftgate register` wrote while it runs.
 const STORE_WATCH: Duration = Duration::from_secs(10);
+/// How often `serve` looks at the TLS certificate and key for a new pair.
+const CERT_WATCH: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -147,15 +149,12 @@ impl EmulatorFlags {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWIFTGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .fmt_fields(swiftgate::logging::fields())
-        .init();
     let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Serve { config, .. } => Some(config.as_path()),
+        _ => None,
+    };
+    swiftgate::logging::init(swiftgate::logging::format_of(config));
     // `serve` runs its own worker threads (server::run_workers); this thread is worker 0.
     let built = match cli.command {
         Command::Serve { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
@@ -322,27 +321,38 @@ async fn check_config(config: Config, online: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How the configured gateway serves: TLS if `[tls]` is set, and the proxy's stall cut.
-fn serve_options(config: &Config) -> anyhow::Result<ServeOptions> {
-    let tls = config.tls.as_ref().map(|t| server::tls_acceptor(&t.cert, &t.key)).transpose()?;
-    Ok(ServeOptions {
-        tls,
-        stall_cut: config.proxy.settings().stall_cut(),
-        connections_per_address: config.max_connections_per_address,
-        head_memory: config.max_head_memory,
-        ..ServeOptions::default()
-    })
-}
-
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let options = serve_options(&config)?;
+    let (tls, certificates) = match &config.tls {
+        Some(t) => {
+            let (acceptor, certificates) = server::tls_acceptor(&t.cert, &t.key)?;
+            (Some(acceptor), Some(certificates))
+        }
+        None => (None, None),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     // With port 0 the default public URL must name the port actually bound.
     config.listen = listener.local_addr()?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
-    tokio::spawn(gateway.tokens().clone().warm_up());
+    // A record per request only if its line would be written (`SWIFTGATE_LOG` may filter it).
+    let access_log = config.access_log && tracing::enabled!(target: "swiftgate::access", tracing::Level::INFO);
+    let observer = Observer { metrics: gateway.metrics().clone(), access_log };
+    let options = ServeOptions {
+        tls,
+        stall_cut: config.proxy.settings().stall_cut(),
+        connections_per_address: config.max_connections_per_address,
+        head_memory: config.max_head_memory,
+        observer: Some(Arc::new(observer)),
+        drain_timeout: Duration::from_secs(config.drain_timeout),
+        ..ServeOptions::default()
+    };
+    // Ready once every account has had its first credential fetch (or failure).
+    let warming = gateway.clone();
+    tokio::spawn(async move {
+        warming.tokens().clone().warm_up().await;
+        warming.readiness().started();
+    });
     if gateway.registrar().is_some() {
         let watched = gateway.clone();
         tokio::spawn(async move {
@@ -352,13 +362,40 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(gateway.tokens().clone().watch_sources(STORE_WATCH));
-    let stop = server::shutdown_signal()?;
+    if let Some(certificates) = certificates {
+        tokio::spawn(certificates.watch(CERT_WATCH, server::hangups()));
+    }
+    let mut signals = server::StopSignals::new()?;
+    let hurry = options.hurry.clone();
+    let draining = gateway.clone();
+    let drain_timeout = config.drain_timeout;
+    let stop = async move {
+        signals.next().await;
+        draining.readiness().drain();
+        notify(sd_notify::NotifyState::Stopping);
+        tracing::info!(
+            drain_timeout_s = drain_timeout,
+            "draining: transfers in flight finish, /readyz says 503; a second signal stops at once"
+        );
+        tokio::spawn(async move {
+            signals.next().await;
+            hurry.cancel();
+        });
+    };
     server::announce(&mut std::io::stdout(), &format!("{}\n", config.public_url()));
+    notify(sd_notify::NotifyState::Ready);
     let workers = config.worker_count();
     tracing::info!(listen = %config.listen, public_url = %config.public_url(), workers, "swiftgate serving");
     server::run_workers(listener, gateway, options, workers, stop).await.context("serving failed")?;
     tracing::info!("swiftgate stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`, `NOTIFY_SOCKET`) `state`; nothing without a socket.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(cause = %e, "cannot notify systemd");
+    }
 }
 
 /// Reads a secret: a no-echo prompt on a terminal, one line of stdin otherwise.
@@ -404,7 +441,8 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
                     config.public_url()
                 );
                 // The browser comes back as `serve` would receive it: over TLS if so configured.
-                let options = serve_options(&config)?;
+                let tls = config.tls.as_ref().map(|t| server::tls_acceptor(&t.cert, &t.key)).transpose()?;
+                let options = ServeOptions { tls: tls.map(|(acceptor, _)| acceptor), ..ServeOptions::default() };
                 Some(tokio::spawn(server::run(listener, gateway.clone(), options, async {
                     let _ = stop_rx.await;
                 })))

@@ -1,18 +1,103 @@
-//! Operational endpoints: `/healthz`, `/usage` (the user's HubiC usage, HTML or JSON) and
-//! `/info` (Swift discoverability, synthesised in redirect mode).
+//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/usage` (the user's HubiC usage,
+//! HTML or JSON) and `/info` (Swift discoverability, synthesised in redirect mode).
 //!
 //! Nothing here touches storage traffic.
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, escape_html, Body};
+use std::sync::atomic::Ordering;
+
 use crate::front::{self, Users};
+use crate::metrics::{AccountFigures, Metrics};
 use crate::register::page;
 use crate::tokens::TokenManager;
 
 /// `GET /healthz`: the process is up and serving.
 pub fn healthz() -> Response<Body> {
     body::text(StatusCode::OK, "ok\n")
+}
+
+/// Where the gateway is in its life: starting (its first credential fetch for every account
+/// not done yet), ready, or draining after SIGTERM.
+#[derive(Debug, Default)]
+pub struct Readiness(std::sync::atomic::AtomicU8);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Readiness {
+    /// Started: ready unless already draining.
+    pub fn started(&self) {
+        let _ = self.0.compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Draining from now on.
+    pub fn drain(&self) {
+        self.0.store(DRAINING, Ordering::Release);
+    }
+
+    /// Whether the gateway is draining.
+    pub fn draining(&self) -> bool {
+        self.0.load(Ordering::Acquire) == DRAINING
+    }
+}
+
+/// `GET /readyz`: `200` once the gateway serves, `503` while it starts or drains, with a line
+/// per account saying whether it holds an upstream token. An account whose upstream is down
+/// does not make the gateway unready: every instance would then be unready at once.
+pub fn readyz(readiness: &Readiness, accounts: &[AccountFigures]) -> Response<Body> {
+    let (status, first) = match readiness.0.load(Ordering::Acquire) {
+        READY => (StatusCode::OK, "ready"),
+        DRAINING => (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "starting: first upstream credentials not fetched yet"),
+    };
+    let mut text = format!("{first}\n");
+    for account in accounts {
+        let state = match (account.expires_in, account.failing) {
+            (Some(left), false) if !left.is_zero() => format!("token held, expires in {} s", left.as_secs()),
+            (_, true) => "no usable token: the last renewal failed".to_owned(),
+            _ => "no token held".to_owned(),
+        };
+        text.push_str(&format!("account {}: {state}\n", account.name));
+    }
+    let mut resp = body::text(status, text);
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /metrics`: the Prometheus exposition, in OpenMetrics for a scraper that asks for it
+/// (Prometheus does), else in the older text format (`curl`, `promtool check metrics`).
+pub fn metrics(
+    headers: &HeaderMap,
+    metrics: &std::sync::Arc<Metrics>,
+    accounts: Vec<AccountFigures>,
+) -> Response<Body> {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = metrics.exposition(accounts);
+    let (text, content_type) = if openmetrics {
+        (text, crate::metrics::CONTENT_TYPE)
+    } else {
+        (crate::metrics::text_format(&text), crate::metrics::TEXT_CONTENT_TYPE)
+    };
+    let mut resp = body::text(StatusCode::OK, text);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The answer to any request but `/healthz`, `/readyz` and `/metrics` while the gateway
+/// drains: `503` and a closed connection, which Swift clients retry, and a load balancer
+/// sends to another instance.
+pub fn draining() -> Response<Body> {
+    let mut resp = body::text(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down; retry\n");
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// `GET /info`: what a Swift client may rely on. In redirect mode storage is not behind the

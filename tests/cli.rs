@@ -1,6 +1,8 @@
 //! The `swiftgate` binary as users run it: `demo` driven by python-swiftclient's `swift` CLI,
 //! `hash-key`, `check-config`, and `emulate`'s first stdout line.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -75,31 +77,12 @@ fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
     (running, lines)
 }
 
-/// True when `program` runs; when it does not, a failure if the suite requires the real
-/// clients (tests/all.sh sets SWIFTGATE_REQUIRE_CLIENTS), else a visible skip.
-fn client_available(program: &str, version_arg: &str, package: &str) -> bool {
-    let found = Command::new(program)
-        .arg(version_arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(),
-            "`{program}` is required (tests/all.sh installs {package})"
-        );
-        eprintln!("SKIPPED: `{program}` is not installed; `bash tests/all.sh` installs {package}");
-    }
-    found
-}
-
 fn swift_cli_available() -> bool {
-    client_available("swift", "--version", "python3-swiftclient")
+    common::tool_available("swift", "--version", "python3-swiftclient")
 }
 
 fn rclone_available() -> bool {
-    client_available("rclone", "version", "rclone")
+    common::tool_available("rclone", "version", "rclone")
 }
 
 /// `swift args…` in `dir` with exactly the v1.0 environment `env` (no stray OS_* variables,

@@ -400,7 +400,11 @@ async fn fields_are_dropped_and_added_as_by_the_proxy_whatever_their_case() {
     let answer = answer.to_ascii_lowercase();
     assert!(answer.contains(&format!("\r\nlocation: {}/v1/auth_echo/c/moved\r\n", stack.gw.url)), "{answer}");
     assert!(answer.contains("\r\ncontent-location: https://elsewhere.example/v1/x\r\n"), "{answer}");
-    assert!(!answer.contains("keep-alive"), "hop-by-hop fields stay upstream: {answer}");
+    // Upstream's hop-by-hop fields stay upstream; the client's `Connection: Keep-Alive` is
+    // answered in kind, as Swift answers it.
+    assert!(!answer.contains("\r\nkeep-alive:"), "hop-by-hop fields stay upstream: {answer}");
+    assert_eq!(answer.matches("\r\nconnection:").count(), 1, "{answer}");
+    assert!(answer.contains("\r\nconnection: keep-alive\r\n"), "{answer}");
 }
 
 #[tokio::test]
@@ -534,8 +538,8 @@ async fn next_head(stream: &mut TcpStream) -> String {
 
 /// What Swift's functional tests compare, the same on both engines (a request with
 /// `Content-Length: 0` goes to hyper's): upstream's field names in the case upstream wrote
-/// them, Swift's codes for paths that name no account or start with an empty segment, and
-/// the account as a 401's realm.
+/// them, Swift's codes for paths that name no account, start with an empty segment or are not
+/// UTF-8, the account as a 401's realm, and `Connection: keep-alive` answered in kind.
 #[tokio::test]
 async fn both_engines_answer_field_case_paths_and_realms_as_swift_does() {
     let faulty = common::faulty::start().await;
@@ -574,6 +578,30 @@ async fn both_engines_answer_field_case_paths_and_realms_as_swift_does() {
                 assert_eq!(realm.map(|l| &l[17..]), Some(" Swift realm=\"AUTH_faulty\""), "{what}");
             }
         }
+        // `Connection: keep-alive` is answered in kind, as Swift answers it. (A decline above
+        // handed the connection to hyper for good.)
+        let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+        let head = format!(
+            "GET {path}/cased/o HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nConnection: keep-alive\r\n{extra}\r\n"
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        let (answer, _) = answers(&mut client, 1).await.remove(0);
+        assert!(answer.to_ascii_lowercase().contains("\r\nconnection: keep-alive\r\n"), "{engine}: {answer}");
+        // A target that is not UTF-8 gets Swift's 412 where a connection's heads are read first,
+        // and the connection goes on.
+        let mut client = TcpStream::connect(stack.gw.addr).await.unwrap();
+        let mut head = format!("PUT {path}/").into_bytes();
+        head.extend_from_slice(b"\xff\xfe\xa0");
+        head.extend_from_slice(
+            format!(" HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+        client.write_all(&head).await.unwrap();
+        let (answer, body) = answers(&mut client, 1).await.remove(0);
+        assert!(answer.starts_with("HTTP/1.1 412 Precondition Failed\r\n"), "{engine}: {answer}");
+        assert_eq!(body, b"Invalid UTF8 or contains NULL", "{engine}");
+        let head = format!("HEAD {path}/cased/o HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n{extra}\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        assert!(next_head(&mut client).await.starts_with("HTTP/1.1 200 OK\r\n"), "{engine}");
     }
 }
 

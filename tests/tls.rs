@@ -17,7 +17,7 @@ fn certs() -> std::path::PathBuf {
 async fn serve_tls(
     gateway: Arc<swiftgate::gateway::Gateway>,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let acceptor = server::tls_acceptor(&certs().join("server.crt"), &certs().join("server.key")).unwrap();
+    let acceptor = server::tls_acceptor(&certs().join("server.crt"), &certs().join("server.key")).unwrap().0;
     common::serve_gateway(gateway, ServeOptions { tls: Some(acceptor), ..ServeOptions::default() }).await
 }
 

@@ -29,6 +29,29 @@ pub enum Mode {
     Redirect,
 }
 
+/// How log lines are written (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `time level target: message key=value…`, values quoted where needed.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(invalid("log_format", "must be `text` or `json`")),
+        }
+    }
+}
+
 /// Tunables of the streaming path.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -145,6 +168,19 @@ pub struct Config {
     /// heads not yet read whole, before any authentication).
     #[serde(default = "default_head_memory")]
     pub max_head_memory: usize,
+    /// `text` (default) or `json` (also `SWIFTGATE_LOG_FORMAT`).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// One log line per request, on the `swiftgate::access` target (also
+    /// `SWIFTGATE_ACCESS_LOG`).
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    /// Serve Prometheus metrics at `/metrics` on the listener.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// Seconds a SIGTERM lets transfers in flight finish before the process stops.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: u64,
     /// Proxy-mode settings.
     #[serde(default)]
     pub proxy: ProxyConfig,
@@ -248,6 +284,17 @@ fn default_connections_per_address() -> usize {
 
 fn default_head_memory() -> usize {
     HEAD_MEMORY
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// [`Config::drain_timeout`]'s default, in seconds.
+pub const DRAIN_TIMEOUT: u64 = 30;
+
+fn default_drain_timeout() -> u64 {
+    DRAIN_TIMEOUT
 }
 
 /// Most worker threads `workers` may ask for.
@@ -362,6 +409,16 @@ impl Config {
                 "true" | "1" => true,
                 "false" | "0" => false,
                 _ => return Err(invalid("SWIFTGATE_FAST_PATH", "must be true or false")),
+            };
+        }
+        if let Some(v) = env("SWIFTGATE_LOG_FORMAT") {
+            self.log_format = v.parse().map_err(|_| invalid("SWIFTGATE_LOG_FORMAT", "must be `text` or `json`"))?;
+        }
+        if let Some(v) = env("SWIFTGATE_ACCESS_LOG") {
+            self.access_log = match v.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(invalid("SWIFTGATE_ACCESS_LOG", "must be true or false")),
             };
         }
         if let Some(v) = env("SWIFTGATE_STATE_DIR") {

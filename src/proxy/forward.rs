@@ -54,6 +54,7 @@ impl Proxy {
         let gated = replay_as == Replay::Gated;
         let expects_continue =
             parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let keep_alive = policy::asks_keep_alive(&parts.headers);
         let mut headers = parts.headers;
         policy::strip_request_headers(&mut headers);
         let path_and_query = parts.uri.path_and_query().cloned();
@@ -160,7 +161,7 @@ impl Proxy {
                 refused = Some(cached.creds.token.clone());
                 continue;
             }
-            return drain_then(returned.and_then(|r| r.rest), self.respond(resp, target));
+            return drain_then(returned.and_then(|r| r.rest), self.respond(resp, target, keep_alive));
         }
     }
 
@@ -213,10 +214,14 @@ impl Proxy {
     }
 
     /// The upstream answer as the client gets it: hop-by-hop headers dropped, absolute
-    /// locations pointing at upstream rewritten to the gateway, the body streamed.
-    fn respond(&self, resp: Response<pool::Pooled>, target: &Target) -> Response<Body> {
+    /// locations pointing at upstream rewritten to the gateway, the body streamed; with
+    /// `Connection: keep-alive` if the client asked for it ([`policy::asks_keep_alive`]).
+    fn respond(&self, resp: Response<pool::Pooled>, target: &Target, keep_alive: bool) -> Response<Body> {
         let (mut parts, upstream_body) = resp.into_parts();
         policy::strip_response_headers(&mut parts.headers);
+        if keep_alive {
+            parts.headers.insert(header::CONNECTION, http::HeaderValue::from_static("keep-alive"));
+        }
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(rewritten) = parts
                 .headers
@@ -241,7 +246,7 @@ impl Proxy {
         *up.uri_mut() = Uri::from(path);
         up.headers_mut().insert(header::HOST, target.host.clone());
         match self.send(target, up, None, None).await {
-            Ok(resp) => self.respond(resp, target),
+            Ok(resp) => self.respond(resp, target, false),
             Err(failure) => failure.response(),
         }
     }

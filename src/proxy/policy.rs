@@ -320,6 +320,25 @@ impl Failure {
     }
 }
 
+/// Swift's answer to a path that is not UTF-8, as it gives it. hyper's parser refuses such a
+/// request target with `400` before any handler runs; the fast engine reads heads first and
+/// answers this instead (see `docs/proxy.md`).
+pub const INVALID_PATH: (StatusCode, &str) = (StatusCode::PRECONDITION_FAILED, "Invalid UTF8 or contains NULL");
+
+/// Whether the client's `Connection` field asks to keep the connection (and not to close it):
+/// Swift then says `Connection: keep-alive` in its answer, and so do both engines.
+pub fn asks_keep_alive(headers: &HeaderMap) -> bool {
+    let mut keep = false;
+    for option in headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+        let option = option.trim_ascii();
+        if option.eq_ignore_ascii_case(b"close") {
+            return false;
+        }
+        keep |= option.eq_ignore_ascii_case(b"keep-alive");
+    }
+    keep
+}
+
 /// True unless `Transfer-Encoding` names a coding other than `chunked`. hyper takes
 /// `gzip, chunked` apart as chunked and hands over the compressed bytes: sent on, they would be
 /// stored as the object's content. Swift answers such a request with [`unknown_coding`].

@@ -64,8 +64,8 @@ impl Pipe {
         None
     }
 
-    /// Moves exactly `len` bytes from `from` to `to`, calling `moved` after each write to `to`
-    /// that moved some; a wait on either side longer than `idle` breaks the relay, which then
+    /// Moves exactly `len` bytes from `from` to `to`, calling `moved` with the count of each
+    /// write to `to` that moved some; a wait on either side longer than `idle` breaks the relay, which then
     /// tells how many bytes it had taken from `from`. The pipe is filled only when empty, so a
     /// `splice` into it that would block says `from` has nothing yet (and not that the pipe is
     /// full), and the socket's readiness is cleared rightly.
@@ -76,7 +76,7 @@ impl Pipe {
         to: &TcpStream,
         len: u64,
         idle: Duration,
-        moved: impl Fn(),
+        moved: impl Fn(usize),
     ) -> Result<(), (Broke, u64)> {
         use std::os::fd::AsRawFd;
         let (pipe_in, pipe_out) = (self.write.as_raw_fd(), self.read.as_raw_fd());
@@ -104,7 +104,7 @@ impl Pipe {
                     Ok(0) => return Err((Broke::Sink, len - left)),
                     Ok(n) => {
                         held -= n;
-                        moved();
+                        moved(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if !matches!(tokio::time::timeout(idle, to.writable()).await, Ok(Ok(()))) {
@@ -127,7 +127,7 @@ impl Pipe {
         _to: &TcpStream,
         _len: u64,
         _idle: Duration,
-        _moved: impl Fn(),
+        _moved: impl Fn(usize),
     ) -> Result<(), (Broke, u64)> {
         match *self {}
     }

@@ -21,11 +21,23 @@ pub struct Peer {
     pub(super) written: AtomicU64,
     /// Reads from the client's socket that got something.
     pub(super) read: AtomicU64,
+    /// Bytes read from the client's socket, and written to it.
+    pub(super) bytes_in: AtomicU64,
+    pub(super) bytes_out: AtomicU64,
+    /// Of those read, the ones already charged to a request in the access log.
+    pub(super) logged_in: AtomicU64,
+    /// What counts and logs the connection's requests, if anything does.
+    pub(super) observer: Option<Arc<super::observe::Observer>>,
 }
 
 impl Peer {
     /// Describes `addr`.
     pub fn new(addr: SocketAddr) -> Self {
+        Self::observed(addr, None)
+    }
+
+    /// Describes `addr`, whose requests `observer` counts and logs.
+    pub fn observed(addr: SocketAddr, observer: Option<Arc<super::observe::Observer>>) -> Self {
         let forwarded_for = http::HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
         Peer {
@@ -36,6 +48,10 @@ impl Peer {
             responding: AtomicUsize::new(0),
             written: AtomicU64::new(0),
             read: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            logged_in: AtomicU64::new(0),
+            observer,
         }
     }
 
@@ -43,7 +59,7 @@ impl Peer {
     pub(crate) fn begin(self: &Arc<Self>) -> InProgress {
         self.activity.fetch_add(1, Ordering::Relaxed);
         self.in_progress.fetch_add(1, Ordering::Relaxed);
-        InProgress { peer: self.clone(), responding: false }
+        InProgress { peer: self.clone(), responding: false, record: None }
     }
 
     /// Resolves with [`Quiet::Idle`] once the connection has had no request in progress, and
@@ -147,6 +163,8 @@ pub struct Counted {
     pub(super) peer: Arc<Peer>,
     /// The connection's place in the per-address count and the head budget.
     pub(super) admitted: super::admission::Admitted,
+    /// Counted in the metrics' open connections while it lives.
+    pub(super) _open: Option<crate::metrics::OpenConnection>,
 }
 
 impl Counted {
@@ -156,14 +174,24 @@ impl Counted {
         &self.io
     }
 
-    /// Counts a read made on [`socket`](Self::socket) that got something.
-    pub(crate) fn got(&self) {
+    /// Counts a read of `n` bytes made on [`socket`](Self::socket).
+    pub(crate) fn got(&self, n: usize) {
         self.peer.read.fetch_add(1, Ordering::Relaxed);
+        self.peer.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(observer) = &self.peer.observer {
+            observer.metrics.bytes_in(n);
+        }
     }
 
     pub(super) fn count(&self, sent: &std::task::Poll<std::io::Result<usize>>) {
-        if matches!(sent, std::task::Poll::Ready(Ok(n)) if *n > 0) {
-            self.peer.written.fetch_add(1, Ordering::Relaxed);
+        if let std::task::Poll::Ready(Ok(n)) = *sent {
+            if n > 0 {
+                self.peer.written.fetch_add(1, Ordering::Relaxed);
+                self.peer.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(observer) = &self.peer.observer {
+                    observer.metrics.bytes_out(n);
+                }
+            }
         }
     }
 }
@@ -179,7 +207,7 @@ impl tokio::io::AsyncRead for Counted {
         let n = buf.filled().len() - before;
         if n > 0 {
             let this = &mut *self;
-            this.peer.read.fetch_add(1, Ordering::Relaxed);
+            this.got(n);
             if !this.admitted.read(n, || this.peer.activity.load(Ordering::Relaxed) > 0) {
                 tracing::info!(peer = %this.peer.addr, "closed a connection: request heads not yet read hold the whole head budget");
                 return std::task::Poll::Ready(Err(std::io::Error::other("the head memory budget is spent")));
@@ -233,6 +261,8 @@ impl tokio::io::AsyncWrite for Counted {
 pub(crate) struct InProgress {
     pub(super) peer: Arc<Peer>,
     pub(super) responding: bool,
+    /// What the metrics and the access log keep of it (see `observe`).
+    pub(super) record: Option<super::observe::Record>,
 }
 
 impl InProgress {
@@ -246,6 +276,7 @@ impl InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
+        self.log();
         if self.responding {
             self.peer.responding.fetch_sub(1, Ordering::Relaxed);
         }
@@ -257,7 +288,7 @@ impl Drop for InProgress {
 /// A response body that keeps its request counted as in progress until it ends or is dropped.
 pub(super) struct Tracked {
     pub(super) body: Body,
-    pub(super) _request: InProgress,
+    pub(super) request: InProgress,
 }
 
 impl http_body::Body for Tracked {
@@ -268,7 +299,13 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.request.sent(data.len() as u64);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -282,6 +319,12 @@ impl http_body::Body for Tracked {
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
+    /// What a request for `path` is for, for the metrics.
+    fn kind(&self, path: &str) -> crate::metrics::Kind {
+        let _ = path;
+        crate::metrics::Kind::Ops
+    }
+
     /// Answers `req`, which arrived from `peer`.
     fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> impl Future<Output = Response<Body>> + Send;
 

@@ -37,8 +37,8 @@ const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// always pending, every request at low concurrency paid one `write` to the loop's eventfd and
 /// one more `epoll_wait`. (hyper's header timer is gone since, see [`Peer::quiet`].)
 const TIMER_TICK: Duration = Duration::from_secs(10);
-/// Time open connections get to finish once shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open connections get to finish once shutdown starts, by default.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read from the socket at once beneath TLS: rustls asks for 4 KiB at a time, which
 /// would cost a system call per TLS record on uploads.
 const TLS_READ_BUFFER: usize = 64 * 1024;
@@ -48,6 +48,7 @@ const TLS_SEND_BUFFER: usize = 256 * 1024;
 
 pub mod admission;
 mod conn;
+mod observe;
 mod takeover;
 mod tls;
 mod workers;
@@ -55,8 +56,9 @@ mod workers;
 pub(crate) use conn::InProgress;
 use conn::{watch_idle, Tracked};
 pub use conn::{Counted, Handler, Peer, Signals};
+pub use observe::{redacted, Acting, Engine, Observer};
 pub use takeover::{Connection, Prefixed, Served};
-pub use tls::{tls_acceptor, TlsError};
+pub use tls::{hangups, tls_acceptor, Certificates, Hangups, TlsError};
 pub use workers::{run_workers, worker_index};
 
 /// How to serve.
@@ -85,6 +87,13 @@ pub struct ServeOptions {
     /// Bytes all connections together may hold before their first request begins: a
     /// connection whose read would pass it is closed.
     pub head_memory: usize,
+    /// What counts and logs requests; nothing does without one.
+    pub observer: Option<Arc<Observer>>,
+    /// Time open connections get to finish once shutdown starts (a request in flight goes on,
+    /// an idle connection closes); 30 s by default.
+    pub drain_timeout: Duration,
+    /// Cancelled to cut a drain short (a second SIGTERM).
+    pub hurry: tokio_util::sync::CancellationToken,
 }
 
 impl Default for ServeOptions {
@@ -96,12 +105,16 @@ impl Default for ServeOptions {
             stall_cut: crate::config::ProxySettings::default().stall_cut(),
             connections_per_address: admission::CONNECTIONS_PER_ADDRESS,
             head_memory: admission::HEAD_MEMORY,
+            observer: None,
+            drain_timeout: DRAIN_TIMEOUT,
+            hurry: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` completes, then lets open connections
-/// finish (bounded by a drain timeout).
+/// Serves `handler` on `listener` until `shutdown` completes, then drains: connections open then
+/// finish what they are doing (idle ones close at once) while new ones are still served, until
+/// the first are all gone, `drain_timeout` has passed, or `hurry` is cancelled.
 pub async fn run<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -119,9 +132,15 @@ pub async fn run<H: Handler>(
     h2.timer(TokioTimer::new());
     let builders = Arc::new((h1, h2));
     let http1_only = options.http1_only;
-    // Each connection holds a receiver until it has finished: the drain waits for them all.
+    // Each connection accepted before the drain holds a receiver until it has finished: the
+    // drain waits for them all. Those accepted while draining hold one of `late`, which never
+    // fires: the handler answers their requests as a draining server does (a load balancer's
+    // readiness probe gets its 503), and the drain does not wait for them.
     let (stop, _) = tokio::sync::watch::channel(());
-    tokio::pin!(shutdown);
+    let (late, _) = tokio::sync::watch::channel(());
+    let mut draining = false;
+    let drain_end = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(shutdown, drain_end);
     let idle_close = options.idle_close.max(Duration::from_millis(1));
     let stall_cut = options.stall_cut;
     let admission = admission::Admission::new(options.connections_per_address, options.head_memory);
@@ -138,30 +157,50 @@ pub async fn run<H: Handler>(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if !draining => {
+                draining = true;
+                let _ = stop.send(());
+                drain_end.as_mut().reset(tokio::time::Instant::now() + options.drain_timeout);
+                continue;
+            }
+            () = stop.closed(), if draining => break,
+            () = &mut drain_end, if draining => {
+                tracing::warn!("connections still open at the end of the drain; closing them");
+                break;
+            }
+            () = options.hurry.cancelled(), if draining => {
+                tracing::warn!("drain cut short; closing the connections still open");
+                break;
+            }
         };
         let Some(admitted) = admission.admit(peer.ip()) else {
             tracing::debug!(%peer, "closed a connection: its address holds as many as it may");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stopping = stop.subscribe();
+        let stopping = if draining { late.subscribe() } else { stop.subscribe() };
         let handler = handler.clone();
         let builders = builders.clone();
         let tls = options.tls.clone();
-        let client = Arc::new(Peer::new(peer));
+        let client = Arc::new(Peer::observed(peer, options.observer.clone()));
         let watched = client.clone();
         let (idle_tx, idle_rx) = oneshot::channel::<()>();
-        let stream = Counted { io: stream, peer: client.clone(), admitted };
+        let open = options.observer.as_ref().map(|o| o.metrics.connection());
+        let stream = Counted { io: stream, peer: client.clone(), admitted, _open: open };
         let (fast, peer_of_fast) = (handler.clone(), client.clone());
         let connection = async move {
             let mut signals = Signals::new(stopping, idle_rx);
             let service = hyper::service::service_fn(move |req| {
                 let (handler, client) = (handler.clone(), client.clone());
                 async move {
-                    let request = client.begin();
+                    let kind = handler.kind(req.uri().path());
+                    let target = || req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                    let request = client.begin_request(kind, req.method(), target);
                     let resp = handler.handle(req, client).await;
-                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _request: request.responding() }))
+                    let trans_id = resp.headers().get("x-trans-id").map(|v| v.as_bytes());
+                    let acting = || resp.extensions().get::<Acting>().cloned();
+                    let request = request.answered(resp.status().as_u16(), Engine::Hyper, trans_id, acting);
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, request }))
                 }
             });
             let result = match tls {
@@ -204,11 +243,6 @@ pub async fn run<H: Handler>(
         };
         tokio::spawn(watch_idle(watched, tokio::spawn(connection).abort_handle(), idle_tx, idle_close, stall_cut));
     }
-    drop(listener);
-    let _ = stop.send(());
-    if tokio::time::timeout(DRAIN_TIMEOUT, stop.closed()).await.is_err() {
-        tracing::warn!("connections still open after the drain timeout; closing");
-    }
 }
 
 /// Serves `conn` to its end. When the server stops or the connection has been idle, asks it to
@@ -246,23 +280,29 @@ pub fn announce(out: &mut (dyn std::io::Write + Send), text: &str) {
 /// polled leaves a window in which a signal sent on that announcement kills the process
 /// outright, skipping the cleanup that follows the future.
 pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    #[cfg(unix)]
-    {
+    let mut signals = StopSignals::new()?;
+    Ok(async move { signals.next().await })
+}
+
+/// SIGINT and SIGTERM as they come: the first starts a drain, the next cuts it short.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Registers for both: from now on they no longer end the process.
+    pub fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {},
-                _ = terminate.recv() => {},
-            }
-        })
+        Ok(StopSignals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
     }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+
+    /// Resolves at the next of either.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! after expiry costs one provider round trip. It does not know how credentials are obtained
 //! (that is the [`CredentialSource`]) nor where grants live (the store).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -129,6 +129,9 @@ struct Slot {
     /// `entry`): anonymous requests need only their target, which an outage of the provider
     /// does not move. Locked after `entry` when both are.
     last_known: Mutex<Option<Arc<Cached>>>,
+    /// Renewals that brought credentials, and that failed, for the metrics.
+    renewed: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Slot {
@@ -178,6 +181,8 @@ impl TokenManager {
                     early_not_before: Mutex::new(None),
                     generation: std::sync::atomic::AtomicU64::new(0),
                     last_known: Mutex::new(None),
+                    renewed: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
                 };
                 (name, slot)
             })
@@ -368,6 +373,8 @@ impl TokenManager {
             }
         };
         let now = self.clock.now();
+        let counter = if result.is_ok() { &slot.renewed } else { &slot.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         // Registered again while this renewal ran: its waiters get its outcome, and the cache
         // stays as the reset left it, for the new grant.
@@ -536,6 +543,27 @@ impl TokenManager {
     pub fn any_cached(&self) -> Option<Arc<Cached>> {
         let held = self.slots.iter().filter_map(|(name, slot)| Some((name, slot.held()?)));
         held.min_by(|a, b| a.0.cmp(b.0)).map(|(_, c)| c)
+    }
+
+    /// Each account's renewal counts and the life left on its token, by account name.
+    pub fn figures(&self) -> Vec<crate::metrics::AccountFigures> {
+        let now = self.clock.now();
+        let mut figures: Vec<_> = self
+            .slots
+            .iter()
+            .map(|(name, slot)| {
+                let failing = matches!(*slot.entry.lock().unwrap_or_else(|p| p.into_inner()), Entry::Failed { .. });
+                crate::metrics::AccountFigures {
+                    name: name.clone(),
+                    renewed: slot.renewed.load(Ordering::Relaxed),
+                    failed: slot.failed.load(Ordering::Relaxed),
+                    expires_in: slot.held().map(|c| c.left(now)),
+                    failing,
+                }
+            })
+            .collect();
+        figures.sort_by(|a, b| a.name.cmp(&b.name));
+        figures
     }
 
     /// The clock this manager reads.

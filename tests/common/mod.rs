@@ -26,6 +26,26 @@ pub fn fast_engine() -> bool {
     std::env::var("SWIFTGATE_FAST_PATH").map_or(true, |v| v != "false" && v != "0")
 }
 
+/// True when `program` runs (`program version_arg` succeeds); when it does not, a failure if
+/// the suite requires the real tools (tests/all.sh sets SWIFTGATE_REQUIRE_CLIENTS), else a
+/// visible skip.
+pub fn tool_available(program: &str, version_arg: &str, package: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg(version_arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("SWIFTGATE_REQUIRE_CLIENTS").is_none(),
+            "`{program}` is required (tests/all.sh installs {package})"
+        );
+        eprintln!("SKIPPED: `{program}` is not installed; `bash tests/all.sh` installs {package}");
+    }
+    found
+}
+
 /// An argon2 hash of KEY, computed once per test binary.
 pub fn key_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();

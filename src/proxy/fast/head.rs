@@ -13,6 +13,7 @@ impl FastPath<'_> {
             // hyper answers a head over the limit with 431.
             Ok(httparse::Status::Complete(n)) if n <= crate::server::MAX_HEAD => n,
             Ok(httparse::Status::Partial) if buf.len() < crate::server::MAX_HEAD => return Look::Partial,
+            Err(httparse::Error::Token) => return invalid_path(buf),
             _ => return Look::Decline,
         };
         let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else { return Look::Decline };
@@ -42,7 +43,7 @@ impl FastPath<'_> {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut token = None;
         let mut storage_token = None;
-        let mut close = false;
+        let mut options = Options::default();
         let mut length = None;
         let mut lower = [0u8; 32];
         let mut lines = Lines::new(buf);
@@ -67,8 +68,8 @@ impl FastPath<'_> {
                     }
                 }
                 Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
-                Some("connection") => match connection_close(field.value) {
-                    Some(c) => close |= c,
+                Some("connection") => match options.add(field.value) {
+                    Some(o) => options = o,
                     None => return Look::Decline,
                 },
                 Some("x-auth-token") if token.is_none() => token = Some(field.value),
@@ -85,9 +86,8 @@ impl FastPath<'_> {
         let Some(token) = token.or(storage_token).and_then(|t| std::str::from_utf8(t).ok()) else {
             return Look::Decline;
         };
-        let Some(cached) = auth.account_of(token).and_then(|account| auth.tokens().ready(account, TOKEN_MARGIN)) else {
-            return Look::Decline;
-        };
+        let Some((user, account)) = auth.holder_of(token) else { return Look::Decline };
+        let Some(cached) = auth.tokens().ready(account, TOKEN_MARGIN) else { return Look::Decline };
         let target_of = &cached.target;
         if !target_of.covers(path) {
             return Look::Decline;
@@ -102,7 +102,8 @@ impl FastPath<'_> {
             push_field(out, name, value.as_bytes());
         });
         out.extend_from_slice(b"\r\n");
-        Look::Take(Taken { head_len, head_request, upload, close, cached })
+        let (close, keep_alive) = (options.close, options.keep_alive && !options.close);
+        Look::Take(Taken { head_len, head_request, upload, close, keep_alive, user, cached })
     }
 
     /// The client's answer head from upstream's (`head`), written into `out`, saying
@@ -138,11 +139,13 @@ impl FastPath<'_> {
         out.extend_from_slice(b"\r\n");
         let mut length = None;
         let mut dated = false;
+        let mut trans_id = None;
         let mut lower = [0u8; 32];
         let mut lines = Lines::new(head);
         for field in resp.headers.iter() {
             let name = policy::lowered(field.name, &mut lower);
             match name {
+                Some("x-trans-id") => trans_id = Some(within(head, field.value)),
                 Some("transfer-encoding") => return None,
                 Some("content-length") => {
                     let n = content_length(field.value)?;
@@ -160,7 +163,7 @@ impl FastPath<'_> {
                         continue;
                     }
                 }
-                Some("connection") => upstream_closes |= connection_close(field.value)?,
+                Some("connection") => upstream_closes |= Options::default().add(field.value)?.close,
                 Some("date") => dated = true,
                 Some("location" | "content-location") => {
                     if let Some(value) = visible_ascii(field.value).and_then(|v| self.policy.relocated(v, target)) {
@@ -185,9 +188,11 @@ impl FastPath<'_> {
         }
         if close {
             push_field(out, b"connection", b"close");
+        } else if taken.keep_alive {
+            push_field(out, b"connection", b"keep-alive");
         }
         out.extend_from_slice(b"\r\n");
-        Some(Answer { body, upstream_closes })
+        Some(Answer { code, trans_id, body, upstream_closes })
     }
 }
 
@@ -206,8 +211,8 @@ pub(super) fn own(
     for field in fields {
         match policy::lowered(field.name, &mut lower) {
             Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
-            Some("connection") => match connection_close(field.value) {
-                Some(c) => close |= c,
+            Some("connection") => match Options::default().add(field.value) {
+                Some(o) => close |= o.close,
                 None => return Look::Decline,
             },
             _ => {}
@@ -223,6 +228,56 @@ pub(super) fn own(
     Look::Own(Own { head_len, head_request, close, method, path: path.to_owned(), headers })
 }
 
+/// A head httparse refused at its request line (`buf` starts with it): when the only fault is a
+/// target that is not UTF-8, and the request has no body, [`Look::InvalidPath`]; else a
+/// decline (hyper answers `400`).
+pub(super) fn invalid_path(buf: &[u8]) -> Look {
+    let Some(line) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() < crate::server::MAX_HEAD { Look::Partial } else { Look::Decline };
+    };
+    let mut words = buf[..line].strip_suffix(b"\r").unwrap_or(&buf[..line]).split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(_), None) = (words.next(), words.next(), words.next(), words.next()) else {
+        return Look::Decline;
+    };
+    if !target.starts_with(b"/")
+        || !target.iter().all(|&b| b > b' ' && b != 0x7f)
+        || std::str::from_utf8(target).is_ok()
+    {
+        return Look::Decline;
+    }
+    // The same head with a plain target, to read the rest of it as for any other request.
+    let end = buf.len().min(crate::server::MAX_HEAD);
+    let mut plain = buf[..end].to_vec();
+    let at = method.len() + 1;
+    for b in &mut plain[at..at + target.len()] {
+        if !plain_target_byte(*b) {
+            *b = b'x';
+        }
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(&plain) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < crate::server::MAX_HEAD => return Look::Partial,
+        _ => return Look::Decline,
+    };
+    let mut close = false;
+    let mut lower = [0u8; 32];
+    for field in req.headers.iter() {
+        match policy::lowered(field.name, &mut lower) {
+            Some("content-length") if content_length(field.value) == Some(0) => {}
+            Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
+            Some("connection") => match Options::default().add(field.value) {
+                Some(o) => close |= o.close,
+                None => return Look::Decline,
+            },
+            _ => {}
+        }
+    }
+    let Ok(method) = http::Method::from_bytes(method) else { return Look::Decline };
+    Look::InvalidPath { head_len, method, target: String::from_utf8_lossy(target).into_owned(), close }
+}
+
 /// Most bytes of a gateway endpoint's answer the fast path writes (its own answers are a few
 /// hundred bytes, upstream's `/info` a few KiB).
 pub(super) const OWN_BODY_LIMIT: usize = 1024 * 1024;
@@ -236,9 +291,10 @@ where
     let Some(answer) = auth.head_only(&own.method, &own.path, &own.headers, peer.addr.ip()) else {
         return Exchange::Decline;
     };
-    let request = peer.begin();
+    let request = peer.begin_request(auth.kind(&own.path), &own.method, || own.path.clone());
     let (parts, body) = answer.await.into_parts();
-    let _request = request.responding();
+    let acting = || parts.extensions.get::<crate::server::Acting>().cloned();
+    let mut request = request.answered(parts.status.as_u16(), Engine::Fast, None, acting);
     let Some(body) = collect(body).await else {
         tracing::warn!("an answer of the gateway's could not be read; connection closed");
         return Exchange::Cut;
@@ -261,6 +317,7 @@ where
     }
     head.extend_from_slice(b"\r\n");
     let body = if own.head_request { &[][..] } else { &body[..] };
+    request.sent(body.len() as u64);
     match write_two(client, &head, body).await {
         Ok(()) if client.flush().await.is_ok() => Exchange::Done { close: own.close },
         _ => Exchange::Cut,
@@ -286,6 +343,19 @@ pub(super) async fn collect(mut body: crate::body::Body) -> Option<BytesMut> {
     tokio::time::timeout(crate::body::SMALL_BODY_TIME, read).await.ok()?
 }
 
+/// Where `part`, a slice of `whole`, lies in it.
+fn within(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// The request target of the request line at the start of `head` ("" if there is none).
+pub(super) fn request_target(head: &[u8]) -> &str {
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    std::str::from_utf8(target).unwrap_or_default()
+}
+
 /// A `Content-Length` value: digits only, as hyper reads it.
 pub(super) fn content_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
@@ -301,19 +371,30 @@ pub(super) fn visible_ascii(value: &[u8]) -> Option<&str> {
     value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)).then(|| std::str::from_utf8(value).ok())?
 }
 
-/// Whether a `Connection` field asks to close; `None` when it names anything but `close` and
-/// `keep-alive` (fields to drop, which the fast path leaves to the proxy).
-pub(super) fn connection_close(value: &[u8]) -> Option<bool> {
-    let mut close = false;
-    for option in value.split(|&b| b == b',') {
-        let option = option.trim_ascii();
-        if option.eq_ignore_ascii_case(b"close") {
-            close = true;
-        } else if !option.is_empty() && !option.eq_ignore_ascii_case(b"keep-alive") {
-            return None;
+/// What a `Connection` field asks for: to close, to keep alive (which the answer repeats, as
+/// Swift's does); `None` when it names anything else (fields to drop, which the fast path
+/// leaves to the proxy).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Options {
+    pub(super) close: bool,
+    pub(super) keep_alive: bool,
+}
+
+impl Options {
+    /// Adds what the `Connection` field `value` asks for; `None` as above.
+    pub(super) fn add(mut self, value: &[u8]) -> Option<Options> {
+        for option in value.split(|&b| b == b',') {
+            let option = option.trim_ascii();
+            if option.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !option.is_empty() {
+                return None;
+            }
         }
+        Some(self)
     }
-    Some(close)
 }
 
 /// A request-target byte `http`'s URI parser takes as it is.

@@ -51,7 +51,8 @@ use super::policy::{self, Failure, Policy, Replay, Wait, TOKEN_MARGIN};
 use super::pool::Pools;
 use super::pool::Raw;
 use super::splice::{Broke, Pipe};
-use crate::server::{Connection, InProgress, Peer, Prefixed, Served, Signals};
+use crate::metrics::Kind;
+use crate::server::{Connection, Engine, InProgress, Peer, Prefixed, Served, Signals};
 use crate::tokens::{Cached, TokenManager};
 
 mod head;
@@ -66,8 +67,12 @@ pub trait Authority: Sync {
     /// True when `path` (no query) is answered by the proxy, not by one of the gateway's own
     /// endpoints.
     fn is_storage(&self, path: &str) -> bool;
-    /// The account `token` stands for, if it is a valid gateway token now.
-    fn account_of(&self, token: &str) -> Option<&str>;
+    /// The user (by index) and account `token` stands for, if it is a valid gateway token now.
+    fn holder_of(&self, token: &str) -> Option<(usize, &str)>;
+    /// The user with index `user` and its account, for the access log.
+    fn acting(&self, user: usize) -> Option<crate::server::Acting>;
+    /// What a request for `path` is for, for the metrics.
+    fn kind(&self, path: &str) -> crate::metrics::Kind;
     /// The credentials cache.
     fn tokens(&self) -> &TokenManager;
     /// The answer to a request for one of the gateway's own endpoints that needs nothing but
@@ -110,6 +115,10 @@ struct Taken {
     upload: Option<Upload>,
     /// The client sent `Connection: close`.
     close: bool,
+    /// The client sent `Connection: keep-alive`, which its answer says too, as Swift's does.
+    keep_alive: bool,
+    /// The gateway user whose token it carries, by index.
+    user: usize,
     cached: Arc<Cached>,
 }
 
@@ -158,6 +167,9 @@ enum Look {
     Take(Taken),
     /// For the gateway itself, answered here too.
     Own(Own),
+    /// A body-less request whose target is not UTF-8, which hyper would refuse with `400`:
+    /// answered here with Swift's [`policy::INVALID_PATH`].
+    InvalidPath { head_len: usize, method: http::Method, target: String, close: bool },
 }
 
 /// How an exchange ended.
@@ -268,6 +280,22 @@ impl<'a> FastPath<'a> {
                     Exchange::Decline => break true,
                     Exchange::Cut => return Served::Done,
                 },
+                Look::InvalidPath { head_len, method, target, close } => {
+                    let (status, page) = policy::INVALID_PATH;
+                    let request = peer.begin_request(Kind::Storage, &method, || target);
+                    let head_request = method == http::Method::HEAD;
+                    let page = answer_page(&mut io, head_request, close, request, status, "text/plain", page);
+                    if let Exchange::Cut = page.await {
+                        return Served::Done;
+                    }
+                    self.count_answer();
+                    buf.advance(head_len);
+                    answered = true;
+                    if close {
+                        break false;
+                    }
+                    continue;
+                }
                 Look::Decline => break true,
                 Look::Partial => {
                     if buf.capacity() - buf.len() < CLIENT_READ / 2 {
@@ -289,7 +317,15 @@ impl<'a> FastPath<'a> {
                     }
                 }
             };
-            match self.exchange(&mut io, &mut buf, &taken, &mut out, peer.begin(), signals).await {
+            let method = match (taken.head_request, taken.upload.is_some()) {
+                (true, _) => &HEAD,
+                (false, true) => &PUT,
+                (false, false) => &GET,
+            };
+            let target = || request_target(&buf).to_owned();
+            let mut request = peer.begin_request(Kind::Storage, method, target);
+            request.acting(|| auth.acting(taken.user));
+            match self.exchange(&mut io, &mut buf, &taken, &mut out, request, signals).await {
                 Exchange::Done { close } => {
                     self.count_answer();
                     buf.advance(taken.in_buffer(&buf));
@@ -396,9 +432,11 @@ impl<'a> FastPath<'a> {
             tracing::warn!("upstream's answer to an upload is not one the fast path relays");
             return answer_failure(client, taken.head_request, taken.close, request, Failure::Broken).await;
         };
-        up.buf.advance(head);
+        let trans_id = answer.trans_id.clone().map(|at| &up.buf[at]);
         // The answer is committed from here: a failure cuts the connection.
-        let _request = request.responding();
+        let mut request = request.answered(answer.code, Engine::Fast, trans_id, || None);
+        request.sent(answer.body);
+        up.buf.advance(head);
         let mut left = answer.body;
         let first = up.buf.len().min(left as usize);
         if write_two(client, out, &up.buf[..first]).await.is_err() {
@@ -446,6 +484,10 @@ impl<'a> FastPath<'a> {
 
 /// What the client's answer carries.
 struct Answer {
+    /// Its status code.
+    code: u16,
+    /// Where upstream's `X-Trans-Id` value is in its head, for the access log.
+    trans_id: Option<std::ops::Range<usize>>,
     /// Body bytes to relay.
     body: u64,
     /// Upstream closes the connection after it.
@@ -501,15 +543,29 @@ async fn answer_failure<S: AsyncWrite + Unpin>(
     request: InProgress,
     failure: Failure,
 ) -> Exchange {
-    let _request = request.responding();
     let (status, page) = failure.page();
+    answer_page(client, head_request, close, request, status, "text/html; charset=utf-8", &page).await
+}
+
+/// Writes an answer of the gateway's own: `page` as `content_type`.
+async fn answer_page<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    head_request: bool,
+    close: bool,
+    request: InProgress,
+    status: http::StatusCode,
+    content_type: &str,
+    page: &str,
+) -> Exchange {
+    let mut request = request.answered(status.as_u16(), Engine::Fast, None, || None);
     let closing = if close { "connection: close\r\n" } else { "" };
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{closing}date: {}\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{closing}date: {}\r\n\r\n",
         page.len(),
         httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
-    let page = if head_request { "" } else { page.as_str() };
+    let page = if head_request { "" } else { page };
+    request.sent(page.len() as u64);
     match write_two(client, head.as_bytes(), page.as_bytes()).await {
         Ok(()) if client.flush().await.is_ok() => Exchange::Done { close },
         _ => Exchange::Cut,

@@ -4,15 +4,16 @@ use super::*;
 
 #[test]
 fn connection_options_the_fast_path_takes() {
+    let options = |close, keep_alive| Some(Options { close, keep_alive });
     for (value, want) in [
-        (&b"close"[..], Some(true)),
-        (b"Keep-Alive", Some(false)),
-        (b"keep-alive, close", Some(true)),
-        (b" , ", Some(false)),
+        (&b"close"[..], options(true, false)),
+        (b"Keep-Alive", options(false, true)),
+        (b"keep-alive, close", options(true, true)),
+        (b" , ", options(false, false)),
         (b"close, X-Foo", None),
         (b"upgrade", None),
     ] {
-        assert_eq!(connection_close(value), want, "{}", String::from_utf8_lossy(value));
+        assert_eq!(Options::default().add(value), want, "{}", String::from_utf8_lossy(value));
     }
 }
 

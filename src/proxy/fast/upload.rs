@@ -34,7 +34,7 @@ impl FastPath<'_> {
         let broke = if !matches!(tokio::time::timeout(idle, up.io.write_all(body_start)).await, Ok(Ok(()))) {
             Some((Broke::Sink, 0))
         } else if let (Some(pipe), Some(from), Some(to)) = (pipe, client.plain(), up.plain()) {
-            let spliced = pipe.relay(from.socket(), to, left, idle, || from.got()).await;
+            let spliced = pipe.relay(from.socket(), to, left, idle, |n| from.got(n)).await;
             if spliced.is_ok() {
                 self.count_spliced();
             }
