@@ -29,7 +29,10 @@ struct Served {
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("gateway {status:?}, its log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
     }
 }
 
@@ -236,6 +239,20 @@ async fn metrics_and_json_logs_after_a_mix_of_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_can_be_turned_off() {
+    let upstream = common::pattern::start(chunks()).await;
+    let env = [("SWIFTGATE_ACCESS_LOG", "false"), ("SWIFTGATE_LOG", "info")];
+    let gw = Served::start(&upstream.origin, "log_format = \"json\"", &env);
+    let http = reqwest::Client::new();
+    let (url, token) = login(&http, &gw.url).await;
+    let missing = http.get(format!("{url}/c/none")).header("x-auth-token", &token).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let log = gw.log_text();
+    assert!(log.contains("swiftgate serving"), "{log}");
+    assert!(!log.contains("swiftgate::access"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_download_finish_while_readyz_says_503() {
     let parts = chunks();
     let upstream = common::pattern::start(parts.clone()).await;
@@ -280,8 +297,17 @@ async fn sigterm_lets_a_download_finish_while_readyz_says_503() {
     gw.signal("TERM");
     assert_eq!(said(&notify), "STOPPING=1");
     // A fresh client, as a load balancer's probe: readiness is gone, new work is turned away.
+    // A connection that arrives as the drain begins may be closed before its first request
+    // (idle connections close then), as a probe retries, this one does.
     let probe = reqwest::Client::new();
-    let ready = probe.get(format!("{}/readyz", gw.url)).send().await.unwrap();
+    let mut tries = 0;
+    let ready = loop {
+        match probe.get(format!("{}/readyz", gw.url)).send().await {
+            Ok(ready) => break ready,
+            Err(e) if e.is_request() && tries < 3 => tries += 1,
+            Err(e) => panic!("no answer to the probe: {e}"),
+        }
+    };
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().starts_with("draining"));
     let turned = probe.get(format!("{url}/c/huge")).header("x-auth-token", &token).send().await.unwrap();
@@ -290,6 +316,62 @@ async fn sigterm_lets_a_download_finish_while_readyz_says_503() {
     assert_eq!(download.await.unwrap(), (expected_md5(len, &parts), len), "the download finished whole");
     let status = gw.exit_within(DEADLINE).expect("the gateway exits once the download is done");
     assert!(status.success(), "{status}");
+}
+
+/// A download that stops being read after its first MiB: it holds the gateway's drain open
+/// until the drain's limit.
+async fn stalled_download(gw: &Served, url: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gw.url.trim_start_matches("http://");
+    let path = url.split_once(addr).unwrap().1;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path}/c/stalled HTTP/1.1\r\nHost: gw\r\nX-Auth-Token: {token}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < MIB as usize {
+        let n = tokio::time::timeout(DEADLINE, client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the download ended early");
+        got += n;
+    }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_ends_at_its_limit_or_at_a_second_sigterm() {
+    let parts = chunks();
+    let upstream = common::pattern::start(parts.clone()).await;
+    let http = reqwest::Client::new();
+    for second_signal in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket_path = dir.path().join("notify.sock");
+        let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        notify.set_read_timeout(Some(DEADLINE)).unwrap();
+        let socket = socket_path.to_str().unwrap().to_owned();
+        // Without a second signal, the drain ends at its 3 s limit; with one, it would last 10 min.
+        let limit = if second_signal { "drain_timeout = 600" } else { "drain_timeout = 3" };
+        let mut gw = Served::start_in(dir, &upstream.origin, limit, &[("NOTIFY_SOCKET", socket.as_str())]);
+        let (url, token) = login(&http, &gw.url).await;
+        put(&http, &format!("{url}/c/stalled"), &token, 256 * MIB, parts.clone()).await;
+        let _stalled = stalled_download(&gw, &url, &token).await;
+        gw.signal("TERM");
+        let mut buf = [0u8; 64];
+        loop {
+            let n = notify.recv(&mut buf).expect("STOPPING=1 in time");
+            if buf[..n].starts_with(b"STOPPING=1") {
+                break;
+            }
+        }
+        assert!(gw.exit_within(Duration::ZERO).is_none(), "the drain waits for the stalled download");
+        if second_signal {
+            gw.signal("TERM");
+        }
+        let status = gw.exit_within(Duration::from_secs(20)).expect("the gateway stops");
+        assert!(status.success(), "{status}");
+        let log = gw.log_text();
+        let said = if second_signal { "drain cut short" } else { "end of the drain" };
+        assert!(log.contains(said), "{log}");
+    }
 }
 
 /// A self-signed certificate for `localhost` and its key, valid from `from` to `until`
@@ -398,6 +480,15 @@ async fn a_certificate_swapped_on_disk_serves_new_handshakes_while_a_download_go
         }
         assert_eq!(served_fingerprint(&addr), fingerprint(&new_cert));
     }
+    // A key that is gone: refused too.
+    std::fs::remove_file(&key).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + DEADLINE;
+    while !gw.log_text().lines().any(|l| l.contains("TLS certificate not reloaded") && l.contains("cannot read")) {
+        assert!(Instant::now() < deadline, "no refusal logged: {}", gw.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served_fingerprint(&addr), fingerprint(&new_cert));
     assert!(gw.exit_within(Duration::ZERO).is_none(), "SIGHUP does not end the gateway");
 }
 

@@ -94,6 +94,32 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Cancelled to cut a drain short (a second SIGTERM).
     pub hurry: tokio_util::sync::CancellationToken,
+    /// The event loops that serve together ([`run_workers`]): none stops serving before the
+    /// drain of all of them is done, so that a connection one accepts late is not dropped with
+    /// its loop while another still drains.
+    /// [`run_workers`] sets it; leave it at its default.
+    pub drain_group: Arc<DrainGroup>,
+}
+
+/// Event loops still draining.
+#[derive(Debug)]
+pub struct DrainGroup(tokio::sync::watch::Sender<usize>);
+
+impl DrainGroup {
+    /// A group of `loops` event loops (at least one).
+    pub fn new(loops: usize) -> Arc<Self> {
+        Arc::new(DrainGroup(tokio::sync::watch::Sender::new(loops.max(1))))
+    }
+
+    /// One loop's own connections are gone.
+    fn done(&self) {
+        self.0.send_modify(|left| *left = left.saturating_sub(1));
+    }
+
+    /// Resolves once every loop's are.
+    async fn all_done(&self) {
+        let _ = self.0.subscribe().wait_for(|left| *left == 0).await;
+    }
 }
 
 impl Default for ServeOptions {
@@ -108,13 +134,15 @@ impl Default for ServeOptions {
             observer: None,
             drain_timeout: DRAIN_TIMEOUT,
             hurry: tokio_util::sync::CancellationToken::new(),
+            drain_group: DrainGroup::new(1),
         }
     }
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then drains: connections open then
 /// finish what they are doing (idle ones close at once) while new ones are still served, until
-/// the first are all gone, `drain_timeout` has passed, or `hurry` is cancelled.
+/// the first are all gone (in every loop of the drain group), `drain_timeout` has passed, or
+/// `hurry` is cancelled.
 pub async fn run<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -139,6 +167,7 @@ pub async fn run<H: Handler>(
     let (stop, _) = tokio::sync::watch::channel(());
     let (late, _) = tokio::sync::watch::channel(());
     let mut draining = false;
+    let mut drained = false;
     let drain_end = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(shutdown, drain_end);
     let idle_close = options.idle_close.max(Duration::from_millis(1));
@@ -163,7 +192,12 @@ pub async fn run<H: Handler>(
                 drain_end.as_mut().reset(tokio::time::Instant::now() + options.drain_timeout);
                 continue;
             }
-            () = stop.closed(), if draining => break,
+            () = stop.closed(), if draining && !drained => {
+                drained = true;
+                options.drain_group.done();
+                continue;
+            }
+            () = options.drain_group.all_done(), if drained => break,
             () = &mut drain_end, if draining => {
                 tracing::warn!("connections still open at the end of the drain; closing them");
                 break;

@@ -169,10 +169,10 @@ impl InProgress {
             bytes_in,
             bytes_out = access.body_out,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            user,
-            account,
-            trans_id,
-            engine = access.engine.label(),
+            user = %user,
+            account = %account,
+            trans_id = %trans_id,
+            engine = %access.engine.label(),
             peer = %self.peer.addr.ip(),
             "request"
         );

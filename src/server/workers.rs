@@ -28,6 +28,7 @@ pub async fn run_workers<H: Handler>(
     let stop = tokio_util::sync::CancellationToken::new();
     // Whichever way this returns, workers already started stop too.
     let _stop_on_return = stop.clone().drop_guard();
+    let options = ServeOptions { drain_group: DrainGroup::new(workers), ..options };
     let shared = listener.into_std()?;
     let mut threads = Vec::new();
     for index in 1..workers.max(1) {
