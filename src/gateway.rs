@@ -124,6 +124,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Whether `/metrics` is served.
     serve_metrics: bool,
+    /// Whether requests' lines are written to the access log (see [`Gateway::access_log`]).
+    access_log: bool,
     readiness: Readiness,
 }
 
@@ -188,6 +190,8 @@ impl Gateway {
             check,
             metrics: Arc::new(Metrics::default()),
             serve_metrics: config.metrics,
+            // A line only if it would be written (`SWIFTGATE_LOG` may filter it out).
+            access_log: config.access_log && tracing::enabled!(target: "swiftgate::access", tracing::Level::INFO),
             readiness: Readiness::default(),
         }))
     }
@@ -195,6 +199,11 @@ impl Gateway {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Whether the access log is written: configured so, and not filtered out.
+    pub fn access_log(&self) -> bool {
+        self.access_log
     }
 
     /// Where the gateway is in its life, for `/readyz`.
@@ -316,12 +325,12 @@ impl Gateway {
     pub async fn route(&self, req: Request<Incoming>, peer: Arc<crate::server::Peer>) -> Response<Body> {
         let path = req.uri().path();
         let from = peer.addr.ip();
-        if let Some(answer) = self.head_only(req.method(), path, req.headers(), from) {
-            return answer.await;
-        }
         let endpoint = Endpoint::of(path);
         if self.readiness.draining() && endpoint.kind() != Kind::Ops {
             return crate::proxy::drain_then(Some(req.into_body()), ops::draining());
+        }
+        if let Some(answer) = self.head_only(req.method(), path, req.headers(), from) {
+            return answer.await;
         }
         match (endpoint, req.method()) {
             (Endpoint::Health, &Method::GET | &Method::HEAD) => ops::healthz(),
@@ -408,8 +417,10 @@ impl Gateway {
         match token.to_str().ok().and_then(|t| crate::proxy::Authority::holder_of(self, t)) {
             Some((user, account)) => {
                 let mut resp = proxy.forward(req, &peer, &self.tokens, Some(account), None).await;
-                if let Some(acting) = self.users.acting(user) {
-                    resp.extensions_mut().insert(acting);
+                if self.access_log {
+                    if let Some(acting) = self.users.acting(user) {
+                        resp.extensions_mut().insert(acting);
+                    }
                 }
                 resp
             }

@@ -335,9 +335,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     // With port 0 the default public URL must name the port actually bound.
     config.listen = listener.local_addr()?;
     let gateway = Gateway::new(&config, Arc::new(SystemClock), RenewPolicy::default())?;
-    // A record per request only if its line would be written (`SWIFTGATE_LOG` may filter it).
-    let access_log = config.access_log && tracing::enabled!(target: "swiftgate::access", tracing::Level::INFO);
-    let observer = Observer { metrics: gateway.metrics().clone(), access_log };
+    let observer = Observer { metrics: gateway.metrics().clone(), access_log: gateway.access_log() };
     let options = ServeOptions {
         tls,
         stall_cut: config.proxy.settings().stall_cut(),
@@ -362,8 +360,18 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(gateway.tokens().clone().watch_sources(STORE_WATCH));
-    if let Some(certificates) = certificates {
-        tokio::spawn(certificates.watch(CERT_WATCH, server::hangups()));
+    // SIGHUP (`systemctl reload`) reloads the certificate; without TLS it is logged and
+    // ignored, never the end of the process.
+    let hangups = server::hangups();
+    match certificates {
+        Some(certificates) => drop(tokio::spawn(certificates.watch(CERT_WATCH, hangups))),
+        None => drop(tokio::spawn(async move {
+            let mut hangups = hangups;
+            loop {
+                hangups.next().await;
+                tracing::info!("SIGHUP: nothing to reload without [tls]");
+            }
+        })),
     }
     let mut signals = server::StopSignals::new()?;
     let hurry = options.hurry.clone();

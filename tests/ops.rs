@@ -239,7 +239,7 @@ async fn metrics_and_json_logs_after_a_mix_of_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_access_log_can_be_turned_off() {
+async fn the_access_log_can_be_turned_off_and_sighup_without_tls_is_harmless() {
     let upstream = common::pattern::start(chunks()).await;
     let env = [("SWIFTGATE_ACCESS_LOG", "false"), ("SWIFTGATE_LOG", "info")];
     let gw = Served::start(&upstream.origin, "log_format = \"json\"", &env);
@@ -247,6 +247,14 @@ async fn the_access_log_can_be_turned_off() {
     let (url, token) = login(&http, &gw.url).await;
     let missing = http.get(format!("{url}/c/none")).header("x-auth-token", &token).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // `systemctl reload` without [tls]: logged, and the gateway serves on.
+    gw.signal("HUP");
+    let deadline = Instant::now() + DEADLINE;
+    while !gw.log_text().contains("nothing to reload") {
+        assert!(Instant::now() < deadline, "SIGHUP not seen: {}", gw.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(http.get(format!("{}/healthz", gw.url)).send().await.unwrap().status().is_success());
     let log = gw.log_text();
     assert!(log.contains("swiftgate serving"), "{log}");
     assert!(!log.contains("swiftgate::access"), "{log}");

@@ -292,6 +292,8 @@ fn yes() -> bool {
 
 /// [`Config::drain_timeout`]'s default, in seconds.
 pub const DRAIN_TIMEOUT: u64 = 30;
+/// [`Config::drain_timeout`]'s largest value, in seconds: a day.
+pub const MAX_DRAIN_TIMEOUT: u64 = 86_400;
 
 fn default_drain_timeout() -> u64 {
     DRAIN_TIMEOUT

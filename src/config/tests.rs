@@ -34,6 +34,7 @@ fn errors_name_the_key() {
         (base() + "[proxy]\ntoken_ttl = 5\n", "proxy.token_ttl"),
         ("workers = 0\n".to_owned() + &base(), "workers"),
         ("workers = 1000\n".to_owned() + &base(), "workers"),
+        ("drain_timeout = 9223372036854775807\n".to_owned() + &base(), "drain_timeout"),
         (base() + "[proxy]\nbuffer = 5\n", "buffer"),
         (base().replace("name = \"alice\"", "name = \"alice\"\naccount = \"../etc\""), "user[0].account"),
         (base() + "[proxy]\ntoken_ttl = 9223372036854775807\n", "proxy.token_ttl"),

@@ -30,6 +30,9 @@ impl Config {
         if self.max_connections_per_address == 0 {
             return Err(invalid("max_connections_per_address", "must be at least 1"));
         }
+        if self.drain_timeout > MAX_DRAIN_TIMEOUT {
+            return Err(invalid("drain_timeout", "must be at most 86400 seconds (a day)"));
+        }
         if self.max_head_memory < crate::body::MAX_HEAD {
             return Err(invalid("max_head_memory", "must hold at least one whole request head (65536 bytes)"));
         }

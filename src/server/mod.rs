@@ -189,7 +189,8 @@ pub async fn run<H: Handler>(
             () = &mut shutdown, if !draining => {
                 draining = true;
                 let _ = stop.send(());
-                drain_end.as_mut().reset(tokio::time::Instant::now() + options.drain_timeout);
+                let now = tokio::time::Instant::now();
+                drain_end.as_mut().reset(now.checked_add(options.drain_timeout).unwrap_or(now + Duration::from_secs(86_400)));
                 continue;
             }
             () = stop.closed(), if draining && !drained => {

@@ -50,7 +50,6 @@ impl Engine {
 
 /// A request's record, kept by its [`InProgress`].
 pub(crate) struct Record {
-    observer: Arc<Observer>,
     kind: Kind,
     started: Instant,
     /// Present when the access log is written.
@@ -93,7 +92,7 @@ impl Peer {
                     body_out: 0,
                 })
             });
-            request.record = Some(Record { observer: observer.clone(), kind, started: Instant::now(), access });
+            request.record = Some(Record { kind, started: Instant::now(), access });
         }
         request
     }
@@ -120,8 +119,8 @@ impl InProgress {
         trans_id: Option<&[u8]>,
         acting: impl FnOnce() -> Option<Acting>,
     ) -> Self {
-        if let Some(record) = &mut self.record {
-            record.observer.metrics.request(record.kind, status, record.started.elapsed());
+        if let (Some(record), Some(observer)) = (&mut self.record, &self.peer.observer) {
+            observer.metrics.request(record.kind, status, record.started.elapsed());
             if let Some(access) = &mut record.access {
                 access.status = status;
                 access.engine = engine;
@@ -188,7 +187,8 @@ const SECRET_PARAMETERS: [&str; 4] = ["temp_url_sig", "temp_url_expires", "code"
 pub fn redacted(target: &str) -> std::borrow::Cow<'_, str> {
     let Some((path, query)) = target.split_once('?') else { return target.into() };
     let secret = |name: &str| {
-        let name = name.to_ascii_lowercase();
+        // `temp%5Furl%5Fsig` is `temp_url_sig` to Swift.
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().to_ascii_lowercase();
         SECRET_PARAMETERS.contains(&name.as_str())
             || ["token", "key", "sig", "signature", "password", "secret"].iter().any(|s| name.ends_with(s))
     };
@@ -221,6 +221,7 @@ mod tests {
             ("/callback?code=XYZ&state=S1", "/callback?code=-&state=-"),
             ("/x?X-Auth-Token=AUTH_tk&multipart-manifest=get", "/x?X-Auth-Token=-&multipart-manifest=get"),
             ("/x?api_key=k", "/x?api_key=-"),
+            ("/v1/a/c/o?temp%5Furl%5Fsig=abc", "/v1/a/c/o?temp%5Furl%5Fsig=-"),
         ] {
             assert_eq!(redacted(target), logged);
         }

@@ -34,6 +34,7 @@ pub async fn run_workers<H: Handler>(
     for index in 1..workers.max(1) {
         let listener = shared.try_clone()?;
         let (handler, options, worker_stop) = (handler.clone(), options.clone(), stop.clone());
+        let group = options.drain_group.clone();
         threads.push(std::thread::Builder::new().name(format!("swiftgate-worker-{index}")).spawn(
             move || -> std::io::Result<()> {
                 WORKER.with(|w| w.set(index));
@@ -45,8 +46,10 @@ pub async fn run_workers<H: Handler>(
                     })
                 });
                 if let Err(e) = &served {
-                    // The other workers go on serving; the error is also returned at shutdown.
+                    // The other workers go on serving, and do not wait for this one to drain;
+                    // the error is also returned at shutdown.
                     tracing::error!(worker = index, cause = %e, "worker could not start");
+                    group.done();
                 }
                 served
             },

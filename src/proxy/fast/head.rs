@@ -236,7 +236,9 @@ pub(super) fn invalid_path(buf: &[u8]) -> Look {
         return if buf.len() < crate::server::MAX_HEAD { Look::Partial } else { Look::Decline };
     };
     let mut words = buf[..line].strip_suffix(b"\r").unwrap_or(&buf[..line]).split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(_), None) = (words.next(), words.next(), words.next(), words.next()) else {
+    let (Some(method), Some(target), Some(b"HTTP/1.1"), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
         return Look::Decline;
     };
     if !target.starts_with(b"/")
@@ -247,8 +249,12 @@ pub(super) fn invalid_path(buf: &[u8]) -> Look {
     }
     // The same head with a plain target, to read the rest of it as for any other request.
     let end = buf.len().min(crate::server::MAX_HEAD);
-    let mut plain = buf[..end].to_vec();
     let at = method.len() + 1;
+    if at + target.len() > end {
+        // A request line longer than a head may be: hyper answers it.
+        return Look::Decline;
+    }
+    let mut plain = buf[..end].to_vec();
     for b in &mut plain[at..at + target.len()] {
         if !plain_target_byte(*b) {
             *b = b'x';

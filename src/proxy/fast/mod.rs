@@ -435,13 +435,13 @@ impl<'a> FastPath<'a> {
         let trans_id = answer.trans_id.clone().map(|at| &up.buf[at]);
         // The answer is committed from here: a failure cuts the connection.
         let mut request = request.answered(answer.code, Engine::Fast, trans_id, || None);
-        request.sent(answer.body);
         up.buf.advance(head);
         let mut left = answer.body;
         let first = up.buf.len().min(left as usize);
         if write_two(client, out, &up.buf[..first]).await.is_err() {
             return Exchange::Cut;
         }
+        request.sent(first as u64);
         left -= first as u64;
         let mut clean = up.buf.len() == first;
         let mut room = UPSTREAM_READ;
@@ -465,6 +465,7 @@ impl<'a> FastPath<'a> {
             if client.write_all(&up.buf[..take]).await.is_err() {
                 return Exchange::Cut;
             }
+            request.sent(take as u64);
             left -= take as u64;
         }
         // A TLS stream may hold the tail until flushed.

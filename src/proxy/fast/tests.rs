@@ -59,3 +59,22 @@ fn target_bytes_are_those_the_uri_parser_takes() {
         assert!(!refused.bytes().all(plain_target_byte), "{refused}");
     }
 }
+
+#[test]
+fn a_target_that_is_not_utf8_is_answered_only_when_safe() {
+    let answered = |head: &[u8]| matches!(invalid_path(head), Look::InvalidPath { .. });
+    assert!(answered(b"PUT /v1/AUTH_a/\xff\xfe HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n"));
+    assert!(answered(b"GET /v1/AUTH_a/\xff HTTP/1.1\r\nHost: gw\r\n\r\n"));
+    // Not whole yet.
+    assert!(matches!(invalid_path(b"GET /v1/\xff HTTP/1.1\r\nHost:"), Look::Partial));
+    // A body, HTTP/1.0, a request line hyper would refuse anyway: hyper answers.
+    assert!(!answered(b"PUT /v1/\xff HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"));
+    assert!(!answered(b"PUT /v1/\xff HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"));
+    assert!(!answered(b"GET /v1/\xff HTTP/1.0\r\n\r\n"));
+    assert!(!answered(b"GET /v1/\xff\x01 HTTP/1.1\r\n\r\n"));
+    // A request line past the head limit: declined, never a slice out of range.
+    let mut long = b"GET /\xff".to_vec();
+    long.resize(crate::server::MAX_HEAD + 100, b'a');
+    long.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    assert!(matches!(invalid_path(&long), Look::Decline));
+}
