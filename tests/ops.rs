@@ -100,6 +100,28 @@ impl Served {
     }
 }
 
+/// A `NOTIFY_SOCKET` for the gateway to tell systemd's notifications to.
+struct Notify {
+    socket: std::os::unix::net::UnixDatagram,
+    path: String,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        Notify { socket, path: path.to_str().unwrap().to_owned() }
+    }
+
+    /// The next notification, within the deadline.
+    fn next(&self) -> String {
+        let mut buf = [0u8; 256];
+        let n = self.socket.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+    }
+}
+
 /// Logs in as the test user: storage URL and gateway token.
 async fn login(http: &reqwest::Client, gw: &str) -> (String, String) {
     let resp = http
@@ -265,17 +287,9 @@ async fn sigterm_lets_a_download_finish_while_readyz_says_503() {
     let parts = chunks();
     let upstream = common::pattern::start(parts.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    notify.set_read_timeout(Some(DEADLINE)).unwrap();
-    let socket = socket_path.to_str().unwrap().to_owned();
-    let mut gw = Served::start_in(dir, &upstream.origin, "", &[("NOTIFY_SOCKET", socket.as_str())]);
-    let said = |notify: &std::os::unix::net::UnixDatagram| {
-        let mut buf = [0u8; 256];
-        let n = notify.recv(&mut buf).expect("a notification in time");
-        String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
-    };
-    assert_eq!(said(&notify), "READY=1");
+    let notify = Notify::bind(dir.path());
+    let mut gw = Served::start_in(dir, &upstream.origin, "", &[("NOTIFY_SOCKET", notify.path.as_str())]);
+    assert_eq!(notify.next(), "READY=1");
 
     let http = reqwest::Client::new();
     // Ready once the account's first credentials are in.
@@ -303,7 +317,7 @@ async fn sigterm_lets_a_download_finish_while_readyz_says_503() {
     };
     tokio::task::spawn_blocking(move || first_mib.recv_timeout(DEADLINE).expect("the download started")).await.unwrap();
     gw.signal("TERM");
-    assert_eq!(said(&notify), "STOPPING=1");
+    assert_eq!(notify.next(), "STOPPING=1");
     // A fresh client, as a load balancer's probe: readiness is gone, new work is turned away.
     // A connection that arrives as the drain begins may be closed before its first request
     // (idle connections close then), as a probe retries, this one does.
@@ -352,24 +366,15 @@ async fn the_drain_ends_at_its_limit_or_at_a_second_sigterm() {
     let http = reqwest::Client::new();
     for second_signal in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let socket_path = dir.path().join("notify.sock");
-        let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-        notify.set_read_timeout(Some(DEADLINE)).unwrap();
-        let socket = socket_path.to_str().unwrap().to_owned();
+        let notify = Notify::bind(dir.path());
         // Without a second signal, the drain ends at its 3 s limit; with one, it would last 10 min.
         let limit = if second_signal { "drain_timeout = 600" } else { "drain_timeout = 3" };
-        let mut gw = Served::start_in(dir, &upstream.origin, limit, &[("NOTIFY_SOCKET", socket.as_str())]);
+        let mut gw = Served::start_in(dir, &upstream.origin, limit, &[("NOTIFY_SOCKET", notify.path.as_str())]);
         let (url, token) = login(&http, &gw.url).await;
         put(&http, &format!("{url}/c/stalled"), &token, 256 * MIB, parts.clone()).await;
         let _stalled = stalled_download(&gw, &url, &token).await;
         gw.signal("TERM");
-        let mut buf = [0u8; 64];
-        loop {
-            let n = notify.recv(&mut buf).expect("STOPPING=1 in time");
-            if buf[..n].starts_with(b"STOPPING=1") {
-                break;
-            }
-        }
+        while notify.next() != "STOPPING=1" {}
         assert!(gw.exit_within(Duration::ZERO).is_none(), "the drain waits for the stalled download");
         if second_signal {
             gw.signal("TERM");

@@ -325,18 +325,52 @@ impl Failure {
 /// answers this instead (see `docs/proxy.md`).
 pub const INVALID_PATH: (StatusCode, &str) = (StatusCode::PRECONDITION_FAILED, "Invalid UTF8 or contains NULL");
 
-/// Whether the client's `Connection` field asks to keep the connection (and not to close it):
-/// Swift then says `Connection: keep-alive` in its answer, and so do both engines.
-pub fn asks_keep_alive(headers: &HeaderMap) -> bool {
-    let mut keep = false;
-    for option in headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
-        let option = option.trim_ascii();
-        if option.eq_ignore_ascii_case(b"close") {
-            return false;
+/// What `Connection` field values ask for: to close, to keep alive (which the answer repeats,
+/// as Swift's does), and whether they name anything else (fields to drop).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// `close` was named.
+    pub close: bool,
+    /// `keep-alive` was named.
+    pub keep_alive: bool,
+    /// Some other option was named.
+    pub others: bool,
+}
+
+impl ConnectionOptions {
+    /// These options with what the field value `value` names.
+    pub fn with(mut self, value: &[u8]) -> ConnectionOptions {
+        for option in value.split(|&b| b == b',') {
+            let option = option.trim_ascii();
+            if option.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !option.is_empty() {
+                self.others = true;
+            }
         }
-        keep |= option.eq_ignore_ascii_case(b"keep-alive");
+        self
     }
-    keep
+
+    /// These options, if they name nothing but `close` and `keep-alive` (the fast engine
+    /// leaves fields to drop to the hyper engine).
+    pub fn only_known(self) -> Option<ConnectionOptions> {
+        (!self.others).then_some(self)
+    }
+
+    /// Keep-alive asked for, and not close: Swift then says `Connection: keep-alive` in its
+    /// answer, and so do both engines.
+    pub fn keeps_alive(self) -> bool {
+        self.keep_alive && !self.close
+    }
+}
+
+/// Whether the client's `Connection` fields ask to keep the connection (see
+/// [`ConnectionOptions::keeps_alive`]).
+pub fn asks_keep_alive(headers: &HeaderMap) -> bool {
+    let values = headers.get_all(header::CONNECTION);
+    values.iter().fold(ConnectionOptions::default(), |o, v| o.with(v.as_bytes())).keeps_alive()
 }
 
 /// True unless `Transfer-Encoding` names a coding other than `chunked`. hyper takes

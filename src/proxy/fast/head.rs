@@ -43,7 +43,7 @@ impl FastPath<'_> {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut token = None;
         let mut storage_token = None;
-        let mut options = Options::default();
+        let mut options = ConnectionOptions::default();
         let mut length = None;
         let mut lower = [0u8; 32];
         let mut lines = Lines::new(buf);
@@ -68,7 +68,7 @@ impl FastPath<'_> {
                     }
                 }
                 Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
-                Some("connection") => match options.add(field.value) {
+                Some("connection") => match options.with(field.value).only_known() {
                     Some(o) => options = o,
                     None => return Look::Decline,
                 },
@@ -102,7 +102,7 @@ impl FastPath<'_> {
             push_field(out, name, value.as_bytes());
         });
         out.extend_from_slice(b"\r\n");
-        let (close, keep_alive) = (options.close, options.keep_alive && !options.close);
+        let (close, keep_alive) = (options.close, options.keeps_alive());
         Look::Take(Taken { head_len, head_request, upload, close, keep_alive, user, cached })
     }
 
@@ -163,7 +163,9 @@ impl FastPath<'_> {
                         continue;
                     }
                 }
-                Some("connection") => upstream_closes |= Options::default().add(field.value)?.close,
+                Some("connection") => {
+                    upstream_closes |= ConnectionOptions::default().with(field.value).only_known()?.close
+                }
                 Some("date") => dated = true,
                 Some("location" | "content-location") => {
                     if let Some(value) = visible_ascii(field.value).and_then(|v| self.policy.relocated(v, target)) {
@@ -196,6 +198,23 @@ impl FastPath<'_> {
     }
 }
 
+/// Whether a request with these fields asks to close its connection, if it has no body (a
+/// `Content-Length: 0` counts as none when `zero_length`) and its `Connection` field names
+/// nothing but `close` and `keep-alive`; `None` otherwise, for hyper to answer.
+fn bodiless(fields: &[httparse::Header<'_>], zero_length: bool) -> Option<bool> {
+    let mut close = false;
+    let mut lower = [0u8; 32];
+    for field in fields {
+        match policy::lowered(field.name, &mut lower) {
+            Some("content-length") if zero_length && content_length(field.value) == Some(0) => {}
+            Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return None,
+            Some("connection") => close |= ConnectionOptions::default().with(field.value).only_known()?.close,
+            _ => {}
+        }
+    }
+    Some(close)
+}
+
 /// A request for the gateway's own endpoints, if it has no body and its fields all make a
 /// `HeaderMap`.
 pub(super) fn own(
@@ -205,18 +224,9 @@ pub(super) fn own(
     method: &str,
     path: &str,
 ) -> Look {
+    let Some(close) = bodiless(fields, false) else { return Look::Decline };
     let mut headers = http::HeaderMap::with_capacity(fields.len());
-    let mut close = false;
-    let mut lower = [0u8; 32];
     for field in fields {
-        match policy::lowered(field.name, &mut lower) {
-            Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
-            Some("connection") => match Options::default().add(field.value) {
-                Some(o) => close |= o.close,
-                None => return Look::Decline,
-            },
-            _ => {}
-        }
         let (Ok(name), Ok(value)) =
             (http::HeaderName::from_bytes(field.name.as_bytes()), http::HeaderValue::from_bytes(field.value))
         else {
@@ -267,19 +277,7 @@ pub(super) fn invalid_path(buf: &[u8]) -> Look {
         Ok(httparse::Status::Partial) if buf.len() < crate::server::MAX_HEAD => return Look::Partial,
         _ => return Look::Decline,
     };
-    let mut close = false;
-    let mut lower = [0u8; 32];
-    for field in req.headers.iter() {
-        match policy::lowered(field.name, &mut lower) {
-            Some("content-length") if content_length(field.value) == Some(0) => {}
-            Some("content-length" | "transfer-encoding" | "expect" | "upgrade") => return Look::Decline,
-            Some("connection") => match Options::default().add(field.value) {
-                Some(o) => close |= o.close,
-                None => return Look::Decline,
-            },
-            _ => {}
-        }
-    }
+    let Some(close) = bodiless(req.headers, true) else { return Look::Decline };
     let Ok(method) = http::Method::from_bytes(method) else { return Look::Decline };
     Look::InvalidPath { head_len, method, target: String::from_utf8_lossy(target).into_owned(), close }
 }
@@ -375,32 +373,6 @@ pub(super) fn content_length(value: &[u8]) -> Option<u64> {
 /// takes it.
 pub(super) fn visible_ascii(value: &[u8]) -> Option<&str> {
     value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)).then(|| std::str::from_utf8(value).ok())?
-}
-
-/// What a `Connection` field asks for: to close, to keep alive (which the answer repeats, as
-/// Swift's does); `None` when it names anything else (fields to drop, which the fast path
-/// leaves to the proxy).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Options {
-    pub(super) close: bool,
-    pub(super) keep_alive: bool,
-}
-
-impl Options {
-    /// Adds what the `Connection` field `value` asks for; `None` as above.
-    pub(super) fn add(mut self, value: &[u8]) -> Option<Options> {
-        for option in value.split(|&b| b == b',') {
-            let option = option.trim_ascii();
-            if option.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if option.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if !option.is_empty() {
-                return None;
-            }
-        }
-        Some(self)
-    }
 }
 
 /// A request-target byte `http`'s URI parser takes as it is.

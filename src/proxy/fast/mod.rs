@@ -47,7 +47,7 @@ use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::policy::{self, Failure, Policy, Replay, Wait, TOKEN_MARGIN};
+use super::policy::{self, ConnectionOptions, Failure, Policy, Replay, Wait, TOKEN_MARGIN};
 use super::pool::Pools;
 use super::pool::Raw;
 use super::splice::{Broke, Pipe};
