@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use swiftgate::clock::SystemClock;
 use swiftgate::config::ResolvedUser;
-use swiftgate::front::{TokenIssuer, Users};
+use swiftgate::front::{TokenIssuer, TokenKeys, Users};
 use swiftgate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
 use swiftgate::proxy::{strip_request_headers, strip_response_headers, Target};
 use swiftgate::secret::Secret;
@@ -34,7 +34,7 @@ impl CredentialSource for Fixed {
 }
 
 fn hot(c: &mut Criterion) {
-    let issuer = TokenIssuer::new(Duration::from_secs(86400));
+    let issuer = TokenIssuer::new(Duration::from_secs(86400), TokenKeys::random(), vec!["alice".into()]);
     let (token, _) = issuer.issue(0, SystemTime::now());
     c.bench_function("gateway token verify", |b| b.iter(|| issuer.verify(black_box(&token), SystemTime::now())));
 

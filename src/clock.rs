@@ -55,6 +55,16 @@ pub fn unix_secs(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The instant `ms` milliseconds after the Unix epoch.
+pub fn from_unix_millis(ms: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 /// `at` rounded down to a whole second, as timestamps without a fraction carry it.
 pub fn whole_seconds(at: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(unix_secs(at))

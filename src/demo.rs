@@ -141,6 +141,7 @@ pub fn single_user_config(
         metrics: true,
         drain_timeout: crate::config::DRAIN_TIMEOUT,
         proxy: crate::config::ProxyConfig::default(),
+        store: crate::config::StoreConfig::default(),
         tls: None,
         hubic: Some(HubicConfig {
             api_base: api_base.to_owned(),

@@ -33,13 +33,65 @@ impl ProcessMac {
     fn random() -> Self {
         let mut key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
-        ProcessMac(Hmac::new_from_slice(&key).unwrap_or_else(|_| unreachable!("any key length")))
+        ProcessMac::keyed(&key)
+    }
+
+    fn keyed(key: &[u8]) -> Self {
+        ProcessMac(Hmac::new_from_slice(key).unwrap_or_else(|_| unreachable!("any key length")))
     }
 
     fn of(&self, data: &[u8]) -> [u8; 32] {
+        self.of_parts(&[data])
+    }
+
+    fn of_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = self.0.clone();
-        mac.update(data);
+        for part in parts {
+            mac.update(part);
+        }
         mac.finalize().into_bytes().into()
+    }
+}
+
+/// The keys gateway tokens are sealed with: the first seals, every one is accepted.
+#[derive(Clone)]
+pub struct TokenKeys(Vec<ProcessMac>);
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenKeys({} keys)", self.0.len())
+    }
+}
+
+/// Shortest key a token key file may hold, in bytes (`openssl rand -hex 32` writes 64).
+const MIN_TOKEN_KEY: usize = 32;
+
+impl TokenKeys {
+    /// A key of this process's own: its tokens are accepted by no other process.
+    pub fn random() -> Self {
+        TokenKeys(vec![ProcessMac::random()])
+    }
+
+    /// The keys of a token key file: the current key on the first line, and optionally the
+    /// previous one on the second, accepted while a rotation runs. Blank lines and lines
+    /// starting with `#` are skipped. The error never holds a key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let keys: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        match keys.len() {
+            0 => return Err("holds no key (write one with `openssl rand -hex 32`)".into()),
+            1 | 2 => {}
+            n => return Err(format!("holds {n} keys; at most two (the current one, then the previous one)")),
+        }
+        if let Some(n) = keys.iter().position(|k| k.len() < MIN_TOKEN_KEY) {
+            return Err(format!("key on line {} of the keys is shorter than {MIN_TOKEN_KEY} characters", n + 1));
+        }
+        Ok(TokenKeys(keys.iter().map(|k| ProcessMac::keyed(k.as_bytes())).collect()))
+    }
+
+    /// The keys in `path`, as [`TokenKeys::parse`] reads them.
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        TokenKeys::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -235,11 +287,16 @@ impl Users {
     }
 }
 
-/// Gateway-issued tokens. Sealed (HMAC-SHA256 under a per-process random key) rather than
-/// looked up, so checking one on the streaming path takes no lock; a restart invalidates them
-/// all, and clients re-authenticate on the resulting 401.
+/// Gateway-issued tokens. Sealed (HMAC-SHA256) rather than looked up, so checking one on the
+/// streaming path takes no lock. The seal covers the user's name as well as its index, so a
+/// token is refused by an instance whose configuration lists that user elsewhere or not at
+/// all. Under a per-process random key a restart invalidates them all, and clients
+/// re-authenticate on the resulting 401; under a shared key ([`TokenKeys::read`]) every
+/// instance accepts every other's.
 pub struct TokenIssuer {
-    mac: ProcessMac,
+    keys: TokenKeys,
+    /// user index → name, sealed with the token.
+    names: Vec<String>,
     ttl: Duration,
     /// user index → the token last issued and its expiry; auth path only, short sections.
     current: Mutex<HashMap<usize, (String, SystemTime)>>,
@@ -252,18 +309,20 @@ impl std::fmt::Debug for TokenIssuer {
 }
 
 const TOKEN_PREFIX: &str = "SG1_";
+/// The payload's first byte: 2 since the seal covers the user's name.
+const TOKEN_VERSION: u8 = 2;
 /// version, user (u32), expiry (u64 Unix seconds), 16 random bytes.
 const PAYLOAD_LEN: usize = 1 + 4 + 8 + 16;
 const SEALED_LEN: usize = PAYLOAD_LEN + 32;
 
 impl TokenIssuer {
-    /// Tokens that live `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        TokenIssuer { mac: ProcessMac::random(), ttl, current: Mutex::new(HashMap::new()) }
+    /// Tokens that live `ttl`, sealed with `keys`, for the users named in `names` (by index).
+    pub fn new(ttl: Duration, keys: TokenKeys, names: Vec<String>) -> Self {
+        TokenIssuer { keys, names, ttl, current: Mutex::new(HashMap::new()) }
     }
 
-    fn seal(&self, payload: &[u8; PAYLOAD_LEN]) -> [u8; 32] {
-        self.mac.of(payload)
+    fn seal_with(mac: &ProcessMac, payload: &[u8; PAYLOAD_LEN], name: &str) -> [u8; 32] {
+        mac.of_parts(&[payload, name.as_bytes()])
     }
 
     /// The user's token: the current one while more than a tenth of its life (at most five
@@ -279,13 +338,14 @@ impl TokenIssuer {
         let expires = crate::clock::whole_seconds(now + self.ttl);
         let secs = crate::clock::unix_secs(expires);
         let mut payload = [0u8; PAYLOAD_LEN];
-        payload[0] = 1;
+        payload[0] = TOKEN_VERSION;
         payload[1..5].copy_from_slice(&(user as u32).to_be_bytes());
         payload[5..13].copy_from_slice(&secs.to_be_bytes());
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut payload[13..]);
         let mut sealed = [0u8; SEALED_LEN];
         sealed[..PAYLOAD_LEN].copy_from_slice(&payload);
-        sealed[PAYLOAD_LEN..].copy_from_slice(&self.seal(&payload));
+        let name = self.names.get(user).map_or("", String::as_str);
+        sealed[PAYLOAD_LEN..].copy_from_slice(&Self::seal_with(&self.keys.0[0], &payload, name));
         let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed));
         current.insert(user, (token.clone(), expires));
         (token, expires)
@@ -300,12 +360,16 @@ impl TokenIssuer {
             return None;
         }
         let payload: [u8; PAYLOAD_LEN] = buf[..PAYLOAD_LEN].try_into().ok()?;
-        if !bool::from(self.seal(&payload).ct_eq(&buf[PAYLOAD_LEN..SEALED_LEN])) || payload[0] != 1 {
+        let user = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]) as usize;
+        let name = self.names.get(user)?;
+        let sealed = &buf[PAYLOAD_LEN..SEALED_LEN];
+        let genuine = self.keys.0.iter().any(|mac| bool::from(Self::seal_with(mac, &payload, name).ct_eq(sealed)));
+        if !genuine || payload[0] != TOKEN_VERSION {
             return None;
         }
         let expires = u64::from_be_bytes(payload[5..13].try_into().ok()?);
         let now = crate::clock::unix_secs(now);
-        (now < expires).then(|| u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]) as usize)
+        (now < expires).then_some(user)
     }
 }
 
@@ -616,9 +680,41 @@ mod tests {
         assert_eq!(v1_credentials(&h), Some(("au", "ak")));
     }
 
+    fn issuer_for(keys: TokenKeys, names: &[&str]) -> TokenIssuer {
+        TokenIssuer::new(Duration::from_secs(3600), keys, names.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn a_shared_key_file_seals_for_every_instance_and_rotates() {
+        let old = "0".repeat(64);
+        let new = "1".repeat(64);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let names = ["alice", "bob"];
+        let before = issuer_for(TokenKeys::parse(&old).unwrap(), &names);
+        let (token, _) = before.issue(1, t0);
+        // Another instance with the same file accepts it; one mid-rotation (new key first, the
+        // old one second) too, and its own tokens are sealed with the new key.
+        assert_eq!(issuer_for(TokenKeys::parse(&old).unwrap(), &names).verify(&token, t0), Some(1));
+        let rotating = issuer_for(TokenKeys::parse(&format!("# rotated\n{new}\n\n{old}\n")).unwrap(), &names);
+        assert_eq!(rotating.verify(&token, t0), Some(1));
+        let (fresh, _) = rotating.issue(0, t0);
+        assert_eq!(before.verify(&fresh, t0), None, "sealed with the new key");
+        assert_eq!(issuer_for(TokenKeys::parse(&new).unwrap(), &names).verify(&fresh, t0), Some(0));
+        assert_eq!(issuer_for(TokenKeys::parse(&new).unwrap(), &names).verify(&token, t0), None, "old key dropped");
+        // The seal covers the name: a configuration listing other users at that index refuses it.
+        assert_eq!(issuer_for(TokenKeys::parse(&old).unwrap(), &["alice", "mallory"]).verify(&token, t0), None);
+        assert_eq!(issuer_for(TokenKeys::parse(&old).unwrap(), &["alice"]).verify(&token, t0), None);
+        // Files that cannot be right are refused, without the key in the message.
+        for (text, says) in [("", "no key"), ("short", "shorter"), (&format!("{old}\n{new}\n{old}"), "at most two")] {
+            let e = TokenKeys::parse(text).unwrap_err();
+            assert!(e.contains(says) && !e.contains(&old), "{e}");
+        }
+        assert!(!format!("{:?}", TokenKeys::parse(&old).unwrap()).contains(&old));
+    }
+
     #[test]
     fn gateway_tokens_are_sealed_reused_and_expire() {
-        let issuer = TokenIssuer::new(Duration::from_secs(3600));
+        let issuer = issuer_for(TokenKeys::random(), &["a", "b", "c", "d"]);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let (token, expires) = issuer.issue(3, t0);
         assert_eq!(expires, t0 + Duration::from_secs(3600));
@@ -633,7 +729,7 @@ mod tests {
         let last = bytes.len() - 5;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         assert_eq!(issuer.verify(std::str::from_utf8(&bytes).unwrap(), t0), None);
-        assert_eq!(TokenIssuer::new(Duration::from_secs(3600)).verify(&token, t0), None);
+        assert_eq!(issuer_for(TokenKeys::random(), &["a", "b", "c", "d"]).verify(&token, t0), None);
         for bad in ["", "SG1_", "SG1_!!!!", "AUTH_tk123", &token[..token.len() - 1]] {
             assert_eq!(issuer.verify(bad, t0), None, "{bad}");
         }

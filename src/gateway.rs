@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::clock::Clock;
 use crate::config::AccountConfig;
-use crate::config::{Config, ConfigError, Mode};
-use crate::front::{self, Issue, TokenIssuer, UpstreamCheck, Users};
+use crate::config::{Config, ConfigError, Mode, StoreKind};
+use crate::front::{self, Issue, TokenIssuer, TokenKeys, UpstreamCheck, Users};
 use crate::metrics::{Kind, Metrics};
 use crate::ops::{self, Readiness};
 use crate::provider::fixed::FixedAccount;
@@ -25,7 +25,7 @@ use crate::proxy::Proxy;
 use crate::register::{outcome_page, Registrar};
 use crate::secret::Secret;
 use crate::server::Handler;
-use crate::store::{FileStore, GrantStore, StoreError};
+use crate::store::{FileStore, GrantStore, RedisStore, StoreError};
 use crate::tokens::{RenewPolicy, TokenManager};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -134,7 +134,14 @@ impl Gateway {
     /// the registrar when there are HubiC accounts.
     pub fn new(config: &Config, clock: Arc<dyn Clock>, policy: RenewPolicy) -> Result<Arc<Gateway>, BuildError> {
         let users = config.resolved_users()?;
-        let store: Arc<dyn GrantStore> = Arc::new(FileStore::open(&config.state_dir)?);
+        let shared = match config.store.kind {
+            StoreKind::File => None,
+            StoreKind::Redis => Some(Arc::new(RedisStore::open(&config.store, &config.state_dir)?)),
+        };
+        let store: Arc<dyn GrantStore> = match &shared {
+            Some(redis) => redis.clone(),
+            None => Arc::new(FileStore::open(&config.state_dir)?),
+        };
         let http = provider::auth_client(config.proxy.upstream_ca_file.as_deref())?;
         let accounts = config.resolved_accounts();
         let hubic_accounts: Vec<String> =
@@ -166,20 +173,36 @@ impl Gateway {
             };
             sources.push((account.name().to_owned(), source));
         }
-        let tokens = Arc::new(TokenManager::new(sources, clock, policy));
+        let tokens = TokenManager::new(sources, clock, policy);
+        let tokens = Arc::new(match &shared {
+            Some(redis) => tokens.share_through(redis.clone()),
+            None => tokens,
+        });
         let public_url = config.public_url();
         let check = UpstreamCheck::new(http);
         let registrar = match (hubic, &config.hubic) {
-            (Some(client), Some(settings)) => {
-                Some(Registrar::new(client, store, tokens.clone(), &public_url, &settings.scope, hubic_accounts))
-            }
+            (Some(client), Some(settings)) => Some(Registrar::new(
+                client,
+                store,
+                tokens.clone(),
+                &public_url,
+                &settings.scope,
+                hubic_accounts,
+                shared,
+            )),
             _ => None,
         };
         let proxy = match config.mode {
             Mode::Proxy => Some(Proxy::new(config.proxy.settings(), &public_url, config.worker_count())?),
             Mode::Redirect => None,
         };
-        let issuer = TokenIssuer::new(Duration::from_secs(config.proxy.token_ttl));
+        let keys = match &config.proxy.token_key_file {
+            Some(path) => TokenKeys::read(path)
+                .map_err(|message| ConfigError::Invalid { key: "proxy.token_key_file".into(), message })?,
+            None => TokenKeys::random(),
+        };
+        let names = users.iter().map(|u| u.name.clone()).collect();
+        let issuer = TokenIssuer::new(Duration::from_secs(config.proxy.token_ttl), keys, names);
         Ok(Arc::new(Gateway {
             users: Users::new(&users),
             tokens,
@@ -209,6 +232,26 @@ impl Gateway {
     /// Where the gateway is in its life, for `/readyz`.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    /// The store's line of `/readyz`: which store, and whether it answers. A shared store that
+    /// does not answer leaves the instance ready: it serves with what it holds.
+    pub fn store_line(&self) -> String {
+        let Some(shared) = self.tokens.shared() else { return "store file: this instance's own".into() };
+        let (up, since) = shared.health();
+        let mut line = match (up, since) {
+            (true, _) => format!("store {}: reachable", shared.place()),
+            (false, since) => format!(
+                "store {}: unreachable for {} s; serving with the credentials held here, renewing alone",
+                shared.place(),
+                since.and_then(|t| t.elapsed().ok()).unwrap_or_default().as_secs()
+            ),
+        };
+        let spooled = shared.unwritten();
+        if !spooled.is_empty() {
+            line.push_str(&format!("; grants of {} spooled here until it answers", spooled.join(", ")));
+        }
+        line
     }
 
     /// The token manager (the proxy and tests ask it for credentials).
@@ -272,7 +315,10 @@ impl Gateway {
             Ok((_, account)) => account,
             Err(resp) => return resp,
         };
-        let (_, url, cookie) = registrar.begin_in_browser(&account);
+        let (_, url, cookie) = match registrar.begin_in_browser(&account).await {
+            Ok(begun) => begun,
+            Err(e) => return crate::register::outcome_page(&Err(e)),
+        };
         let mut resp = body::redirect(&url);
         let secure = if self.public_url.starts_with("https://") { "; Secure" } else { "" };
         // The path the browser comes back to: under public_url's own path, if it has one.
@@ -334,7 +380,9 @@ impl Gateway {
         }
         match (endpoint, req.method()) {
             (Endpoint::Health, &Method::GET | &Method::HEAD) => ops::healthz(),
-            (Endpoint::Ready, &Method::GET | &Method::HEAD) => ops::readyz(&self.readiness, &self.tokens.figures()),
+            (Endpoint::Ready, &Method::GET | &Method::HEAD) => {
+                ops::readyz(&self.readiness, &self.store_line(), &self.tokens.figures())
+            }
             (Endpoint::Metrics, &Method::GET | &Method::HEAD) if self.serve_metrics => {
                 ops::metrics(req.headers(), &self.metrics, self.tokens.figures())
             }

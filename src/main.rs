@@ -24,6 +24,10 @@ const STORE_WATCH: Duration = Duration::from_secs(10);
 /// How often `serve` looks at the TLS certificate and key for a new pair.
 const CERT_WATCH: Duration = Duration::from_secs(2);
 
+/// How often a shared store is pinged (spooled grants are written once it answers), and its
+/// grants checked for registrations another instance completed.
+const SHARED_WATCH: Duration = Duration::from_secs(1);
+
 #[derive(Parser)]
 #[command(
     name = "swiftgate",
@@ -71,6 +75,21 @@ enum Command {
         /// Do not listen for the callback; only accept the pasted redirect URL.
         #[arg(long)]
         no_listen: bool,
+    },
+    /// Copy every grant from one store to the other: `--from file --to redis` moves an
+    /// instance's grants to the shared store, `--from redis --to file` back. The file store is
+    /// the config's `state_dir`; the Redis store its `[store]` table. A grant already there and
+    /// newer is kept.
+    StoreCopy {
+        /// Configuration file (TOML) with a `[store]` table of kind `redis`.
+        #[arg(long)]
+        config: PathBuf,
+        /// `file` or `redis`.
+        #[arg(long, value_parser = ["file", "redis"])]
+        from: String,
+        /// `redis` or `file`.
+        #[arg(long, value_parser = ["file", "redis"])]
+        to: String,
     },
     /// Run the HubiC emulator.
     #[cfg(feature = "emulator")]
@@ -201,6 +220,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Register { config, user, login, no_listen } => register(load(&config)?, &user, login, no_listen).await,
+        Command::StoreCopy { config, from, to } => store_copy(load(&config)?, &from, &to).await,
         #[cfg(feature = "emulator")]
         Command::Emulate { listen, emulator, apps, users, data_dir, max_file_size, min_post_delay } => {
             let mut app_specs = Vec::new();
@@ -353,13 +373,16 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     });
     if gateway.registrar().is_some() {
         let watched = gateway.clone();
+        // A registration another instance completed is taken up within the shared period.
+        let every = if gateway.tokens().shared().is_some() { SHARED_WATCH } else { STORE_WATCH };
         tokio::spawn(async move {
             if let Some(registrar) = watched.registrar() {
-                registrar.watch_store(STORE_WATCH).await;
+                registrar.watch_store(every).await;
             }
         });
     }
     tokio::spawn(gateway.tokens().clone().watch_sources(STORE_WATCH));
+    tokio::spawn(gateway.tokens().clone().keep_shared(SHARED_WATCH));
     // SIGHUP (`systemctl reload`) reloads the certificate; without TLS it is logged and
     // ignored, never the end of the process.
     let hangups = server::hangups();
@@ -417,6 +440,51 @@ fn read_secret(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// `swiftgate store-copy`: each grant of one store written to the other, then read back.
+async fn store_copy(config: Config, from: &str, to: &str) -> anyhow::Result<()> {
+    use swiftgate::store::{FileStore, GrantStore, RedisStore};
+    if from == to {
+        bail!("--from and --to name the same store");
+    }
+    if config.store.kind != swiftgate::config::StoreKind::Redis {
+        bail!("the configuration's [store] is not of kind \"redis\": there is nothing to copy to or from");
+    }
+    let files = FileStore::open(&config.state_dir)?;
+    let redis = RedisStore::open(&config.store, &config.state_dir)?;
+    redis.ping().await.with_context(|| format!("the Redis store at {}", redis.place()))?;
+    let accounts = match from {
+        "file" => files.accounts()?,
+        _ => redis.accounts().await?,
+    };
+    let (mut copied, mut kept) = (0, 0);
+    for account in &accounts {
+        let source: &dyn GrantStore = if from == "file" { &files } else { &redis };
+        let Some(grant) = source.load(account).await? else { continue };
+        let written = match to {
+            "redis" => redis.put_grant(account, &grant).await?,
+            _ => match files.load(account).await? {
+                Some(there) if there.registered_at > grant.registered_at => false,
+                _ => files.save(account, &grant).await.map(|()| true)?,
+            },
+        };
+        let target: &dyn GrantStore = if to == "file" { &files } else { &redis };
+        let back = target.load(account).await?;
+        match written {
+            true if back.as_ref() == Some(&grant) => {
+                copied += 1;
+                println!("{account}: copied");
+            }
+            true => bail!("{account}: written, but not read back the same"),
+            false => {
+                kept += 1;
+                println!("{account}: kept the newer grant already in the {to} store");
+            }
+        }
+    }
+    println!("{copied} copied, {kept} kept, from the {from} store to the {to} store");
+    Ok(())
+}
+
 async fn register(config: Config, user: &str, login: Option<String>, no_listen: bool) -> anyhow::Result<()> {
     let users = config.resolved_users()?;
     let account = users
@@ -436,7 +504,7 @@ async fn register(config: Config, user: &str, login: Option<String>, no_listen: 
         return Ok(());
     }
     let mut done = registrar.subscribe();
-    let (_, url) = registrar.begin(&account);
+    let (_, url) = registrar.begin(&account).await?;
     println!("Open this URL in a browser and authorise the application:\n\n  {url}\n");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = if no_listen {

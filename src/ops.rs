@@ -44,16 +44,17 @@ impl Readiness {
     }
 }
 
-/// `GET /readyz`: `200` once the gateway serves, `503` while it starts or drains, with a line
-/// per account saying whether it holds an upstream token. An account whose upstream is down
-/// does not make the gateway unready: every instance would then be unready at once.
-pub fn readyz(readiness: &Readiness, accounts: &[AccountFigures]) -> Response<Body> {
+/// `GET /readyz`: `200` once the gateway serves, `503` while it starts or drains, with the
+/// store's line and a line per account saying whether it holds an upstream token. An account
+/// whose upstream is down, or a shared store that is, does not make the gateway unready: every
+/// instance would then be unready at once.
+pub fn readyz(readiness: &Readiness, store: &str, accounts: &[AccountFigures]) -> Response<Body> {
     let (status, first) = match readiness.0.load(Ordering::Acquire) {
         READY => (StatusCode::OK, "ready"),
         DRAINING => (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "starting: first upstream credentials not fetched yet"),
     };
-    let mut text = format!("{first}\n");
+    let mut text = format!("{first}\n{store}\n");
     for account in accounts {
         let state = match (account.expires_in, account.failing) {
             (Some(left), false) if !left.is_zero() => format!("token held, expires in {} s", left.as_secs()),

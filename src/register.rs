@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::provider::hubic::HubicClient;
 use crate::provider::ProviderError;
 use crate::secret::{random_hex, Secret};
-use crate::store::{Grant, GrantStore, StoreError};
+use crate::store::{Grant, GrantStore, RedisStore, StoreError};
 use crate::tokens::TokenManager;
 
 /// How long a `state` handed to HubiC stays valid.
@@ -55,6 +55,10 @@ pub enum RegisterError {
     /// Exchanging the code failed.
     #[error("exchanging the authorization code failed: {0}")]
     Exchange(#[from] ProviderError),
+    /// Registration states live in the shared store, which cannot be reached: nothing was
+    /// started or consumed.
+    #[error("registration is unavailable while the gateway's shared store cannot be reached ({0}); try again shortly")]
+    StoreDown(StoreError),
     /// The refresh token could not be saved.
     #[error("saving the refresh token failed: {0}")]
     Store(#[from] StoreError),
@@ -92,8 +96,10 @@ pub struct Registrar {
     clock: Arc<dyn Clock>,
     redirect_uri: String,
     scope: String,
-    /// state → pending registration; short critical sections only.
+    /// state → pending registration; short critical sections only. Unused with a shared
+    /// store, which keeps them instead so that any instance can take the callback.
     pending: Mutex<HashMap<String, Pending>>,
+    shared: Option<Arc<RedisStore>>,
     /// Registrations started so far.
     started: std::sync::atomic::AtomicU64,
     /// Announces each account whose registration completed.
@@ -122,6 +128,7 @@ impl Registrar {
         public_url: &str,
         scope: &str,
         accounts: Vec<String>,
+        shared: Option<Arc<RedisStore>>,
     ) -> Self {
         let clock = tokens.clock().clone();
         Registrar {
@@ -132,6 +139,7 @@ impl Registrar {
             redirect_uri: format!("{public_url}/callback"),
             scope: scope.to_owned(),
             pending: Mutex::new(HashMap::new()),
+            shared,
             started: std::sync::atomic::AtomicU64::new(0),
             done: tokio::sync::broadcast::channel(16).0,
             seen: Arc::default(),
@@ -181,20 +189,33 @@ impl Registrar {
     }
 
     /// Starts a registration of `account`: a single-use state, and the URL to send the user to.
-    pub fn begin(&self, account: &str) -> (String, String) {
-        self.begin_bound(account, None)
+    pub async fn begin(&self, account: &str) -> Result<(String, String), RegisterError> {
+        self.begin_bound(account, None).await
     }
 
     /// Starts a browser registration: also returns the cookie value the browser must bring
     /// back to `/callback`.
-    pub fn begin_in_browser(&self, account: &str) -> (String, String, String) {
+    pub async fn begin_in_browser(&self, account: &str) -> Result<(String, String, String), RegisterError> {
         let cookie = random_hex(16);
-        let (state, url) = self.begin_bound(account, Some(Secret::new(cookie.clone())));
-        (state, url, cookie)
+        let (state, url) = self.begin_bound(account, Some(Secret::new(cookie.clone()))).await?;
+        Ok((state, url, cookie))
     }
 
-    fn begin_bound(&self, account: &str, browser: Option<Secret>) -> (String, String) {
+    async fn begin_bound(&self, account: &str, browser: Option<Secret>) -> Result<(String, String), RegisterError> {
         let state = random_hex(16);
+        if let Some(shared) = &self.shared {
+            shared
+                .begin_state(&state, account, browser.as_ref(), STATE_TTL, PENDING_PER_ACCOUNT)
+                .await
+                .map_err(RegisterError::StoreDown)?;
+        } else {
+            self.begin_here(&state, account, browser);
+        }
+        let url = self.client.authorize_url(&self.redirect_uri, &self.scope, &state);
+        Ok((state, url))
+    }
+
+    fn begin_here(&self, state: &str, account: &str, browser: Option<Secret>) {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, p| p.expires > now);
@@ -207,14 +228,28 @@ impl Registrar {
             }
         }
         let started = self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        pending
-            .insert(state.clone(), Pending { account: account.to_owned(), expires: now + STATE_TTL, started, browser });
-        drop(pending);
-        let url = self.client.authorize_url(&self.redirect_uri, &self.scope, &state);
-        (state, url)
+        pending.insert(
+            state.to_owned(),
+            Pending { account: account.to_owned(), expires: now + STATE_TTL, started, browser },
+        );
     }
 
-    fn take_state(&self, state: &str, browser: Option<&str>) -> Result<String, RegisterError> {
+    async fn take_state(&self, state: &str, browser: Option<&str>) -> Result<String, RegisterError> {
+        let Some(shared) = &self.shared else { return self.take_state_here(state, browser) };
+        let check = |bound: Option<&str>| match bound {
+            Some(want) if browser.is_none_or(|got| Secret::new(got) != Secret::new(want)) => {
+                Err(RegisterError::OtherBrowser)
+            }
+            _ => Ok(()),
+        };
+        match shared.take_state(state, check).await.map_err(RegisterError::StoreDown)? {
+            Ok(Some(account)) => Ok(account),
+            Ok(None) => Err(RegisterError::BadState),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take_state_here(&self, state: &str, browser: Option<&str>) -> Result<String, RegisterError> {
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let p = pending.get(state).filter(|p| p.expires > now).ok_or(RegisterError::BadState)?;
@@ -235,7 +270,10 @@ impl Registrar {
         // refused consent, a redirect_uri HubiC does not accept): the user sees HubiC's reason,
         // whatever state there is or is not.
         if let Some(error) = get("error") {
-            let known = get("state").is_some_and(|state| self.take_state(state, browser).is_ok());
+            let known = match get("state") {
+                Some(state) => self.take_state(state, browser).await.is_ok(),
+                None => false,
+            };
             // Anyone can send a browser here with any text: without a state of ours, only
             // HubiC's own error codes and wording are shown.
             let description = get("error_description").unwrap_or("");
@@ -253,7 +291,7 @@ impl Registrar {
             return Err(RegisterError::Denied { error: error.to_owned(), description: description.to_owned() });
         }
         // The state is consumed first, whatever the outcome, so a link works once.
-        let account = self.take_state(get("state").ok_or(RegisterError::BadState)?, browser)?;
+        let account = self.take_state(get("state").ok_or(RegisterError::BadState)?, browser).await?;
         let code = get("code").filter(|c| !c.is_empty()).ok_or(RegisterError::MissingCode)?;
         let scope = get("scope").unwrap_or(&self.scope).to_owned();
         self.finish(&account, code, scope).await?;
@@ -264,6 +302,7 @@ impl Registrar {
     /// refresh token it has revoked the account's previous one, so the new one must reach the
     /// store even if the browser that brought the code goes away meanwhile.
     async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
+        let shared = self.shared.clone();
         let (client, store, tokens, clock, done, seen) = (
             self.client.clone(),
             self.store.clone(),
@@ -280,6 +319,10 @@ impl Registrar {
             let mut seen = seen.lock().await;
             store.save(&account, &Grant { refresh_token: refresh_token.clone(), scope, registered_at }).await?;
             tokens.reset(&account);
+            // The credentials other instances shared came from the previous grant.
+            if let Some(shared) = shared {
+                let _ = shared.drop_credentials(&account).await;
+            }
             // Written here and reset already: the store's watch need not do it again.
             seen.insert(account.clone(), Some(refresh_token));
             drop(seen);
@@ -293,13 +336,13 @@ impl Registrar {
     /// Registers `account` without a browser: fetches HubiC's consent page, posts the login
     /// form with `login` and `password`, and exchanges the code it is redirected with.
     pub async fn autoregister(&self, account: &str, login: &str, password: &Secret) -> Result<(), RegisterError> {
-        let (state, url) = self.begin(account);
+        let (state, url) = self.begin(account).await?;
         let http = self.client.http();
         let page = http.get(&url).send().await.map_err(|e| RegisterError::UnexpectedPage(transport(e)))?;
         let status = page.status();
         if status.is_redirection() {
             let location = page.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let _ = self.take_state(&state, None);
+            let _ = self.take_state(&state, None).await;
             return Err(redirect_error(location).unwrap_or_else(|| {
                 RegisterError::UnexpectedPage(format!("consent page answered {status} to {location:?}"))
             }));
@@ -334,12 +377,12 @@ impl Registrar {
             let completed = self.complete(query, None).await.map(|_| ());
             if completed.is_err() {
                 // An error redirect carries no state to consume.
-                let _ = self.take_state(&state, None);
+                let _ = self.take_state(&state, None).await;
             }
             return completed;
         }
         let text = resp.text().await.unwrap_or_default();
-        let _ = self.take_state(&state, None);
+        let _ = self.take_state(&state, None).await;
         if status == StatusCode::OK {
             if let Some(message) = scrape_error(&text) {
                 return Err(RegisterError::LoginFailed(message));
@@ -388,6 +431,7 @@ pub fn outcome_page(result: &Result<String, RegisterError>) -> Response<Body> {
         Err(e) => {
             let status = match e {
                 RegisterError::BadState | RegisterError::OtherBrowser | RegisterError::MissingCode | RegisterError::Denied { .. } | RegisterError::LoginFailed(_) => StatusCode::BAD_REQUEST,
+                RegisterError::StoreDown(_) | RegisterError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 RegisterError::Exchange(p) if !p.is_transient() => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::BAD_GATEWAY,
             };

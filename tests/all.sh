@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests drive (python-swiftclient, rclone, duplicity, restic,
-# a real OpenStack Swift and memcached, a real OpenStack Keystone served by uwsgi, all Debian
-# packages; idempotent and quiet), runs the cargo test suite with those clients required, then
+# a real OpenStack Swift and memcached, a real OpenStack Keystone served by uwsgi, Redis and nginx
+# for the several-instance test, all Debian packages; idempotent and quiet), runs the cargo test suite with those clients required, then
 # the real-Swift compatibility suite and Swift's own functional tests (tests/compat). This is the
 # README's test command and what CI runs. `bash tests/all.sh --install-only` stops after the
 # install step.
@@ -23,7 +23,8 @@ for pair in swift:python3-swiftclient rclone:rclone duplicity:duplicity restic:r
             uwsgi-core:uwsgi-core uwsgi_python3:uwsgi-plugin-python3 \
             /usr/lib/python3/dist-packages/pytest:python3-pytest /usr/lib/python3/dist-packages/mock:python3-mock \
             /usr/lib/python3/dist-packages/pip:python3-pip \
-            promtool:prometheus systemd-analyze:systemd openssl:openssl; do
+            promtool:prometheus systemd-analyze:systemd openssl:openssl \
+            redis-server:redis-server /usr/sbin/nginx:nginx-light; do
   check=${pair%%:*} pkg=${pair##*:}
   if [ "${check#/}" != "$check" ]; then [ -e "$check" ] && continue; else command -v "$check" >/dev/null 2>&1 && continue; fi
   case " ${need_apt[*]-} " in *" $pkg "*) ;; *) need_apt+=("$pkg") ;; esac

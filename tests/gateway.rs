@@ -49,7 +49,7 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     let (status, page) = get("code=123&state=nope").await;
     assert_eq!(status, 400);
     assert!(page.contains("unknown, already used or expired"), "{page}");
-    let (state, _) = stack.gw.gateway.registrar().unwrap().begin("alice");
+    let (state, _) = stack.gw.gateway.registrar().unwrap().begin("alice").await.unwrap();
     let (status, page) =
         get(&format!("state={state}&error=access_denied&error_description=%3Cb%3Euser+refused%3C%2Fb%3E")).await;
     assert_eq!(status, 400);
@@ -68,7 +68,10 @@ async fn callback_refuses_unknown_reused_and_error_states() {
     assert!(!page.contains("script") && page.contains("please retry"), "{page}");
     // One account's pending registrations are capped: one more forgets the oldest.
     let cap = swiftgate::register::PENDING_PER_ACCOUNT;
-    let states: Vec<String> = (0..=cap).map(|_| stack.gw.gateway.registrar().unwrap().begin("alice").0).collect();
+    let mut states = Vec::new();
+    for _ in 0..=cap {
+        states.push(stack.gw.gateway.registrar().unwrap().begin("alice").await.unwrap().0);
+    }
     let (_, page) = get(&format!("state={}&code=1", states[0])).await;
     assert!(page.contains("unknown, already used or expired"), "the oldest is forgotten: {page}");
     for state in &states[1..] {
@@ -128,6 +131,7 @@ async fn autoregister_reports_a_page_it_does_not_recognise() {
         &stack.gw.url,
         "credentials.r",
         vec!["alice".to_owned()],
+        None,
     );
     let err = registrar.autoregister("alice", LOGIN, &swiftgate::secret::Secret::new(PASSWORD)).await.unwrap_err();
     assert!(err.to_string().contains("has no hidden `oauth` input"), "{err}");

@@ -110,6 +110,10 @@ pub struct ProxyConfig {
     /// Whether the fast engine (`src/proxy/fast.rs`) takes the storage requests it can; with
     /// `false`, hyper's engine serves every request (also `SWIFTGATE_FAST_PATH`).
     pub fast_path: bool,
+    /// The keys that seal gateway tokens, shared by every instance that must accept another's
+    /// tokens: the first line seals, and a second (the previous key, during a rotation) is
+    /// also accepted. Without it each process draws a key of its own.
+    pub token_key_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -123,6 +127,7 @@ impl Default for ProxyConfig {
             idle_timeout: d.idle_timeout.as_secs(),
             upstream_ca_file: None,
             fast_path: d.fast_path,
+            token_key_file: None,
         }
     }
 }
@@ -184,6 +189,9 @@ pub struct Config {
     /// Proxy-mode settings.
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Where grants and the state instances share are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// TLS certificate and key; plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -196,6 +204,55 @@ pub struct Config {
     /// Gateway users.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+}
+
+/// Which store keeps grants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// One file per account under `state_dir`, for one instance.
+    #[default]
+    File,
+    /// Redis or Valkey, shared by several instances.
+    Redis,
+}
+
+/// The `[store]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `file` (the default) or `redis`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// For `redis`: `redis://host:port/db`, `rediss://…` (TLS) or `unix:///path`. Kept as a
+    /// secret, since it may carry a password.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// A file holding the Redis password (instead of one in the URL).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) for a `rediss://` server.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key the gateway writes, so several deployments can share a database.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::File,
+            url: None,
+            password_file: None,
+            ca_file: None,
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
+fn default_key_prefix() -> String {
+    "swiftgate:".into()
 }
 
 /// TLS files (PEM).
@@ -423,6 +480,10 @@ impl Config {
                 _ => return Err(invalid("SWIFTGATE_ACCESS_LOG", "must be true or false")),
             };
         }
+        if let Some(v) = env("SWIFTGATE_STORE_URL") {
+            self.store.kind = StoreKind::Redis;
+            self.store.url = Some(Secret::new(v));
+        }
         if let Some(v) = env("SWIFTGATE_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
         }
@@ -478,9 +539,13 @@ impl Config {
             };
             files.into_iter().flatten().for_each(fix);
         }
-        if let Some(f) = &mut self.proxy.upstream_ca_file {
-            fix(f);
-        }
+        let files = [
+            self.proxy.upstream_ca_file.as_mut(),
+            self.proxy.token_key_file.as_mut(),
+            self.store.password_file.as_mut(),
+            self.store.ca_file.as_mut(),
+        ];
+        files.into_iter().flatten().for_each(fix);
         for user in &mut self.users {
             if let Some(f) = &mut user.key_hash_file {
                 fix(f);

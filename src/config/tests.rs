@@ -32,6 +32,10 @@ fn errors_name_the_key() {
         (base() + "public_url = \"ftp://x\"\n", "public_url"),
         (base() + "public_url = \"https://x/prefix\"\n", "public_url"),
         (base() + "[proxy]\ntoken_ttl = 5\n", "proxy.token_ttl"),
+        (base() + "[store]\nkind = \"redis\"\n", "store.url"),
+        (base() + "[store]\nurl = \"redis://h:6379/0\"\n", "store.url"),
+        (base() + "[store]\nkind = \"redis\"\nurl = \"http://:pw@h:6379\"\n", "store.url"),
+        (base() + "[store]\nkind = \"redis\"\nurl = \"redis://h\"\nkey_prefix = \"a b\"\n", "store.key_prefix"),
         ("workers = 0\n".to_owned() + &base(), "workers"),
         ("workers = 1000\n".to_owned() + &base(), "workers"),
         ("drain_timeout = 9223372036854775807\n".to_owned() + &base(), "drain_timeout"),
@@ -216,4 +220,18 @@ fn secrets_can_come_from_files() {
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path, |_| None).unwrap();
     assert_eq!(config.client_secret().unwrap().expose(), "file-secret");
+}
+
+#[test]
+fn a_redis_store_validates_and_keeps_its_password_out_of_debug() {
+    let text = base() + "[store]\nkind = \"redis\"\nurl = \"rediss://:hunter2@cache:6379/0\"\n";
+    let config = Config::parse(&text, "t").unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.store.kind, StoreKind::Redis);
+    assert_eq!(config.store.key_prefix, "swiftgate:");
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let mut config = Config::parse(&base(), "t").unwrap();
+    config.apply_env(|k| (k == "SWIFTGATE_STORE_URL").then(|| "redis://127.0.0.1:6379/0".into())).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.store.kind, StoreKind::Redis);
 }

@@ -48,6 +48,7 @@ impl Config {
         if let Some(hubic) = &self.hubic {
             hubic.validate()?;
         }
+        self.validate_store()?;
         self.validate_accounts()?;
         let mut seen = std::collections::HashSet::new();
         // Account → the user that reaches it; written ones first, so a derived name that lands
@@ -96,6 +97,31 @@ impl Config {
     }
 
     /// Each declared account's own keys, and their names unique.
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let store = &self.store;
+        match (store.kind, &store.url) {
+            (StoreKind::Redis, None) => return Err(invalid("store.url", "missing (kind = \"redis\" needs it)")),
+            (StoreKind::File, Some(_)) => return Err(invalid("store.url", "set kind = \"redis\" to use it")),
+            (StoreKind::Redis, Some(url)) => {
+                let url = url.expose();
+                let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://", "valkey://", "valkeys://"]
+                    .iter()
+                    .any(|s| url.starts_with(s));
+                if !scheme_ok {
+                    return Err(invalid("store.url", "must be a redis://, rediss:// or unix:// URL"));
+                }
+            }
+            (StoreKind::File, None) => {}
+        }
+        if store.key_prefix.is_empty()
+            || store.key_prefix.len() > 64
+            || store.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid("store.key_prefix", "use 1-64 printable characters without spaces"));
+        }
+        Ok(())
+    }
+
     fn validate_accounts(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for (i, account) in self.accounts.iter().enumerate() {

@@ -118,6 +118,10 @@ impl ProviderError {
             ProviderError::Store(StoreError::Corrupt { path, reason }) => {
                 ProviderError::Store(StoreError::Corrupt { path: path.clone(), reason: reason.clone() })
             }
+            ProviderError::Store(StoreError::Unavailable(m)) => {
+                ProviderError::Store(StoreError::Unavailable(m.clone()))
+            }
+            ProviderError::Store(StoreError::Superseded) => ProviderError::Store(StoreError::Superseded),
             ProviderError::Store(StoreError::Io { path, source }) => ProviderError::Store(StoreError::Io {
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),

@@ -6,28 +6,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::{Grant, GrantStore, StoreError};
-use crate::secret::Secret;
-
-/// Version of the on-disk record; bumped on incompatible changes.
-const FORMAT_VERSION: u32 = 1;
 
 /// Grants stored as files in a directory.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    version: u32,
-    provider: String,
-    refresh_token: String,
-    scope: String,
-    registered_at: u64,
 }
 
 impl FileStore {
@@ -51,37 +35,40 @@ impl FileStore {
         self.dir.join(format!("{account}.json"))
     }
 
-    fn load_sync(path: &Path) -> Result<Option<Grant>, StoreError> {
+    /// The accounts with a grant file here, sorted.
+    pub fn accounts(&self) -> Result<Vec<String>, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| io_err(&self.dir, source))?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Deletes `account`'s grant file, if there is one.
+    pub fn remove(&self, account: &str) -> Result<(), StoreError> {
+        let path = self.path_of(account);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn load_sync(path: &Path) -> Result<Option<Grant>, StoreError> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(io_err(path, source)),
         };
-        let corrupt = |reason: String| StoreError::Corrupt { path: path.display().to_string(), reason };
-        let record: Record = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a grant record: {e}")))?;
-        if record.version != FORMAT_VERSION {
-            return Err(corrupt(format!("unsupported format version {}", record.version)));
-        }
-        if record.refresh_token.is_empty() {
-            return Err(corrupt("empty refresh token".into()));
-        }
-        Ok(Some(Grant {
-            refresh_token: Secret::new(record.refresh_token),
-            scope: record.scope,
-            registered_at: record.registered_at,
-        }))
+        let grant =
+            super::decode(&bytes).map_err(|reason| StoreError::Corrupt { path: path.display().to_string(), reason })?;
+        Ok(Some(grant))
     }
 
     fn save_sync(dir: &Path, path: &Path, grant: &Grant) -> Result<(), StoreError> {
-        let record = Record {
-            version: FORMAT_VERSION,
-            provider: "hubic".into(),
-            refresh_token: grant.refresh_token.expose().to_owned(),
-            scope: grant.scope.clone(),
-            registered_at: grant.registered_at,
-        };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
+        let bytes = super::encode(grant);
         let tmp = dir.join(format!(".{}.tmp", crate::secret::random_hex(8)));
         let result = (|| {
             let mut options = std::fs::OpenOptions::new();
@@ -159,6 +146,7 @@ async fn run_blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn grant(token: &str) -> Grant {
         Grant { refresh_token: Secret::new(token), scope: "credentials.r".into(), registered_at: 7 }

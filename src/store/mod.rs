@@ -1,11 +1,17 @@
 //! Where each account's long-lived grant (the refresh token) is kept.
 //!
-//! A trait so a shared store for several gateway instances can be added beside the file store;
-//! the token manager and registration only ever see [`GrantStore`].
+//! Two stores behind one trait: [`FileStore`], one instance's files, and [`RedisStore`], shared
+//! by several instances (which also share registration states, upstream credentials and
+//! renewal locks through it). The token manager and registration only ever see [`GrantStore`]
+//! for grants.
 
 mod file;
+mod redis;
 
 pub use file::FileStore;
+pub use redis::{Lease, RedisStore, SharedCredentials};
+
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
@@ -31,6 +37,13 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The shared store could not be reached or did not answer in time.
+    #[error("the shared store is unreachable ({0})")]
+    Unavailable(String),
+    /// A newer grant was written meanwhile (another instance registered the account again);
+    /// this older one was not written over it.
+    #[error("a newer grant of the account was stored meanwhile; this one was not kept")]
+    Superseded,
     /// The operating system refused a read or write.
     #[error("state store I/O error on {path}: {source}")]
     Io {
@@ -49,4 +62,46 @@ pub trait GrantStore: Send + Sync + std::fmt::Debug {
     /// Replaces the account's grant; once this returns, a crash keeps the new grant, and a
     /// crash before it returns keeps the old one.
     async fn save(&self, account: &str, grant: &Grant) -> Result<(), StoreError>;
+}
+
+/// Version of the stored grant record; bumped on incompatible changes.
+const FORMAT_VERSION: u32 = 1;
+
+/// A grant as both stores write it (a file's content, a Redis value).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    version: u32,
+    provider: String,
+    refresh_token: String,
+    scope: String,
+    registered_at: u64,
+}
+
+/// The stored form of `grant`.
+fn encode(grant: &Grant) -> Vec<u8> {
+    let record = Record {
+        version: FORMAT_VERSION,
+        provider: "hubic".into(),
+        refresh_token: grant.refresh_token.expose().to_owned(),
+        scope: grant.scope.clone(),
+        registered_at: grant.registered_at,
+    };
+    serde_json::to_vec_pretty(&record).unwrap_or_else(|_| unreachable!("strings and numbers serialise"))
+}
+
+/// The grant in a stored record, or why it is not one (never quoting the token).
+fn decode(bytes: &[u8]) -> Result<Grant, String> {
+    let record: Record = serde_json::from_slice(bytes).map_err(|e| format!("not a grant record: {e}"))?;
+    if record.version != FORMAT_VERSION {
+        return Err(format!("unsupported format version {}", record.version));
+    }
+    if record.refresh_token.is_empty() {
+        return Err("empty refresh token".into());
+    }
+    Ok(Grant {
+        refresh_token: Secret::new(record.refresh_token),
+        scope: record.scope,
+        registered_at: record.registered_at,
+    })
 }

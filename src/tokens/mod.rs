@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::clock::Clock;
+use crate::clock::{from_unix_millis, unix_millis, Clock};
 use crate::provider::{CredentialSource, ProviderError, SwiftCredentials, Usage};
+use crate::secret::Secret;
+use crate::store::{Lease, RedisStore, SharedCredentials};
 use crate::target::Target;
 
 /// Least time between two provider calls for an account whose token upstream keeps refusing.
@@ -27,6 +29,18 @@ pub const REFUSAL_PATIENCE: Duration = Duration::from_secs(3);
 /// The longest `Retry-After` a renewal waits out before its next attempt; a provider that asks
 /// for longer gets its wish as a held failure (the credentials still valid serve meanwhile).
 const BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// How long a renewal lock in the shared store lives unless its holder extends it: the time
+/// another instance waits to take over from a holder that died.
+const LOCK_TTL: Duration = Duration::from_secs(10);
+
+/// How often an instance waiting on another's renewal looks for its result.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// How long an instance waits on another's renewal before it gives up (with an error, not a
+/// renewal of its own): a holder that died loses its lock after `LOCK_TTL`, so only a renewal
+/// that takes this long with its holder alive runs out the wait.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// When to renew and how hard to retry.
 #[derive(Clone, Debug)]
@@ -132,6 +146,11 @@ struct Slot {
     /// Renewals that brought credentials, and that failed, for the metrics.
     renewed: AtomicU64,
     failed: AtomicU64,
+    /// Renewals answered by credentials another instance obtained (shared store).
+    adopted: AtomicU64,
+    /// The token last dropped because upstream refused it: not to be taken back from the
+    /// shared store, where it may still be.
+    refused: Mutex<Option<Secret>>,
 }
 
 impl Slot {
@@ -148,6 +167,28 @@ pub struct TokenManager {
     slots: rustc_hash::FxHashMap<String, Slot>,
     clock: Arc<dyn Clock>,
     policy: RenewPolicy,
+    /// Where renewals are coordinated with other instances, if anywhere.
+    shared: Option<Arc<RedisStore>>,
+}
+
+/// Credentials as a renewal obtained them, with their renew and stale instants.
+struct Obtained {
+    creds: SwiftCredentials,
+    target: Target,
+    renew_at: SystemTime,
+    stale_at: SystemTime,
+    life: Duration,
+    /// Taken from the shared store rather than from the provider.
+    adopted: bool,
+}
+
+/// Aborts the task when dropped: the keeper of a renewal lock stops with the renewal.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -183,11 +224,25 @@ impl TokenManager {
                     last_known: Mutex::new(None),
                     renewed: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
+                    adopted: AtomicU64::new(0),
+                    refused: Mutex::new(None),
                 };
                 (name, slot)
             })
             .collect();
-        TokenManager { slots, clock, policy }
+        TokenManager { slots, clock, policy, shared: None }
+    }
+
+    /// Coordinates renewals with the other instances sharing `store`: one renewal per account
+    /// across all of them, and each takes the credentials another obtained.
+    pub fn share_through(mut self, store: Arc<RedisStore>) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
+    /// The shared store, if renewals are coordinated through one.
+    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
+        self.shared.as_ref()
     }
 
     fn slot(&self, account: &str) -> Result<&Slot, TokenError> {
@@ -339,25 +394,20 @@ impl TokenManager {
         });
     }
 
-    /// Renews with the renewal lock held; retries transient errors with backoff.
-    async fn renew_locked(&self, slot: &Slot) -> Result<Arc<Cached>, TokenError> {
-        let generation = slot.generation.load(Ordering::Acquire);
-        let previous = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Fresh(c) => Some(c.creds.token.clone()),
-            _ => None,
-        };
+    /// Asks the source for credentials; retries transient errors with backoff.
+    async fn fetch_retrying(&self, slot: &Slot) -> Result<(SwiftCredentials, Target), ProviderError> {
         let mut delay = self.policy.backoff;
         let mut attempt = 1;
-        let result = loop {
+        loop {
             match slot.source.fetch().await {
                 Ok(creds) => match Target::parse(&creds) {
-                    Some(target) => break Ok((creds, target)),
+                    Some(target) => return Ok((creds, target)),
                     None if http::HeaderValue::from_str(creds.token.expose()).is_err() => {
-                        break Err(ProviderError::Protocol(
+                        return Err(ProviderError::Protocol(
                             "the token cannot be sent (a line break or control character in it)".into(),
                         ))
                     }
-                    None => break Err(ProviderError::Protocol("the storage URL is not an http(s) URL".into())),
+                    None => return Err(ProviderError::Protocol("the storage URL is not an http(s) URL".into())),
                 },
                 Err(e)
                     if e.is_transient()
@@ -369,40 +419,183 @@ impl TokenManager {
                     delay *= 2;
                     attempt += 1;
                 }
-                Err(e) => break Err(e),
+                Err(e) => return Err(e),
             }
-        };
+        }
+    }
+
+    /// The renew and stale instants of credentials just fetched, `previous` being the token
+    /// they replace. A provider that handed out the very token it was asked to replace (HubiC,
+    /// until the token expires) makes the account renew at expiry only from then on.
+    fn instants(&self, slot: &Slot, creds: SwiftCredentials, target: Target, previous: Option<&Secret>) -> Obtained {
         let now = self.clock.now();
-        let counter = if result.is_ok() { &slot.renewed } else { &slot.failed };
+        if previous.is_some_and(|token| *token == creds.token) {
+            slot.sticky.store(true, Ordering::Relaxed);
+        }
+        let life = creds.expires.duration_since(now).unwrap_or_default();
+        let (renew_at, stale_at) = if slot.sticky.load(Ordering::Relaxed) {
+            // No fresher token exists before this one expires; an upstream 401 at the very end
+            // is renewed and retried by the proxy.
+            (creds.expires, creds.expires)
+        } else {
+            (
+                creds.expires - self.policy.renew_ahead.min(life / 4),
+                creds.expires - self.policy.expiry_margin.min(life / 10),
+            )
+        };
+        Obtained { creds, target, renew_at, stale_at, life, adopted: false }
+    }
+
+    /// Obtains credentials with the account's renewal lock held on this instance.
+    async fn obtain(&self, slot: &Slot, previous: Option<&Secret>) -> Result<Obtained, ProviderError> {
+        if let Some(shared) = self.shared.as_ref().filter(|_| slot.source.renews()) {
+            match self.obtain_shared(shared, slot, previous).await {
+                Ok(result) => return result,
+                Err(e) => {
+                    tracing::warn!(account = %slot.name, cause = %e, "renewing on this instance alone, as the shared store cannot coordinate it");
+                }
+            }
+        }
+        let (creds, target) = self.fetch_retrying(slot).await?;
+        Ok(self.instants(slot, creds, target, previous))
+    }
+
+    /// Credentials another instance shared, if they can serve: not the token upstream
+    /// refused, and not yet due for renewal.
+    fn adoptable(&self, slot: &Slot, shared: Option<SharedCredentials>) -> Option<Obtained> {
+        let shared = shared?;
+        let now = unix_millis(self.clock.now());
+        let refused = slot.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if now >= shared.renew_at_ms.min(shared.stale_at_ms) || refused.is_some_and(|t| t.expose() == shared.token) {
+            return None;
+        }
+        let creds = SwiftCredentials {
+            token: Secret::new(shared.token),
+            endpoint: shared.endpoint,
+            expires: from_unix_millis(shared.expires_ms),
+        };
+        let target = Target::parse(&creds)?;
+        Some(Obtained {
+            creds,
+            target,
+            renew_at: from_unix_millis(shared.renew_at_ms),
+            stale_at: from_unix_millis(shared.stale_at_ms),
+            life: Duration::from_millis(shared.life_ms),
+            adopted: true,
+        })
+    }
+
+    /// One renewal across every instance: takes what another shared, or takes the account's
+    /// lock and renews, or waits for whoever holds it. `Err` when the store cannot be asked
+    /// (the caller renews alone); `Ok(result)` otherwise.
+    async fn obtain_shared(
+        &self,
+        shared: &Arc<RedisStore>,
+        slot: &Slot,
+        previous: Option<&Secret>,
+    ) -> Result<Result<Obtained, ProviderError>, crate::store::StoreError> {
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            if let Some(adopted) = self.adoptable(slot, shared.credentials(&slot.name).await?) {
+                return Ok(Ok(adopted));
+            }
+            if let Some(lease) = shared.lock(&slot.name, LOCK_TTL).await? {
+                return Ok(self.renew_holding(shared, slot, previous, lease).await);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Err(ProviderError::Transient(
+                    "another gateway instance holds the account's renewal and has not finished".into(),
+                )));
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+    }
+
+    /// Renews holding the shared lock `lease`, keeps it alive meanwhile, shares the result and
+    /// releases the lock.
+    async fn renew_holding(
+        &self,
+        shared: &Arc<RedisStore>,
+        slot: &Slot,
+        previous: Option<&Secret>,
+        lease: Lease,
+    ) -> Result<Obtained, ProviderError> {
+        let lease = Arc::new(lease);
+        // Someone may have shared between our look and our lock.
+        if let Ok(Some(adopted)) = shared.credentials(&slot.name).await.map(|c| self.adoptable(slot, c)) {
+            let _ = shared.release(&lease).await;
+            return Ok(adopted);
+        }
+        let keeper = {
+            let (shared, lease, name) = (shared.clone(), lease.clone(), slot.name.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LOCK_TTL / 3).await;
+                    if let Ok(false) = shared.extend(&lease, LOCK_TTL).await {
+                        tracing::warn!(account = %name, "the account's renewal lock expired before the renewal ended");
+                        return;
+                    }
+                }
+            }))
+        };
+        let result =
+            self.fetch_retrying(slot).await.map(|(creds, target)| self.instants(slot, creds, target, previous));
+        drop(keeper);
+        if let Ok(obtained) = &result {
+            let now = self.clock.now();
+            let sharing = share_of(&obtained.creds, obtained.renew_at, obtained.stale_at, obtained.life);
+            match shared.share_credentials(&slot.name, &lease, &sharing, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(account = %slot.name, "renewed after the renewal lock passed to another instance; not shared")
+                }
+                Err(e) => tracing::warn!(account = %slot.name, cause = %e, "renewed credentials could not be shared"),
+            }
+        }
+        let _ = shared.release(&lease).await;
+        result
+    }
+
+    /// Renews with the renewal lock held; retries transient errors with backoff.
+    async fn renew_locked(&self, slot: &Slot) -> Result<Arc<Cached>, TokenError> {
+        let generation = slot.generation.load(Ordering::Acquire);
+        let previous = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+            Entry::Fresh(c) => Some(c.creds.token.clone()),
+            _ => None,
+        };
+        let result = self.obtain(slot, previous.as_ref()).await;
+        let now = self.clock.now();
+        let counter = match &result {
+            Ok(o) if o.adopted => &slot.adopted,
+            Ok(_) => &slot.renewed,
+            Err(_) => &slot.failed,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
         // Registered again while this renewal ran: its waiters get its outcome, and the cache
         // stays as the reset left it, for the new grant.
         let current = slot.generation.load(Ordering::Acquire) == generation;
         match result {
-            Ok((creds, target)) => {
-                let same = previous.is_some_and(|token| token == creds.token);
-                if same && current {
-                    slot.sticky.store(true, Ordering::Relaxed);
+            Ok(Obtained { creds, target, renew_at, stale_at, life, adopted }) => {
+                let token = creds.token.prefix();
+                match adopted {
+                    true => {
+                        tracing::info!(account = %slot.name, token, "upstream credentials taken from another instance")
+                    }
+                    false => {
+                        tracing::info!(account = %slot.name, token, life_s = life.as_secs(), "upstream credentials obtained")
+                    }
                 }
-                let life = creds.expires.duration_since(now).unwrap_or_default();
-                let (renew_at, stale_at) = if slot.sticky.load(Ordering::Relaxed) {
-                    // No fresher token exists before this one expires; an upstream 401 at the
-                    // very end is renewed and retried by the proxy.
-                    (creds.expires, creds.expires)
-                } else {
-                    (
-                        creds.expires - self.policy.renew_ahead.min(life / 4),
-                        creds.expires - self.policy.expiry_margin.min(life / 10),
-                    )
-                };
-                tracing::info!(account = %slot.name, token = creds.token.prefix(), life_s = life.as_secs(), "upstream credentials obtained");
                 let renews = slot.source.renews();
                 let fetched = tokio::time::Instant::now();
                 let cached = Arc::new(Cached { target, renew_at, stale_at, creds, fetched, life, renews });
                 if current {
                     *entry = Entry::Fresh(cached.clone());
                     *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
+                    let mut refused = slot.refused.lock().unwrap_or_else(|p| p.into_inner());
+                    if refused.as_ref().is_some_and(|t| *t != cached.creds.token) {
+                        *refused = None;
+                    }
                 }
                 Ok(cached)
             }
@@ -445,6 +638,7 @@ impl TokenManager {
             let mut entry = slot.entry.lock().unwrap_or_else(|p| p.into_inner());
             if matches!(&*entry, Entry::Fresh(c) if &c.creds.token == token && c.fetched < before) {
                 *entry = Entry::Empty;
+                *slot.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
             }
         }
     }
@@ -495,6 +689,40 @@ impl TokenManager {
                     tracing::info!(account = %name, "the account's token changed on disk; using the new one");
                     // The storage URL is the configuration's: anonymous requests keep it.
                     manager.forget(name, false);
+                }
+            }
+        }
+    }
+
+    /// Every `period`, checks that the shared store answers, writes the grants spooled while
+    /// it did not, and once it is back offers it the credentials this instance renewed alone
+    /// meanwhile, so the others take them instead of renewing again. Runs until the manager is
+    /// dropped; returns at once without a shared store.
+    pub async fn keep_shared(self: Arc<Self>, period: Duration) {
+        let Some(shared) = self.shared.clone() else { return };
+        let manager = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(manager) = manager.upgrade() else { return };
+            let was_up = shared.health().0;
+            if shared.ping().await.is_err() {
+                continue;
+            }
+            shared.flush().await;
+            if was_up {
+                continue;
+            }
+            let now = manager.clock.now();
+            for (name, slot) in &manager.slots {
+                let fresh = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+                    Entry::Fresh(c) if now < c.stale_at && slot.source.renews() => Some(c.clone()),
+                    _ => None,
+                };
+                let Some(cached) = fresh else { continue };
+                let offered = share_of(&cached.creds, cached.renew_at, cached.stale_at, cached.life);
+                if let Ok(true) = shared.offer_credentials(name, &offered, now).await {
+                    tracing::info!(account = %name, "offered the shared store the credentials renewed while it was away");
                 }
             }
         }
@@ -569,6 +797,18 @@ impl TokenManager {
     /// The clock this manager reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+}
+
+/// Credentials as the shared store keeps them, with their renew and stale instants.
+fn share_of(creds: &SwiftCredentials, renew_at: SystemTime, stale_at: SystemTime, life: Duration) -> SharedCredentials {
+    SharedCredentials {
+        token: creds.token.expose().to_owned(),
+        endpoint: creds.endpoint.clone(),
+        expires_ms: unix_millis(creds.expires),
+        renew_at_ms: unix_millis(renew_at),
+        stale_at_ms: unix_millis(stale_at),
+        life_ms: life.as_millis() as u64,
     }
 }
 
