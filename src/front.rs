@@ -72,8 +72,8 @@ impl TokenKeys {
         TokenKeys(vec![ProcessMac::random()])
     }
 
-    /// The keys of a token key file: the current key on the first line, and optionally the
-    /// previous one on the second, accepted while a rotation runs. Blank lines and lines
+    /// The keys of a token key file: the sealing key on the first line, and optionally a second
+    /// one, also accepted, while a rotation runs. Blank lines and lines
     /// starting with `#` are skipped. The error never holds a key.
     pub fn parse(text: &str) -> Result<Self, String> {
         let keys: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();

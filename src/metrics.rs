@@ -129,6 +129,8 @@ pub struct AccountFigures {
     pub renewed: u64,
     /// Renewals that failed.
     pub failed: u64,
+    /// Renewals answered by credentials another instance obtained (shared store).
+    pub adopted: u64,
     /// Time left on the upstream token held, if any (zero once expired).
     pub expires_in: Option<Duration>,
     /// The last renewal failed, and no usable token is held.
@@ -274,7 +276,7 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         for account in &self.accounts {
-            for (result, n) in [("ok", account.renewed), ("error", account.failed)] {
+            for (result, n) in [("ok", account.renewed), ("error", account.failed), ("shared", account.adopted)] {
                 let labels = [("account", account.name.as_str()), ("result", result)];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
@@ -322,11 +324,13 @@ mod tests {
             name: "acme".into(),
             renewed: 3,
             failed: 1,
+            adopted: 2,
             expires_in: Some(Duration::from_secs(90)),
             failing: false,
         }];
         let text = m.exposition(accounts);
         for line in [
+            "swiftgate_upstream_renewals_total{account=\"acme\",result=\"shared\"} 2",
             "swiftgate_requests_total{kind=\"storage\",code=\"201\"} 2",
             "swiftgate_requests_total{kind=\"auth\",code=\"401\"} 1",
             "swiftgate_requests_total{kind=\"ops\",code=\"100\"} 1",

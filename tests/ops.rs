@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -67,14 +66,7 @@ impl Served {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let url = rx.recv_timeout(DEADLINE).expect("the gateway prints its URL").trim().to_owned();
+        let url = common::first_line(&mut child, DEADLINE);
         assert!(!url.is_empty(), "the gateway exited: {}", std::fs::read_to_string(&log).unwrap_or_default());
         Served { child, url, log, _dir: dir }
     }

@@ -111,8 +111,8 @@ pub struct ProxyConfig {
     /// `false`, hyper's engine serves every request (also `SWIFTGATE_FAST_PATH`).
     pub fast_path: bool,
     /// The keys that seal gateway tokens, shared by every instance that must accept another's
-    /// tokens: the first line seals, and a second (the previous key, during a rotation) is
-    /// also accepted. Without it each process draws a key of its own.
+    /// tokens: the first line seals, and a second is also accepted (for a rotation). Without it
+    /// each process draws a key of its own.
     pub token_key_file: Option<PathBuf>,
 }
 
@@ -231,7 +231,7 @@ pub struct StoreConfig {
     /// A file holding the Redis password (instead of one in the URL).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// Extra CA certificates (PEM) for a `rediss://` server.
+    /// CA certificates (PEM) for a `rediss://` server, trusted instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Prefix of every key the gateway writes, so several deployments can share a database.

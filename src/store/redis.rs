@@ -29,10 +29,13 @@ use crate::secret::Secret;
 /// How long a connection attempt, and any one command, may take.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A grant is written only over an older one (by `registered_at`).
+/// A grant is written only over one registered no later (by `registered_at`, in seconds: of
+/// two registrations in one second the later write wins, as HubiC honours the later refresh
+/// token); a new grant drops the credentials shared under the previous one.
 const SAVE_GRANT: &str = r"
-local current = redis.call('HGET', KEYS[1], 'registered_at')
-if current and tonumber(current) > tonumber(ARGV[2]) then return 0 end
+local current = redis.call('HMGET', KEYS[1], 'registered_at', 'record')
+if current[1] and tonumber(current[1]) > tonumber(ARGV[2]) then return 0 end
+if current[2] ~= ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'registered_at', ARGV[2])
 return 1";
 
@@ -135,6 +138,8 @@ pub struct RedisStore {
     down_since: Mutex<Option<SystemTime>>,
     /// Grants not yet written, by account; each is also in `spool` until written.
     unwritten: Mutex<HashMap<String, Grant>>,
+    /// The grant last read or written per account, served while the server is unreachable.
+    known: Mutex<HashMap<String, Grant>>,
     spool: FileStore,
 }
 
@@ -174,8 +179,7 @@ impl RedisStore {
         let url = config.url.as_ref().ok_or_else(|| StoreError::Unavailable("no store.url".into()))?.expose();
         let place = place_of(url);
         let refused = |what: &str| StoreError::Unavailable(format!("{place}: {what}"));
-        let mut info = redis::IntoConnectionInfo::into_connection_info(url.replacen("valkey", "redis", 1))
-            .map_err(|_| refused("not a Redis URL"))?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|_| refused("not a Redis URL"))?;
         if let Some(path) = &config.password_file {
             let password = crate::secret::SecretSource::File(path.clone())
                 .read()
@@ -221,6 +225,7 @@ impl RedisStore {
             up: AtomicBool::new(true),
             down_since: Mutex::new(None),
             unwritten: Mutex::new(unwritten),
+            known: Mutex::new(HashMap::new()),
             spool,
         })
     }
@@ -254,6 +259,12 @@ impl RedisStore {
                 Err(error)
             }
         }
+    }
+
+    /// Runs a script, noting how it went.
+    async fn run(&self, script: &mut redis::ScriptInvocation<'_>) -> Result<i64, StoreError> {
+        let mut conn = self.conn.clone();
+        self.noted(script.invoke_async(&mut conn).await)
     }
 
     /// Whether the last command succeeded, and since when it has not.
@@ -296,9 +307,10 @@ impl RedisStore {
         }
     }
 
+    /// Drops the spooled grant of `account` once `grant`, as new or newer, is in the store.
     fn forget_unwritten(&self, account: &str, grant: &Grant) {
         let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
-        if unwritten.get(account).is_some_and(|g| g == grant) {
+        if unwritten.get(account).is_some_and(|g| g.registered_at <= grant.registered_at) {
             unwritten.remove(account);
             if let Err(e) = self.spool.remove(account) {
                 tracing::warn!(account = %account, cause = %e, "a written grant's spool file could not be removed");
@@ -313,16 +325,16 @@ impl RedisStore {
     }
 
     async fn write_grant(&self, account: &str, grant: &Grant) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let written: redis::RedisResult<i64> = self
-            .scripts
-            .save_grant
-            .key(self.key("grant", account))
-            .arg(super::encode(grant))
-            .arg(grant.registered_at)
-            .invoke_async(&mut conn)
-            .await;
-        self.noted(written).map(|n| n == 1)
+        self.run(
+            self.scripts
+                .save_grant
+                .key(self.key("grant", account))
+                .key(self.key("creds", account))
+                .arg(super::encode(grant))
+                .arg(grant.registered_at),
+        )
+        .await
+        .map(|n| n == 1)
     }
 
     /// Keeps a registration state for `ttl`, bound to `browser` if given; the account's
@@ -340,19 +352,18 @@ impl RedisStore {
             browser: browser.map(|b| b.expose().to_owned()),
         })
         .unwrap_or_default();
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<i64> = self
-            .scripts
-            .begin_state
-            .key(self.key("state", state))
-            .key(self.key("states", account))
-            .key(self.key("seq", "states"))
-            .arg(value)
-            .arg(ttl.as_millis() as u64)
-            .arg(cap)
-            .invoke_async(&mut conn)
-            .await;
-        self.noted(result).map(drop)
+        self.run(
+            self.scripts
+                .begin_state
+                .key(self.key("state", state))
+                .key(self.key("states", account))
+                .key(self.key("seq", "states"))
+                .arg(value)
+                .arg(ttl.as_millis() as u64)
+                .arg(cap),
+        )
+        .await
+        .map(drop)
     }
 
     /// Consumes a registration state: its account, once. `allowed` sees the browser it is
@@ -375,6 +386,8 @@ impl RedisStore {
         // Whoever deletes it consumes it: a callback racing this one on another instance gets
         // nothing.
         let deleted: i64 = self.noted(conn.del(&key).await)?;
+        // No longer pending: it stops counting against the account's cap.
+        let _: Result<i64, _> = conn.zrem(self.key("states", &shared.account), &key).await;
         Ok(Ok((deleted == 1).then_some(shared.account)))
     }
 
@@ -398,18 +411,17 @@ impl RedisStore {
         creds: &SharedCredentials,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<i64> = self
-            .scripts
-            .save_credentials
-            .key(self.key("creds", account))
-            .key(&lease.key)
-            .arg(serde_json::to_string(creds).unwrap_or_default())
-            .arg(Self::credentials_ttl(creds, now))
-            .arg(&lease.fence)
-            .invoke_async(&mut conn)
-            .await;
-        self.noted(result).map(|n| n == 1)
+        self.run(
+            self.scripts
+                .save_credentials
+                .key(self.key("creds", account))
+                .key(&lease.key)
+                .arg(serde_json::to_string(creds).unwrap_or_default())
+                .arg(Self::credentials_ttl(creds, now))
+                .arg(&lease.fence),
+        )
+        .await
+        .map(|n| n == 1)
     }
 
     /// Offers credentials obtained while the store was away: kept if they outlast the shared
@@ -420,17 +432,16 @@ impl RedisStore {
         creds: &SharedCredentials,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<i64> = self
-            .scripts
-            .offer_credentials
-            .key(self.key("creds", account))
-            .arg(serde_json::to_string(creds).unwrap_or_default())
-            .arg(Self::credentials_ttl(creds, now))
-            .arg(creds.expires_ms)
-            .invoke_async(&mut conn)
-            .await;
-        self.noted(result).map(|n| n == 1)
+        self.run(
+            self.scripts
+                .offer_credentials
+                .key(self.key("creds", account))
+                .arg(serde_json::to_string(creds).unwrap_or_default())
+                .arg(Self::credentials_ttl(creds, now))
+                .arg(creds.expires_ms),
+        )
+        .await
+        .map(|n| n == 1)
     }
 
     /// Drops the credentials shared for `account` (after it was registered again).
@@ -455,24 +466,14 @@ impl RedisStore {
 
     /// Extends a held lock by `ttl`; false if it was lost (expired, taken by another).
     pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<i64> = self
-            .scripts
-            .extend_lock
-            .key(&lease.key)
-            .arg(&lease.fence)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await;
-        self.noted(result).map(|n| n == 1)
+        self.run(self.scripts.extend_lock.key(&lease.key).arg(&lease.fence).arg(ttl.as_millis() as u64))
+            .await
+            .map(|n| n == 1)
     }
 
     /// Releases a held lock, unless it already passed to another holder.
     pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<i64> =
-            self.scripts.release_lock.key(&lease.key).arg(&lease.fence).invoke_async(&mut conn).await;
-        self.noted(result).map(drop)
+        self.run(self.scripts.release_lock.key(&lease.key).arg(&lease.fence)).await.map(drop)
     }
 
     /// Every account with a grant in the store, sorted (for `swiftgate store copy` checks).
@@ -499,12 +500,19 @@ impl GrantStore for RedisStore {
             return Ok(Some(grant.clone()));
         }
         let mut conn = self.conn.clone();
-        let record: Option<Vec<u8>> = self.noted(conn.hget(self.key("grant", account), "record").await)?;
+        let record: Option<Vec<u8>> = match self.noted(conn.hget(self.key("grant", account), "record").await) {
+            Ok(record) => record,
+            // Unreachable: the grant last seen serves (HubiC still refreshes its access token).
+            Err(e) => {
+                return self.known.lock().unwrap_or_else(|p| p.into_inner()).get(account).cloned().map(Some).ok_or(e)
+            }
+        };
         let Some(record) = record else { return Ok(None) };
         let grant = super::decode(&record).map_err(|reason| StoreError::Corrupt {
             path: format!("{} key {}", self.place, self.key("grant", account)),
             reason,
         })?;
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), grant.clone());
         Ok(Some(grant))
     }
 
@@ -516,6 +524,7 @@ impl GrantStore for RedisStore {
         match self.write_grant(account, grant).await {
             Ok(true) => {
                 self.forget_unwritten(account, grant);
+                self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), grant.clone());
                 Ok(())
             }
             Ok(false) => Err(StoreError::Superseded),

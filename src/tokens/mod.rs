@@ -151,6 +151,9 @@ struct Slot {
     /// The token last dropped because upstream refused it: not to be taken back from the
     /// shared store, where it may still be.
     refused: Mutex<Option<Secret>>,
+    /// Set when this instance renewed without the shared store: what it obtained is offered
+    /// to the store once it answers again.
+    alone: AtomicBool,
 }
 
 impl Slot {
@@ -226,6 +229,7 @@ impl TokenManager {
                     failed: AtomicU64::new(0),
                     adopted: AtomicU64::new(0),
                     refused: Mutex::new(None),
+                    alone: AtomicBool::new(false),
                 };
                 (name, slot)
             })
@@ -435,8 +439,11 @@ impl TokenManager {
         let life = creds.expires.duration_since(now).unwrap_or_default();
         let (renew_at, stale_at) = if slot.sticky.load(Ordering::Relaxed) {
             // No fresher token exists before this one expires; an upstream 401 at the very end
-            // is renewed and retried by the proxy.
-            (creds.expires, creds.expires)
+            // is renewed and retried by the proxy. One handed out again at its stated end
+            // (HubiC states whole seconds, and keeps it until its own, finer, end) is held for
+            // the refetch pace: asked again at once, the provider would hand it out again.
+            let end = creds.expires.max(now + REFETCH_PACE);
+            (end, end)
         } else {
             (
                 creds.expires - self.policy.renew_ahead.min(life / 4),
@@ -453,6 +460,7 @@ impl TokenManager {
                 Ok(result) => return result,
                 Err(e) => {
                     tracing::warn!(account = %slot.name, cause = %e, "renewing on this instance alone, as the shared store cannot coordinate it");
+                    slot.alone.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -538,10 +546,13 @@ impl TokenManager {
                 }
             }))
         };
+        let generation = slot.generation.load(Ordering::Acquire);
         let result =
             self.fetch_retrying(slot).await.map(|(creds, target)| self.instants(slot, creds, target, previous));
         drop(keeper);
-        if let Ok(obtained) = &result {
+        // Registered again meanwhile: these came from the previous grant, and are not shared.
+        let current = slot.generation.load(Ordering::Acquire) == generation;
+        if let Some(obtained) = result.as_ref().ok().filter(|_| current) {
             let now = self.clock.now();
             let sharing = share_of(&obtained.creds, obtained.renew_at, obtained.stale_at, obtained.life);
             match shared.share_credentials(&slot.name, &lease, &sharing, now).await {
@@ -705,16 +716,15 @@ impl TokenManager {
         loop {
             tokio::time::sleep(period).await;
             let Some(manager) = manager.upgrade() else { return };
-            let was_up = shared.health().0;
             if shared.ping().await.is_err() {
                 continue;
             }
             shared.flush().await;
-            if was_up {
-                continue;
-            }
             let now = manager.clock.now();
             for (name, slot) in &manager.slots {
+                if !slot.alone.swap(false, Ordering::Relaxed) {
+                    continue;
+                }
                 let fresh = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
                     Entry::Fresh(c) if now < c.stale_at && slot.source.renews() => Some(c.clone()),
                     _ => None,
@@ -785,6 +795,7 @@ impl TokenManager {
                     name: name.clone(),
                     renewed: slot.renewed.load(Ordering::Relaxed),
                     failed: slot.failed.load(Ordering::Relaxed),
+                    adopted: slot.adopted.load(Ordering::Relaxed),
                     expires_in: slot.held().map(|c| c.left(now)),
                     failing,
                 }

@@ -46,6 +46,20 @@ pub fn tool_available(program: &str, version_arg: &str, package: &str) -> bool {
     found
 }
 
+/// The first line a child started with a piped stdout prints (a URL), trimmed; empty if it
+/// exits without one. Panics if none comes within `within`.
+pub fn first_line(child: &mut std::process::Child, within: Duration) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).expect("the child prints a line in time").trim().to_owned()
+}
+
 /// An argon2 hash of KEY, computed once per test binary.
 pub fn key_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();

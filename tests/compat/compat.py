@@ -8,8 +8,10 @@ Stages (COMPAT_STAGES, comma-separated, picks some; all by default):
 - v1: a `swift-v1` upstream account straight on that tempauth Swift, proxy mode (`v1-proxy`);
 - keystone: a real OpenStack Keystone (keystone_aio.sh: v3, fernet, short tokens) and a Swift
   that trusts it; gateways with `keystone` accounts: password auth in proxy mode (`ks-pw`), an
-  application credential in proxy mode (`ks-app`), and redirect mode with two accounts
-  (`ks-redir`).
+  application credential in proxy mode (`ks-app`), redirect mode with two accounts
+  (`ks-redir`), and three gateways sharing a real redis-server behind a real nginx doing
+  round-robin over TLS (`ks-shared`), which must cost Keystone no more token requests than one
+  gateway does.
 Each drives python-swiftclient (CLI and Python API), rclone, duplicity and restic (all or a
 subset) through the gateway; every scenario checks content byte for byte. For the upstream-account
 stages it counts the token requests the gateway made upstream (Keystone's own request log,
@@ -30,6 +32,8 @@ does (see keystone_aio.sh: slower, and Keystone then refuses some tokens sent ju
 
 import hashlib
 import json
+import secrets
+import socket
 import math
 import os
 import re
@@ -57,6 +61,8 @@ TOKEN_LIFE = 5
 # Several expiries within a long client run, and still seconds of use per token.
 KS_TOKEN_LIFE = int(os.environ.get("COMPAT_KS_TOKEN_LIFE") or 12)
 MAX_FILE = 10 * 1024 * 1024
+REDIS = os.environ.get("SWIFTGATE_REDIS_SERVER") or "redis-server"
+NGINX = "/usr/sbin/nginx"
 WEIRD = "dir a/sub dir/ünï cødé+%25 plus.txt"
 STAGE_GROUPS = ("hubic", "v1", "keystone")
 RENEW_SHARE = 0.75  # the share of a token's life the gateway uses before renewing it (see above)
@@ -171,7 +177,7 @@ class Gateway:
     """One `swiftgate serve` over TLS with declared upstream accounts ([[account]] tables) and
     users bound to them; stop() stops it."""
 
-    def __init__(self, base, name, mode, accounts, users):
+    def __init__(self, base, name, mode, accounts, users, public_url=None, extra=""):
         self.name, self.mode = name, mode
         self.accounts = accounts
         self.port = swift_upstream.free_port()
@@ -179,9 +185,10 @@ class Gateway:
         self.log = os.path.join(base, f"gateway-{name}.log")
         self.procs = []
         self.url = None
-        text = (f'listen = "127.0.0.1:{self.port}"\npublic_url = "https://localhost:{self.port}"\n'
+        public_url = public_url or f"https://localhost:{self.port}"
+        text = (f'listen = "127.0.0.1:{self.port}"\npublic_url = "{public_url}"\n'
                 f'state_dir = "state-{name}"\nmode = "{mode}"\n'
-                f'[tls]\ncert = "{ROOT}/certs-dev/server.crt"\nkey = "{ROOT}/certs-dev/server.key"\n')
+                f'[tls]\ncert = "{ROOT}/certs-dev/server.crt"\nkey = "{ROOT}/certs-dev/server.key"\n{extra}')
         for account in accounts:
             text += "\n[[account]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in account.items())
         for user, key, account in users:
@@ -207,6 +214,79 @@ class Gateway:
         if not os.path.exists(self.log):
             return ""
         return "".join(open(self.log, errors="replace").readlines()[-n:])
+
+
+class SharedGateways:
+    """Three gateways sharing a redis-server (token key file, [store] kind = "redis") behind an
+    nginx doing round-robin over TLS, the README's snippet; for account_stage, it stands for one
+    gateway whose URL is nginx's."""
+
+    def __init__(self, base, name, accounts, users, count=3):
+        self.name, self.mode, self.accounts = name, "proxy", accounts
+        self.dir = os.path.join(base, name)
+        os.makedirs(self.dir)
+        self.redis_port = swift_upstream.free_port()
+        self.nginx_port = swift_upstream.free_port()
+        self.url = f"https://localhost:{self.nginx_port}"
+        key_file = os.path.join(self.dir, "token.key")
+        with open(key_file, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        extra = (f'[proxy]\ntoken_key_file = "{key_file}"\n'
+                 f'[store]\nkind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/0"\n')
+        self.gateways = [Gateway(base, f"{name}-{n}", "proxy", accounts, users, public_url=self.url, extra=extra)
+                         for n in range(count)]
+        self.log = self.gateways[0].log
+        self.logs = [g.log for g in self.gateways]
+        self.procs = []
+
+    def start(self):
+        self.procs.append(subprocess.Popen(
+            [REDIS, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir, "--appendonly", "yes",
+             "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while not self.redis_answers():
+            check(time.monotonic() < deadline and self.procs[0].poll() is None, "redis-server did not answer PING")
+            time.sleep(0.05)  # poll interval; the deadline bounds the wait
+        servers = "".join(f"    server 127.0.0.1:{g.port} max_fails=1 fail_timeout=2s;\n" for g in self.gateways)
+        temp = "".join(f"  {kind}_temp_path {self.dir}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = (f"daemon off;\nworker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/nginx-error.log warn;\n"
+                f"events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n{temp}"
+                f"  upstream swiftgate {{\n{servers}    keepalive 32;\n  }}\n"
+                f"  server {{\n    listen 127.0.0.1:{self.nginx_port} ssl;\n"
+                f"    ssl_certificate {ROOT}/certs-dev/server.crt;\n    ssl_certificate_key {ROOT}/certs-dev/server.key;\n"
+                f"    client_max_body_size 0;\n    location / {{\n      proxy_pass https://swiftgate;\n"
+                f"      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
+                f"      proxy_set_header Host $http_host;\n      proxy_buffering off;\n      proxy_request_buffering off;\n"
+                f"      proxy_next_upstream error timeout http_502 http_503 non_idempotent;\n    }}\n  }}\n}}\n")
+        conf_path = os.path.join(self.dir, "nginx.conf")
+        with open(conf_path, "w") as f:
+            f.write(conf)
+        self.procs.append(subprocess.Popen([NGINX, "-c", conf_path, "-p", self.dir], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL))
+        for gateway in self.gateways:
+            gateway.start()
+        return self.url
+
+    def redis_answers(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                return c.recv(7) == b"+PONG\r\n"
+        except OSError:
+            return False
+
+    def check_online(self):
+        return self.gateways[0].check_online()
+
+    def stop(self):
+        for gateway in self.gateways:
+            gateway.stop()
+        stop_procs(self.procs)
+
+    def shared_renewals(self):
+        """Renewals each gateway took from another instead of asking Keystone."""
+        return sum(open(g.log, errors="replace").read().count("taken from another instance") for g in self.gateways)
 
 
 class TokenLog:
@@ -606,6 +686,7 @@ ALL = [fn for _, _, fn in SCENARIOS if fn is not sw_second_account]
 V1_PROXY = [sw_auth_stat, sw_upload_small, sw_too_big, sw_dlo, sw_slo, sw_long_run, api_objects, api_token_expiry,
             rc_auth_list, rc_small_and_names, rc_long_run, restic_cycle]
 KS_APP = [sw_auth_stat, sw_upload_small, sw_dlo, sw_long_run, rc_auth_list, rc_small_and_names]
+KS_SHARED = [sw_auth_stat, sw_upload_small, sw_long_run, api_token_expiry, rc_auth_list, rc_long_run]
 KS_REDIR = [sw_auth_stat, sw_upload_small, sw_names, sw_second_account, api_objects, api_token_expiry, rc_auth_list,
             rc_small_and_names]
 
@@ -670,7 +751,7 @@ class Run:
         token requests, then check-config --online (after: tempauth hands out the token it gave
         check-config again, for what is left of its life, which would cost the gateway a renewal).
         stated_life: the token life upstream states, when shorter than the real one."""
-        self.logs.append(gateway.log)
+        self.logs.extend(getattr(gateway, "logs", [gateway.log]))
         stated_life = stated_life or token_life
         if clean:
             clean()
@@ -792,6 +873,12 @@ class Run:
                          [(GW_USER, GW_KEY, "ks"), (GW_USER2, GW_KEY2, "ksapp")])
             self.guard("ks-redir", "the stage ran to its end", self.account_stage, "ks-redir", gw, KS_REDIR, token_log,
                        KS_TOKEN_LIFE, storage_url=ks["SWIFT_URL"], second=(GW_USER2, GW_KEY2), clean=clean)
+            # Three gateways sharing Redis behind nginx: Keystone's token requests must stay
+            # within one gateway's limit, where three renewing alone would triple them.
+            group = SharedGateways(self.base, "ks-shared", [password], [(GW_USER, GW_KEY, "ks")])
+            self.guard("ks-shared", "the stage ran to its end", self.account_stage, "ks-shared", group, KS_SHARED,
+                       token_log, KS_TOKEN_LIFE, storage_url=ks["SWIFT_URL"], clean=clean)
+            print(f"    ks-shared: {group.shared_renewals()} renewals taken from another instance", flush=True)
         finally:
             subprocess.run(["bash", os.path.join(HERE, "keystone_aio_stop.sh")], env=env, capture_output=True, timeout=60)
             self.keystone_wall = time.monotonic() - t0
