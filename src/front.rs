@@ -80,7 +80,7 @@ impl TokenKeys {
         match keys.len() {
             0 => return Err("holds no key (write one with `openssl rand -hex 32`)".into()),
             1 | 2 => {}
-            n => return Err(format!("holds {n} keys; at most two (the current one, then the previous one)")),
+            n => return Err(format!("holds {n} keys; at most two (the sealing key, then one more accepted)")),
         }
         if let Some(n) = keys.iter().position(|k| k.len() < MIN_TOKEN_KEY) {
             return Err(format!("key on line {} of the keys is shorter than {MIN_TOKEN_KEY} characters", n + 1));

@@ -452,25 +452,23 @@ async fn store_copy(config: Config, from: &str, to: &str) -> anyhow::Result<()> 
     let files = FileStore::open(&config.state_dir)?;
     let redis = RedisStore::open(&config.store, &config.state_dir)?;
     redis.ping().await.with_context(|| format!("the Redis store at {}", redis.place()))?;
-    let accounts = match from {
-        "file" => files.accounts()?,
-        _ => redis.accounts().await?,
-    };
+    let to_redis = to == "redis";
+    let (source, target): (&dyn GrantStore, &dyn GrantStore) =
+        if to_redis { (&files, &redis) } else { (&redis, &files) };
+    let accounts = if to_redis { files.accounts()? } else { redis.accounts().await? };
     let (mut copied, mut kept) = (0, 0);
     for account in &accounts {
-        let source: &dyn GrantStore = if from == "file" { &files } else { &redis };
         let Some(grant) = source.load(account).await? else { continue };
-        let written = match to {
-            "redis" => redis.put_grant(account, &grant).await?,
-            _ => match files.load(account).await? {
+        // Written over an older grant only, as the Redis store itself does.
+        let written = match to_redis {
+            true => redis.put_grant(account, &grant).await?,
+            false => match files.load(account).await? {
                 Some(there) if there.registered_at > grant.registered_at => false,
                 _ => files.save(account, &grant).await.map(|()| true)?,
             },
         };
-        let target: &dyn GrantStore = if to == "file" { &files } else { &redis };
-        let back = target.load(account).await?;
         match written {
-            true if back.as_ref() == Some(&grant) => {
+            true if target.load(account).await?.as_ref() == Some(&grant) => {
                 copied += 1;
                 println!("{account}: copied");
             }

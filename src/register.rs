@@ -236,11 +236,9 @@ impl Registrar {
 
     async fn take_state(&self, state: &str, browser: Option<&str>) -> Result<String, RegisterError> {
         let Some(shared) = &self.shared else { return self.take_state_here(state, browser) };
-        let check = |bound: Option<&str>| match bound {
-            Some(want) if browser.is_none_or(|got| Secret::new(got) != Secret::new(want)) => {
-                Err(RegisterError::OtherBrowser)
-            }
-            _ => Ok(()),
+        let check = |bound: Option<&str>| match other_browser(bound, browser) {
+            true => Err(RegisterError::OtherBrowser),
+            false => Ok(()),
         };
         match shared.take_state(state, check).await.map_err(RegisterError::StoreDown)? {
             Ok(Some(account)) => Ok(account),
@@ -255,7 +253,7 @@ impl Registrar {
         let p = pending.get(state).filter(|p| p.expires > now).ok_or(RegisterError::BadState)?;
         // Only the browser that began it consumes a state bound to one: anyone else who learnt
         // the state (it travels in a URL) could otherwise cancel the registration.
-        if p.browser.as_ref().is_some_and(|want| browser.is_none_or(|got| &Secret::new(got) != want)) {
+        if other_browser(p.browser.as_ref().map(Secret::expose), browser) {
             return Err(RegisterError::OtherBrowser);
         }
         pending.remove(state).map(|p| p.account).ok_or(RegisterError::BadState)
@@ -302,7 +300,6 @@ impl Registrar {
     /// refresh token it has revoked the account's previous one, so the new one must reach the
     /// store even if the browser that brought the code goes away meanwhile.
     async fn finish(&self, account: &str, code: &str, scope: String) -> Result<(), RegisterError> {
-        let shared = self.shared.clone();
         let (client, store, tokens, clock, done, seen) = (
             self.client.clone(),
             self.store.clone(),
@@ -318,11 +315,9 @@ impl Registrar {
             let refresh_token = grant.refresh_token;
             let mut seen = seen.lock().await;
             store.save(&account, &Grant { refresh_token: refresh_token.clone(), scope, registered_at }).await?;
+            // A shared store drops the credentials shared under the previous grant as it
+            // writes this one.
             tokens.reset(&account);
-            // The credentials other instances shared came from the previous grant.
-            if let Some(shared) = shared {
-                let _ = shared.drop_credentials(&account).await;
-            }
             // Written here and reset already: the store's watch need not do it again.
             seen.insert(account.clone(), Some(refresh_token));
             drop(seen);
@@ -416,6 +411,13 @@ pub fn page(title: &str, content: &str) -> String {
          </head><body><h1>{t}</h1>{content}</body></html>\n",
         t = escape_html(title)
     )
+}
+
+/// True when a registration bound to the browser cookie `bound` is completed by a browser
+/// that brought another cookie, or none; compared in constant time.
+fn other_browser(bound: Option<&str>, browser: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    bound.is_some_and(|want| browser.is_none_or(|got| !bool::from(got.as_bytes().ct_eq(want.as_bytes()))))
 }
 
 /// The page shown when a registration ends.

@@ -249,7 +249,6 @@ impl RedisStore {
                 }
                 Ok(value)
             }
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => Err(unavailable(e)),
             Err(e) => {
                 let error = unavailable(e);
                 if self.up.swap(false, Ordering::AcqRel) {
@@ -292,7 +291,7 @@ impl RedisStore {
             let Some(grant) = self.unwritten.lock().unwrap_or_else(|p| p.into_inner()).get(&account).cloned() else {
                 continue;
             };
-            match self.write_grant(&account, &grant).await {
+            match self.put_grant(&account, &grant).await {
                 Ok(written) => {
                     self.forget_unwritten(&account, &grant);
                     match written {
@@ -318,13 +317,10 @@ impl RedisStore {
         }
     }
 
-    /// Writes `grant` unless a newer one is stored; true when written. Unlike
-    /// [`GrantStore::save`] nothing is spooled: an unreachable store is an error.
+    /// Writes `grant` unless a newer one is stored (dropping the credentials shared under
+    /// another); true when written. Unlike [`GrantStore::save`] nothing is spooled: an
+    /// unreachable store is an error.
     pub async fn put_grant(&self, account: &str, grant: &Grant) -> Result<bool, StoreError> {
-        self.write_grant(account, grant).await
-    }
-
-    async fn write_grant(&self, account: &str, grant: &Grant) -> Result<bool, StoreError> {
         self.run(
             self.scripts
                 .save_grant
@@ -398,56 +394,28 @@ impl RedisStore {
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 
-    /// Milliseconds the shared credentials are kept: until they expire, at `now`.
-    fn credentials_ttl(creds: &SharedCredentials, now: SystemTime) -> u64 {
-        creds.expires_ms.saturating_sub(crate::clock::unix_millis(now)).max(1000)
-    }
-
-    /// Shares `creds` for `account`, if `lease` still holds its renewal lock; false if not.
+    /// Shares `creds` for `account`: with `lease`, only while it still holds the account's
+    /// renewal lock; without, as an offer of credentials obtained while the store was away,
+    /// kept only if they outlast the shared ones. False when they were not written.
     pub async fn share_credentials(
         &self,
         account: &str,
-        lease: &Lease,
         creds: &SharedCredentials,
         now: SystemTime,
+        lease: Option<&Lease>,
     ) -> Result<bool, StoreError> {
-        self.run(
-            self.scripts
-                .save_credentials
-                .key(self.key("creds", account))
-                .key(&lease.key)
-                .arg(serde_json::to_string(creds).unwrap_or_default())
-                .arg(Self::credentials_ttl(creds, now))
-                .arg(&lease.fence),
-        )
-        .await
-        .map(|n| n == 1)
-    }
-
-    /// Offers credentials obtained while the store was away: kept if they outlast the shared
-    /// ones.
-    pub async fn offer_credentials(
-        &self,
-        account: &str,
-        creds: &SharedCredentials,
-        now: SystemTime,
-    ) -> Result<bool, StoreError> {
-        self.run(
-            self.scripts
-                .offer_credentials
-                .key(self.key("creds", account))
-                .arg(serde_json::to_string(creds).unwrap_or_default())
-                .arg(Self::credentials_ttl(creds, now))
-                .arg(creds.expires_ms),
-        )
-        .await
-        .map(|n| n == 1)
-    }
-
-    /// Drops the credentials shared for `account` (after it was registered again).
-    pub async fn drop_credentials(&self, account: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        self.noted(conn.del::<_, i64>(self.key("creds", account)).await).map(drop)
+        let value = serde_json::to_string(creds).unwrap_or_default();
+        // Kept until they expire (at least a second).
+        let ttl = creds.expires_ms.saturating_sub(crate::clock::unix_millis(now)).max(1000);
+        let key = self.key("creds", account);
+        let written = match lease {
+            Some(lease) => {
+                self.run(self.scripts.save_credentials.key(key).key(&lease.key).arg(value).arg(ttl).arg(&lease.fence))
+                    .await?
+            }
+            None => self.run(self.scripts.offer_credentials.key(key).arg(value).arg(ttl).arg(creds.expires_ms)).await?,
+        };
+        Ok(written == 1)
     }
 
     /// Takes `account`'s renewal lock for `ttl` if no one holds it: `SET NX PX` with a fencing
@@ -521,7 +489,7 @@ impl GrantStore for RedisStore {
     /// memory, and [`RedisStore::flush`] writes it once the server answers: a refresh token
     /// HubiC has just issued revoked the previous one, and must not be lost.
     async fn save(&self, account: &str, grant: &Grant) -> Result<(), StoreError> {
-        match self.write_grant(account, grant).await {
+        match self.put_grant(account, grant).await {
             Ok(true) => {
                 self.forget_unwritten(account, grant);
                 self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), grant.clone());

@@ -105,6 +105,18 @@ impl Cached {
         self.creds.expires.duration_since(now).unwrap_or_default()
     }
 
+    /// These credentials as the shared store keeps them, with their renew and stale instants.
+    fn shared(&self) -> SharedCredentials {
+        SharedCredentials {
+            token: self.creds.token.expose().to_owned(),
+            endpoint: self.creds.endpoint.clone(),
+            expires_ms: unix_millis(self.creds.expires),
+            renew_at_ms: unix_millis(self.renew_at),
+            stale_at_ms: unix_millis(self.stale_at),
+            life_ms: self.life.as_millis() as u64,
+        }
+    }
+
     /// The life a caller asking for `min_life` needs left: short-lived tokens (tests,
     /// tempauth's token_life) get a proportionate margin, a quarter of their lifetime at most.
     fn wanted(&self, min_life: Duration) -> Duration {
@@ -174,16 +186,9 @@ pub struct TokenManager {
     shared: Option<Arc<RedisStore>>,
 }
 
-/// Credentials as a renewal obtained them, with their renew and stale instants.
-struct Obtained {
-    creds: SwiftCredentials,
-    target: Target,
-    renew_at: SystemTime,
-    stale_at: SystemTime,
-    life: Duration,
-    /// Taken from the shared store rather than from the provider.
-    adopted: bool,
-}
+/// Credentials a renewal obtained, and whether they were taken from the shared store rather
+/// than from the provider.
+type Obtained = (Cached, bool);
 
 /// Aborts the task when dropped: the keeper of a renewal lock stops with the renewal.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -450,7 +455,16 @@ impl TokenManager {
                 creds.expires - self.policy.expiry_margin.min(life / 10),
             )
         };
-        Obtained { creds, target, renew_at, stale_at, life, adopted: false }
+        let cached = Cached {
+            creds,
+            target,
+            renew_at,
+            stale_at,
+            fetched: tokio::time::Instant::now(),
+            life,
+            renews: slot.source.renews(),
+        };
+        (cached, false)
     }
 
     /// Obtains credentials with the account's renewal lock held on this instance.
@@ -473,8 +487,9 @@ impl TokenManager {
     fn adoptable(&self, slot: &Slot, shared: Option<SharedCredentials>) -> Option<Obtained> {
         let shared = shared?;
         let now = unix_millis(self.clock.now());
-        let refused = slot.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if now >= shared.renew_at_ms.min(shared.stale_at_ms) || refused.is_some_and(|t| t.expose() == shared.token) {
+        let refused =
+            slot.refused.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|t| t.expose() == shared.token);
+        if now >= shared.renew_at_ms.min(shared.stale_at_ms) || refused {
             return None;
         }
         let creds = SwiftCredentials {
@@ -483,14 +498,16 @@ impl TokenManager {
             expires: from_unix_millis(shared.expires_ms),
         };
         let target = Target::parse(&creds)?;
-        Some(Obtained {
+        let cached = Cached {
             creds,
             target,
             renew_at: from_unix_millis(shared.renew_at_ms),
             stale_at: from_unix_millis(shared.stale_at_ms),
+            fetched: tokio::time::Instant::now(),
             life: Duration::from_millis(shared.life_ms),
-            adopted: true,
-        })
+            renews: slot.source.renews(),
+        };
+        Some((cached, true))
     }
 
     /// One renewal across every instance: takes what another shared, or takes the account's
@@ -552,10 +569,8 @@ impl TokenManager {
         drop(keeper);
         // Registered again meanwhile: these came from the previous grant, and are not shared.
         let current = slot.generation.load(Ordering::Acquire) == generation;
-        if let Some(obtained) = result.as_ref().ok().filter(|_| current) {
-            let now = self.clock.now();
-            let sharing = share_of(&obtained.creds, obtained.renew_at, obtained.stale_at, obtained.life);
-            match shared.share_credentials(&slot.name, &lease, &sharing, now).await {
+        if let Some((cached, _)) = result.as_ref().ok().filter(|_| current) {
+            match shared.share_credentials(&slot.name, &cached.shared(), self.clock.now(), Some(&lease)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(account = %slot.name, "renewed after the renewal lock passed to another instance; not shared")
@@ -577,7 +592,7 @@ impl TokenManager {
         let result = self.obtain(slot, previous.as_ref()).await;
         let now = self.clock.now();
         let counter = match &result {
-            Ok(o) if o.adopted => &slot.adopted,
+            Ok((_, true)) => &slot.adopted,
             Ok(_) => &slot.renewed,
             Err(_) => &slot.failed,
         };
@@ -587,19 +602,17 @@ impl TokenManager {
         // stays as the reset left it, for the new grant.
         let current = slot.generation.load(Ordering::Acquire) == generation;
         match result {
-            Ok(Obtained { creds, target, renew_at, stale_at, life, adopted }) => {
-                let token = creds.token.prefix();
+            Ok((cached, adopted)) => {
+                let token = cached.creds.token.prefix();
                 match adopted {
                     true => {
                         tracing::info!(account = %slot.name, token, "upstream credentials taken from another instance")
                     }
                     false => {
-                        tracing::info!(account = %slot.name, token, life_s = life.as_secs(), "upstream credentials obtained")
+                        tracing::info!(account = %slot.name, token, life_s = cached.life.as_secs(), "upstream credentials obtained")
                     }
                 }
-                let renews = slot.source.renews();
-                let fetched = tokio::time::Instant::now();
-                let cached = Arc::new(Cached { target, renew_at, stale_at, creds, fetched, life, renews });
+                let cached = Arc::new(cached);
                 if current {
                     *entry = Entry::Fresh(cached.clone());
                     *slot.last_known.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
@@ -726,12 +739,11 @@ impl TokenManager {
                     continue;
                 }
                 let fresh = match &*slot.entry.lock().unwrap_or_else(|p| p.into_inner()) {
-                    Entry::Fresh(c) if now < c.stale_at && slot.source.renews() => Some(c.clone()),
+                    Entry::Fresh(c) if now < c.stale_at => Some(c.shared()),
                     _ => None,
                 };
-                let Some(cached) = fresh else { continue };
-                let offered = share_of(&cached.creds, cached.renew_at, cached.stale_at, cached.life);
-                if let Ok(true) = shared.offer_credentials(name, &offered, now).await {
+                let Some(offered) = fresh else { continue };
+                if let Ok(true) = shared.share_credentials(name, &offered, now, None).await {
                     tracing::info!(account = %name, "offered the shared store the credentials renewed while it was away");
                 }
             }
@@ -808,18 +820,6 @@ impl TokenManager {
     /// The clock this manager reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
-    }
-}
-
-/// Credentials as the shared store keeps them, with their renew and stale instants.
-fn share_of(creds: &SwiftCredentials, renew_at: SystemTime, stale_at: SystemTime, life: Duration) -> SharedCredentials {
-    SharedCredentials {
-        token: creds.token.expose().to_owned(),
-        endpoint: creds.endpoint.clone(),
-        expires_ms: unix_millis(creds.expires),
-        renew_at_ms: unix_millis(renew_at),
-        stale_at_ms: unix_millis(stale_at),
-        life_ms: life.as_millis() as u64,
     }
 }
 
