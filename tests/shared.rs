@@ -301,6 +301,26 @@ fn shared_config(dir: &Path, public: &str, redis: &str, emu: &EmulatorHandle, ap
     )
 }
 
+/// Instances named `names`, each with its own state directory under `dir`, sharing `redis`.
+fn start_instances(
+    names: [&'static str; 3],
+    dir: &Path,
+    public: &str,
+    redis: &Redis,
+    emu: &EmulatorHandle,
+    app: &AppSpec,
+) -> Vec<Instance> {
+    names
+        .into_iter()
+        .map(|name| {
+            let state = dir.join(format!("state-{name}"));
+            std::fs::create_dir_all(&state).unwrap();
+            let config = shared_config(dir, public, &redis.url(), emu, app, &state);
+            Instance::start(name, dir, &config)
+        })
+        .collect()
+}
+
 /// The upstream's token requests so far: HubiC's `/account/credentials` and Keystone's
 /// password authentications.
 fn renewals(emu: &EmulatorHandle) -> (u64, u64) {
@@ -430,15 +450,7 @@ async fn three_instances_behind_nginx_share_tokens_registrations_and_renewals() 
     let public = format!("http://127.0.0.1:{nginx_port}");
     let (emu, app) = emulator(&public).await;
     let emu_url = emu.base_url().to_owned();
-    let mut instances: Vec<Instance> = ["a", "b", "c"]
-        .into_iter()
-        .map(|name| {
-            let state = dir.path().join(format!("state-{name}"));
-            std::fs::create_dir_all(&state).unwrap();
-            let config = shared_config(dir.path(), &public, &redis.url(), &emu, &app, &state);
-            Instance::start(name, dir.path(), &config)
-        })
-        .collect();
+    let mut instances = start_instances(["a", "b", "c"], dir.path(), &public, &redis, &emu, &app);
     let ports: Vec<u16> = instances.iter().map(|i| i.port).collect();
     let nginx = Nginx::start(dir.path(), nginx_port, &ports);
     let http = http();
@@ -449,8 +461,8 @@ async fn three_instances_behind_nginx_share_tokens_registrations_and_renewals() 
     assert_eq!(status, 200, "{page}");
     let grant = redis.hget("test:grant:alice", "record").await.expect("the grant is in Redis");
 
-    // A token A issued works on B and C, for both accounts. A takes up the registration B
-    // completed within a second (its watch of the store).
+    // A token A issued works on B and C, for both accounts. A and C take up the registration
+    // B completed within a second (their watch of the store), each on its own tick.
     for user in ["alice", "bob"] {
         let deadline = Instant::now() + Duration::from_secs(5);
         let (storage, token) = loop {
@@ -462,8 +474,14 @@ async fn three_instances_behind_nginx_share_tokens_registrations_and_renewals() 
         };
         let path = storage.strip_prefix(&public).expect("storage URLs lead to nginx");
         for other in [&b, &c] {
-            let resp = http.get(format!("{other}{path}")).header("x-auth-token", &token).send().await.unwrap();
-            assert!(resp.status().is_success(), "{user}'s token from A on {other}: {}", resp.status());
+            loop {
+                let resp = http.get(format!("{other}{path}")).header("x-auth-token", &token).send().await.unwrap();
+                if resp.status().is_success() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{user}'s token from A on {other}: {}", resp.status());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 
@@ -571,6 +589,81 @@ async fn three_instances_behind_nginx_share_tokens_registrations_and_renewals() 
     let alone = instances.iter().filter(|i| i.log_text().contains("renewing on this instance alone")).count();
     assert!(alone > 0, "the instances renewed alone while Redis was away, and said so");
     drop(nginx);
+}
+
+/// A renewal that fails is shared like one that succeeds. Three instances that all need the
+/// account's credentials while its Keystone answers 503 ask it about as often as one instance
+/// would (each failure is held for the others), and all recover with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_renewal_is_shared_not_repeated_by_each_instance() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    // Clients reach the instances directly; the public URL only names them in storage URLs.
+    let public = "http://gateway.invalid".to_owned();
+    let (emu, app) = emulator(&public).await;
+    let instances = start_instances(["fa", "fb", "fc"], dir.path(), &public, &redis, &emu, &app);
+    let http = http();
+    let (storage, token) = login(&http, &instances[0].url(), "bob").await.expect("bob logs in");
+    let path = storage.strip_prefix(&public).expect("storage URLs name the public URL").to_owned();
+    let statuses = |http: reqwest::Client, path: String, token: String| {
+        let urls: Vec<String> = instances.iter().map(Instance::url).collect();
+        async move {
+            let mut statuses = Vec::new();
+            for url in urls {
+                let resp = http.head(format!("{url}{path}")).header("x-auth-token", &token).send().await;
+                statuses.push(resp.map(|r| r.status().as_u16()).unwrap_or(0));
+            }
+            statuses
+        }
+    };
+    let served = |got: &[u16]| got.iter().all(|s| (200..300).contains(s));
+    let first = statuses(http.clone(), path.clone(), token.clone()).await;
+    assert!(served(&first), "bob's token from the first instance serves on all three: {first:?}");
+
+    // Keystone goes down, and upstream refuses the Swift tokens the instances hold: every
+    // instance needs a renewal at once, and keeps needing one.
+    emu.emulator.fail_next(503, 100_000, Some("keystone_password"));
+    let before = renewals(&emu).1;
+    emu.emulator.revoke(false, true, false);
+    let policy = swiftgate::tokens::RenewPolicy::default();
+    let window = Duration::from_secs(6);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    let mut answered = 0u64;
+    while started.elapsed() < window {
+        ticker.tick().await;
+        let got = statuses(http.clone(), path.clone(), token.clone()).await;
+        assert!(got.iter().all(|s| (400..600).contains(s)), "nothing is served while Keystone is down: {got:?}");
+        answered += got.len() as u64;
+    }
+    let asked = renewals(&emu).1 - before;
+    // One instance alone asks at most `attempts` times per hold, plus the window's ragged end;
+    // three renewing alone would ask about three times that.
+    let holds = window.as_millis().div_ceil(policy.failure_hold.as_millis()) as u64;
+    let alone = u64::from(policy.attempts) * (holds + 1);
+    eprintln!("Keystone down for {window:?}: {answered} requests on 3 instances, {asked} token requests (one instance alone: at most {alone})");
+    assert!(asked >= 1, "the provider was asked");
+    assert!(asked <= alone, "{asked} token requests in {window:?}: more than one instance alone would make ({alone})");
+    let answered_shared = instances.iter().filter(|i| i.log_text().contains("its failure is answered")).count();
+    assert!(answered_shared > 0, "an instance answered another's failure");
+
+    // Keystone is back: every instance serves again within a hold, and they renew once.
+    emu.emulator.clear_faults();
+    let back = renewals(&emu).1;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = statuses(http.clone(), path.clone(), token.clone()).await;
+        if served(&got) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the instances serve again once Keystone is back: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = renewals(&emu).1 - back;
+    assert!(recovered <= 2, "{recovered} token requests to recover: one renewal serves every instance");
 }
 
 #[tokio::test]

@@ -384,6 +384,11 @@ impl Emulator {
         self.lock().faults.push(Fault { status, remaining: count, endpoint: endpoint.map(str::to_owned) });
     }
 
+    /// Forgets every fault still pending from [`fail_next`](Self::fail_next).
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     /// The Swift account of `login`.
     pub fn swift_account(&self, login: &str) -> Option<String> {
         self.lock().users.get(login).map(|u| u.swift_account.clone())

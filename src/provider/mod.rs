@@ -36,8 +36,10 @@ pub struct Usage {
     pub quota: u64,
 }
 
-/// Why credentials could not be obtained.
-#[derive(Debug, thiserror::Error)]
+/// Why credentials could not be obtained. The provider's answers serialise, so that instances
+/// sharing a store share a failed renewal too ([`shared`](Self::shared)).
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProviderError {
     /// The account has no stored grant yet.
     #[error("account is not registered")]
@@ -81,6 +83,7 @@ pub enum ProviderError {
     Protocol(String),
     /// The grant store failed.
     #[error(transparent)]
+    #[serde(skip)]
     Store(#[from] StoreError),
 }
 
@@ -88,6 +91,12 @@ impl ProviderError {
     /// True when trying again later may succeed without anyone's intervention.
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Transient(_) | ProviderError::Busy { .. })
+    }
+
+    /// True when this is the provider's answer, the same for every instance that would ask it
+    /// now: not a missing grant or a store error, which are one instance's own.
+    pub fn shared(&self) -> bool {
+        !matches!(self, ProviderError::NotRegistered | ProviderError::Store(_))
     }
 
     /// How long the provider asked to be left alone, if it did.
@@ -238,4 +247,30 @@ pub async fn swift_usage(http: &reqwest::Client, creds: Option<&SwiftCredentials
         used: number("x-account-bytes-used").unwrap_or(0),
         quota: number("x-account-meta-quota-bytes").unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_providers_answers_are_shared_whole_and_an_instances_own_errors_are_not() {
+        let answers = [
+            ProviderError::GrantRefused { error: "invalid_grant".into(), description: "revoked".into() },
+            ProviderError::ClientRefused { error: "invalid_client".into(), description: "unknown".into() },
+            ProviderError::Transient("503 from keystone".into()),
+            ProviderError::Busy { message: "429 from keystone".into(), retry_after: Duration::from_secs(7) },
+            ProviderError::AuthFailed("wrong password".into()),
+            ProviderError::Protocol("no object-store".into()),
+        ];
+        for answer in answers {
+            assert!(answer.shared(), "{answer}");
+            let back: ProviderError = serde_json::from_str(&serde_json::to_string(&answer).unwrap()).unwrap();
+            assert_eq!(back.to_string(), answer.to_string());
+            assert_eq!((back.is_transient(), back.retry_after()), (answer.is_transient(), answer.retry_after()));
+        }
+        assert!(!ProviderError::NotRegistered.shared());
+        assert!(!ProviderError::Store(StoreError::Superseded).shared());
+        assert!(serde_json::to_string(&ProviderError::Store(StoreError::Superseded)).is_err());
+    }
 }

@@ -2,10 +2,12 @@
 //!
 //! Beside the grants it keeps what instances must agree on: pending registration states (so a
 //! callback may reach any instance), the upstream credentials last obtained (so an instance
-//! starts warm and adopts another's renewal) and one renewal lock per account (so one
-//! renewal runs across all instances). Every multi-step change is one Lua script, which Redis
-//! runs atomically: a grant is written only over an older one, credentials only by the lock's
-//! holder, and a lock is extended or released only by the holder whose fencing token it holds.
+//! starts warm and adopts another's renewal), a renewal that just failed (so a provider that
+//! is down or refusing is asked once per hold, not once per instance) and one renewal lock per
+//! account (so one renewal runs across all instances). Every multi-step change is one Lua
+//! script, which Redis runs atomically: a grant is written only over an older one, a renewal's
+//! outcome only by the lock's holder, and a lock is extended or released only by the holder
+//! whose fencing token it holds.
 //!
 //! Nothing here is on the streaming path: the token manager asks only when it renews.
 //!
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FileStore, Grant, GrantStore, StoreError};
 use crate::config::StoreConfig;
+use crate::provider::ProviderError;
 use crate::secret::Secret;
 
 /// How long a connection attempt, and any one command, may take.
@@ -31,11 +34,12 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A grant is written only over one registered no later (by `registered_at`, in seconds: of
 /// two registrations in one second the later write wins, as HubiC honours the later refresh
-/// token); a new grant drops the credentials shared under the previous one.
+/// token); a new grant drops the credentials and the failed renewal shared under the previous
+/// one.
 const SAVE_GRANT: &str = r"
 local current = redis.call('HMGET', KEYS[1], 'registered_at', 'record')
 if current[1] and tonumber(current[1]) > tonumber(ARGV[2]) then return 0 end
-if current[2] ~= ARGV[1] then redis.call('DEL', KEYS[2]) end
+if current[2] ~= ARGV[1] then redis.call('DEL', KEYS[2], KEYS[3]) end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'registered_at', ARGV[2])
 return 1";
 
@@ -52,10 +56,12 @@ end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1";
 
-/// Credentials are written only by the holder of the account's renewal lock.
-const SAVE_CREDENTIALS: &str = r"
+/// A renewal's outcome is written only by the holder of the account's renewal lock (KEYS[2]):
+/// KEYS[1] is set, and KEYS[3], if given, deleted (credentials clear the last failure).
+const SAVE_OUTCOME: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
 return 1";
 
 /// Credentials renewed while the store was away are offered back: kept if they last longer.
@@ -63,6 +69,7 @@ const OFFER_CREDENTIALS: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current and tonumber(cjson.decode(current)['expires_ms']) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
 return 1";
 
 /// Extends the lock if it still holds this fencing token.
@@ -108,6 +115,12 @@ pub struct Lease {
     fence: String,
 }
 
+/// A JSON value the store holds, if there is one and it parses (one written by a later
+/// version that does not is treated as absent).
+fn parse<T: serde::de::DeserializeOwned>(value: Option<String>) -> Option<T> {
+    value.and_then(|v| serde_json::from_str(&v).ok())
+}
+
 /// A pending registration as instances share it.
 #[derive(Serialize, Deserialize)]
 struct SharedState {
@@ -119,7 +132,7 @@ struct SharedState {
 struct Scripts {
     save_grant: Script,
     begin_state: Script,
-    save_credentials: Script,
+    save_outcome: Script,
     offer_credentials: Script,
     extend_lock: Script,
     release_lock: Script,
@@ -217,7 +230,7 @@ impl RedisStore {
             scripts: Scripts {
                 save_grant: Script::new(SAVE_GRANT),
                 begin_state: Script::new(BEGIN_STATE),
-                save_credentials: Script::new(SAVE_CREDENTIALS),
+                save_outcome: Script::new(SAVE_OUTCOME),
                 offer_credentials: Script::new(OFFER_CREDENTIALS),
                 extend_lock: Script::new(EXTEND_LOCK),
                 release_lock: Script::new(RELEASE_LOCK),
@@ -326,6 +339,7 @@ impl RedisStore {
                 .save_grant
                 .key(self.key("grant", account))
                 .key(self.key("creds", account))
+                .key(self.key("failed", account))
                 .arg(super::encode(grant))
                 .arg(grant.registered_at),
         )
@@ -373,7 +387,7 @@ impl RedisStore {
         let key = self.key("state", state);
         let mut conn = self.conn.clone();
         let value: Option<String> = self.noted(conn.get(&key).await)?;
-        let Some(shared) = value.and_then(|v| serde_json::from_str::<SharedState>(&v).ok()) else {
+        let Some(shared) = parse::<SharedState>(value) else {
             return Ok(Ok(None));
         };
         if let Err(e) = allowed(shared.browser.as_deref()) {
@@ -387,11 +401,35 @@ impl RedisStore {
         Ok(Ok((deleted == 1).then_some(shared.account)))
     }
 
-    /// The credentials last shared for `account`.
-    pub async fn credentials(&self, account: &str) -> Result<Option<SharedCredentials>, StoreError> {
+    /// The credentials last shared for `account`, and the failure of a renewal that another
+    /// instance made within its hold, in one round trip.
+    pub async fn outcome(
+        &self,
+        account: &str,
+    ) -> Result<(Option<SharedCredentials>, Option<ProviderError>), StoreError> {
         let mut conn = self.conn.clone();
-        let value: Option<String> = self.noted(conn.get(self.key("creds", account)).await)?;
-        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+        let (creds, failed): (Option<String>, Option<String>) =
+            self.noted(conn.mget(&[self.key("creds", account), self.key("failed", account)]).await)?;
+        Ok((parse(creds), parse(failed)))
+    }
+
+    /// Shares that the renewal under `lease` failed with `error`, for `hold`: the other
+    /// instances answer it instead of asking the provider again. False when the lock had
+    /// passed to another instance, or the error is this instance's own.
+    pub async fn share_failure(
+        &self,
+        account: &str,
+        error: &ProviderError,
+        hold: Duration,
+        lease: &Lease,
+    ) -> Result<bool, StoreError> {
+        let Some(value) = error.shared().then(|| serde_json::to_string(error).ok()).flatten() else {
+            return Ok(false);
+        };
+        let key = self.key("failed", account);
+        let ttl = (hold.as_millis() as u64).max(1);
+        Ok(self.run(self.scripts.save_outcome.key(key).key(&lease.key).arg(value).arg(ttl).arg(&lease.fence)).await?
+            == 1)
     }
 
     /// Shares `creds` for `account`: with `lease`, only while it still holds the account's
@@ -407,13 +445,25 @@ impl RedisStore {
         let value = serde_json::to_string(creds).unwrap_or_default();
         // Kept until they expire (at least a second).
         let ttl = creds.expires_ms.saturating_sub(crate::clock::unix_millis(now)).max(1000);
-        let key = self.key("creds", account);
+        let (key, failed) = (self.key("creds", account), self.key("failed", account));
         let written = match lease {
             Some(lease) => {
-                self.run(self.scripts.save_credentials.key(key).key(&lease.key).arg(value).arg(ttl).arg(&lease.fence))
+                self.run(
+                    self.scripts
+                        .save_outcome
+                        .key(key)
+                        .key(&lease.key)
+                        .key(failed)
+                        .arg(value)
+                        .arg(ttl)
+                        .arg(&lease.fence),
+                )
+                .await?
+            }
+            None => {
+                self.run(self.scripts.offer_credentials.key(key).key(failed).arg(value).arg(ttl).arg(creds.expires_ms))
                     .await?
             }
-            None => self.run(self.scripts.offer_credentials.key(key).arg(value).arg(ttl).arg(creds.expires_ms)).await?,
         };
         Ok(written == 1)
     }

@@ -510,9 +510,10 @@ impl TokenManager {
         Some((cached, true))
     }
 
-    /// One renewal across every instance: takes what another shared, or takes the account's
-    /// lock and renews, or waits for whoever holds it. `Err` when the store cannot be asked
-    /// (the caller renews alone); `Ok(result)` otherwise.
+    /// One renewal across every instance: takes what another shared, or answers the failure
+    /// another's renewal met within its hold, or takes the account's lock and renews, or waits
+    /// for whoever holds it. `Err` when the store cannot be asked (the caller renews alone);
+    /// `Ok(result)` otherwise.
     async fn obtain_shared(
         &self,
         shared: &Arc<RedisStore>,
@@ -521,8 +522,13 @@ impl TokenManager {
     ) -> Result<Result<Obtained, ProviderError>, crate::store::StoreError> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            if let Some(adopted) = self.adoptable(slot, shared.credentials(&slot.name).await?) {
+            let (creds, failed) = shared.outcome(&slot.name).await?;
+            if let Some(adopted) = self.adoptable(slot, creds) {
                 return Ok(Ok(adopted));
+            }
+            if let Some(error) = failed {
+                tracing::info!(account = %slot.name, "another instance's renewal failed moments ago; its failure is answered rather than asked again");
+                return Ok(Err(error));
             }
             if let Some(lease) = shared.lock(&slot.name, LOCK_TTL).await? {
                 return Ok(self.renew_holding(shared, slot, previous, lease).await);
@@ -546,10 +552,17 @@ impl TokenManager {
         lease: Lease,
     ) -> Result<Obtained, ProviderError> {
         let lease = Arc::new(lease);
-        // Someone may have shared between our look and our lock.
-        if let Ok(Some(adopted)) = shared.credentials(&slot.name).await.map(|c| self.adoptable(slot, c)) {
-            let _ = shared.release(&lease).await;
-            return Ok(adopted);
+        // Someone may have shared an outcome between our look and our lock.
+        if let Ok((creds, failed)) = shared.outcome(&slot.name).await {
+            let early = match (self.adoptable(slot, creds), failed) {
+                (Some(adopted), _) => Some(Ok(adopted)),
+                (None, Some(error)) => Some(Err(error)),
+                (None, None) => None,
+            };
+            if let Some(outcome) = early {
+                let _ = shared.release(&lease).await;
+                return outcome;
+            }
         }
         let keeper = {
             let (shared, lease, name) = (shared.clone(), lease.clone(), slot.name.clone());
@@ -567,16 +580,28 @@ impl TokenManager {
         let result =
             self.fetch_retrying(slot).await.map(|(creds, target)| self.instants(slot, creds, target, previous));
         drop(keeper);
-        // Registered again meanwhile: these came from the previous grant, and are not shared.
+        // Registered again meanwhile: the outcome came from the previous grant, and is not shared.
         let current = slot.generation.load(Ordering::Acquire) == generation;
-        if let Some((cached, _)) = result.as_ref().ok().filter(|_| current) {
-            match shared.share_credentials(&slot.name, &cached.shared(), self.clock.now(), Some(&lease)).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(account = %slot.name, "renewed after the renewal lock passed to another instance; not shared")
+        match &result {
+            Ok((cached, _)) if current => {
+                match shared.share_credentials(&slot.name, &cached.shared(), self.clock.now(), Some(&lease)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(account = %slot.name, "renewed after the renewal lock passed to another instance; not shared")
+                    }
+                    Err(e) => {
+                        tracing::warn!(account = %slot.name, cause = %e, "renewed credentials could not be shared")
+                    }
                 }
-                Err(e) => tracing::warn!(account = %slot.name, cause = %e, "renewed credentials could not be shared"),
             }
+            // The others answer it for as long as this instance does; an error of this
+            // instance's own (no grant, its store) is not shared.
+            Err(error) if current => {
+                if let Err(e) = shared.share_failure(&slot.name, error, self.hold(error), &lease).await {
+                    tracing::warn!(account = %slot.name, cause = %e, "the renewal's failure could not be shared");
+                }
+            }
+            _ => {}
         }
         let _ = shared.release(&lease).await;
         result
@@ -639,14 +664,19 @@ impl TokenManager {
                         return Ok(c.clone());
                     }
                 }
-                // Held briefly, never for good: a grant restored on disk or registered by another
-                // process (`swiftgate register`) is picked up without a restart.
-                let hold = if error.is_transient() { self.policy.failure_hold } else { self.policy.failure_hold * 5 };
-                let hold = hold.max(asked);
-                *entry = Entry::Failed { error: error.clone(), until: now + hold };
+                *entry = Entry::Failed { error: error.clone(), until: now + self.hold(&error) };
                 Err(TokenError::Provider(error))
             }
         }
+    }
+
+    /// How long a failed renewal is answered from cache: briefly, never for good, so that a
+    /// grant restored on disk or registered by another process (`swiftgate register`) is
+    /// picked up without a restart; longer when only someone's intervention can mend it, and
+    /// at least as long as the provider asked.
+    fn hold(&self, error: &ProviderError) -> Duration {
+        let hold = if error.is_transient() { self.policy.failure_hold } else { self.policy.failure_hold * 5 };
+        hold.max(error.retry_after().unwrap_or_default())
     }
 
     /// Drops the cached credentials if they still carry `token`, which upstream just refused;
