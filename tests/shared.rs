@@ -321,6 +321,16 @@ fn start_instances(
         .collect()
 }
 
+/// The status of a HEAD of `path` with `token` on each of `urls` in turn (0: no answer).
+async fn heads(http: &reqwest::Client, urls: &[String], path: &str, token: &str) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for url in urls {
+        let resp = http.head(format!("{url}{path}")).header("x-auth-token", token).send().await;
+        statuses.push(resp.map(|r| r.status().as_u16()).unwrap_or(0));
+    }
+    statuses
+}
+
 /// The upstream's token requests so far: HubiC's `/account/credentials` and Keystone's
 /// password authentications.
 fn renewals(emu: &EmulatorHandle) -> (u64, u64) {
@@ -608,19 +618,10 @@ async fn a_failed_renewal_is_shared_not_repeated_by_each_instance() {
     let http = http();
     let (storage, token) = login(&http, &instances[0].url(), "bob").await.expect("bob logs in");
     let path = storage.strip_prefix(&public).expect("storage URLs name the public URL").to_owned();
-    let statuses = |http: reqwest::Client, path: String, token: String| {
-        let urls: Vec<String> = instances.iter().map(Instance::url).collect();
-        async move {
-            let mut statuses = Vec::new();
-            for url in urls {
-                let resp = http.head(format!("{url}{path}")).header("x-auth-token", &token).send().await;
-                statuses.push(resp.map(|r| r.status().as_u16()).unwrap_or(0));
-            }
-            statuses
-        }
-    };
+    let urls: Vec<String> = instances.iter().map(Instance::url).collect();
+    let statuses = || heads(&http, &urls, &path, &token);
     let served = |got: &[u16]| got.iter().all(|s| (200..300).contains(s));
-    let first = statuses(http.clone(), path.clone(), token.clone()).await;
+    let first = statuses().await;
     assert!(served(&first), "bob's token from the first instance serves on all three: {first:?}");
 
     // Keystone goes down, and upstream refuses the Swift tokens the instances hold: every
@@ -635,7 +636,7 @@ async fn a_failed_renewal_is_shared_not_repeated_by_each_instance() {
     let mut answered = 0u64;
     while started.elapsed() < window {
         ticker.tick().await;
-        let got = statuses(http.clone(), path.clone(), token.clone()).await;
+        let got = statuses().await;
         assert!(got.iter().all(|s| (400..600).contains(s)), "nothing is served while Keystone is down: {got:?}");
         answered += got.len() as u64;
     }
@@ -655,7 +656,7 @@ async fn a_failed_renewal_is_shared_not_repeated_by_each_instance() {
     let back = renewals(&emu).1;
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let got = statuses(http.clone(), path.clone(), token.clone()).await;
+        let got = statuses().await;
         if served(&got) {
             break;
         }

@@ -415,7 +415,7 @@ impl RedisStore {
 
     /// Shares that the renewal under `lease` failed with `error`, for `hold`: the other
     /// instances answer it instead of asking the provider again. False when the lock had
-    /// passed to another instance, or the error is this instance's own.
+    /// passed to another instance, or when the error does not serialise.
     pub async fn share_failure(
         &self,
         account: &str,
@@ -423,13 +423,26 @@ impl RedisStore {
         hold: Duration,
         lease: &Lease,
     ) -> Result<bool, StoreError> {
-        let Some(value) = error.shared().then(|| serde_json::to_string(error).ok()).flatten() else {
-            return Ok(false);
-        };
-        let key = self.key("failed", account);
-        let ttl = (hold.as_millis() as u64).max(1);
-        Ok(self.run(self.scripts.save_outcome.key(key).key(&lease.key).arg(value).arg(ttl).arg(&lease.fence)).await?
-            == 1)
+        let Ok(value) = serde_json::to_string(error) else { return Ok(false) };
+        self.save_outcome(self.key("failed", account), lease, value, (hold.as_millis() as u64).max(1), None).await
+    }
+
+    /// Sets `key` to `value` for `ttl_ms` and deletes `clear`, only while `lease` holds the
+    /// account's renewal lock; false when it no longer does.
+    async fn save_outcome(
+        &self,
+        key: String,
+        lease: &Lease,
+        value: String,
+        ttl_ms: u64,
+        clear: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let mut script = self.scripts.save_outcome.key(key);
+        script.key(&lease.key);
+        if let Some(clear) = clear {
+            script.key(clear);
+        }
+        Ok(self.run(script.arg(value).arg(ttl_ms).arg(&lease.fence)).await? == 1)
     }
 
     /// Shares `creds` for `account`: with `lease`, only while it still holds the account's
@@ -446,26 +459,13 @@ impl RedisStore {
         // Kept until they expire (at least a second).
         let ttl = creds.expires_ms.saturating_sub(crate::clock::unix_millis(now)).max(1000);
         let (key, failed) = (self.key("creds", account), self.key("failed", account));
-        let written = match lease {
-            Some(lease) => {
-                self.run(
-                    self.scripts
-                        .save_outcome
-                        .key(key)
-                        .key(&lease.key)
-                        .key(failed)
-                        .arg(value)
-                        .arg(ttl)
-                        .arg(&lease.fence),
-                )
+        match lease {
+            Some(lease) => self.save_outcome(key, lease, value, ttl, Some(failed)).await,
+            None => Ok(self
+                .run(self.scripts.offer_credentials.key(key).key(failed).arg(value).arg(ttl).arg(creds.expires_ms))
                 .await?
-            }
-            None => {
-                self.run(self.scripts.offer_credentials.key(key).key(failed).arg(value).arg(ttl).arg(creds.expires_ms))
-                    .await?
-            }
-        };
-        Ok(written == 1)
+                == 1),
+        }
     }
 
     /// Takes `account`'s renewal lock for `ttl` if no one holds it: `SET NX PX` with a fencing

@@ -173,6 +173,19 @@ impl Slot {
     fn held(&self) -> Option<Arc<Cached>> {
         self.last_known.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Credentials this account obtained just now, from its source or another instance.
+    fn cached(
+        &self,
+        creds: SwiftCredentials,
+        target: Target,
+        renew_at: SystemTime,
+        stale_at: SystemTime,
+        life: Duration,
+    ) -> Cached {
+        let (fetched, renews) = (tokio::time::Instant::now(), self.source.renews());
+        Cached { creds, target, renew_at, stale_at, fetched, life, renews }
+    }
 }
 
 /// Per-account credential cache with single-flight renewal.
@@ -455,16 +468,7 @@ impl TokenManager {
                 creds.expires - self.policy.expiry_margin.min(life / 10),
             )
         };
-        let cached = Cached {
-            creds,
-            target,
-            renew_at,
-            stale_at,
-            fetched: tokio::time::Instant::now(),
-            life,
-            renews: slot.source.renews(),
-        };
-        (cached, false)
+        (slot.cached(creds, target, renew_at, stale_at, life), false)
     }
 
     /// Obtains credentials with the account's renewal lock held on this instance.
@@ -498,16 +502,23 @@ impl TokenManager {
             expires: from_unix_millis(shared.expires_ms),
         };
         let target = Target::parse(&creds)?;
-        let cached = Cached {
-            creds,
-            target,
-            renew_at: from_unix_millis(shared.renew_at_ms),
-            stale_at: from_unix_millis(shared.stale_at_ms),
-            fetched: tokio::time::Instant::now(),
-            life: Duration::from_millis(shared.life_ms),
-            renews: slot.source.renews(),
-        };
-        Some((cached, true))
+        let (renew_at, stale_at) = (from_unix_millis(shared.renew_at_ms), from_unix_millis(shared.stale_at_ms));
+        Some((slot.cached(creds, target, renew_at, stale_at, Duration::from_millis(shared.life_ms)), true))
+    }
+
+    /// What another instance's renewal settled, from the store's `(credentials, failure)`:
+    /// credentials this instance can adopt, else the failure it is to answer, else nothing.
+    fn settled(
+        &self,
+        slot: &Slot,
+        (creds, failed): (Option<SharedCredentials>, Option<ProviderError>),
+    ) -> Option<Result<Obtained, ProviderError>> {
+        if let Some(adopted) = self.adoptable(slot, creds) {
+            return Some(Ok(adopted));
+        }
+        let error = failed?;
+        tracing::info!(account = %slot.name, "another instance's renewal failed moments ago; its failure is answered rather than asked again");
+        Some(Err(error))
     }
 
     /// One renewal across every instance: takes what another shared, or answers the failure
@@ -522,13 +533,8 @@ impl TokenManager {
     ) -> Result<Result<Obtained, ProviderError>, crate::store::StoreError> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            let (creds, failed) = shared.outcome(&slot.name).await?;
-            if let Some(adopted) = self.adoptable(slot, creds) {
-                return Ok(Ok(adopted));
-            }
-            if let Some(error) = failed {
-                tracing::info!(account = %slot.name, "another instance's renewal failed moments ago; its failure is answered rather than asked again");
-                return Ok(Err(error));
+            if let Some(outcome) = self.settled(slot, shared.outcome(&slot.name).await?) {
+                return Ok(outcome);
             }
             if let Some(lease) = shared.lock(&slot.name, LOCK_TTL).await? {
                 return Ok(self.renew_holding(shared, slot, previous, lease).await);
@@ -553,16 +559,9 @@ impl TokenManager {
     ) -> Result<Obtained, ProviderError> {
         let lease = Arc::new(lease);
         // Someone may have shared an outcome between our look and our lock.
-        if let Ok((creds, failed)) = shared.outcome(&slot.name).await {
-            let early = match (self.adoptable(slot, creds), failed) {
-                (Some(adopted), _) => Some(Ok(adopted)),
-                (None, Some(error)) => Some(Err(error)),
-                (None, None) => None,
-            };
-            if let Some(outcome) = early {
-                let _ = shared.release(&lease).await;
-                return outcome;
-            }
+        if let Some(outcome) = shared.outcome(&slot.name).await.ok().and_then(|o| self.settled(slot, o)) {
+            let _ = shared.release(&lease).await;
+            return outcome;
         }
         let keeper = {
             let (shared, lease, name) = (shared.clone(), lease.clone(), slot.name.clone());
@@ -596,7 +595,7 @@ impl TokenManager {
             }
             // The others answer it for as long as this instance does; an error of this
             // instance's own (no grant, its store) is not shared.
-            Err(error) if current => {
+            Err(error) if current && error.shared() => {
                 if let Err(e) = shared.share_failure(&slot.name, error, self.hold(error), &lease).await {
                     tracing::warn!(account = %slot.name, cause = %e, "the renewal's failure could not be shared");
                 }
